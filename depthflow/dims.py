@@ -10,6 +10,7 @@ FEATURE = "feature"
 KIND = "kind"            # token-kind groups used by summaries: cls / register / patch
 CLASS = "class"          # class labels
 STEP = "step"            # depth transitions l -> l+1 (between depth l and l+1)
+LOGIT = "logit"          # classifier output index
 CHANNEL = "channel"
 PIXEL_Y = "y"
 PIXEL_X = "x"

@@ -44,8 +44,12 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     target = check_output_path(path, overwrite=overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                    dir=target.parent if str(target.parent) else ".")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent if str(target.parent) else ".")
+    except OSError as exc:
+        raise OutputError(f"cannot write in {str(target.parent)!r}: "
+                          f"{exc.strerror or exc}") from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:

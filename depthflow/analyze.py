@@ -1,0 +1,254 @@
+"""``depthflow analyze``: stream a model's depth trajectories into one NetCDF file.
+
+The file holds per-sample token dynamics (always), population update ranks and class
+structure (always, when defined), optionally the cls-token or full states, and provenance.
+Later analyses (phases, dynamics, Raptor) add their variables to the same file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import dims as D
+from . import tokens
+from .checkpoints import LoadedModel
+from .data import ImageSource
+from .errors import ConfigError, InputError
+from .io import check_output_path
+from .netcdf import StreamingWriter
+from .preprocessing import Preprocessing, dinov2_preprocessing
+from .provenance import provenance
+from .trajectory import DTYPES, iter_trajectories, resolve_device
+
+STATES = ("none", "cls", "all")
+
+
+@dataclasses.dataclass
+class AnalyzeConfig:
+    """Options of :func:`analyze` (all recorded, JSON-encoded, in the output)."""
+
+    batch_size: int = 64
+    device: str = "cpu"
+    dtype: str = "float32"
+    states: str = "cls"
+    limit: int | None = None
+    seed: int = 0
+
+    def validate(self) -> AnalyzeConfig:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.states not in STATES:
+            raise ConfigError(f"states must be one of {STATES}, got {self.states!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        resolve_device(self.device)
+        return self
+
+
+def model_preprocessing(loaded: LoadedModel) -> Preprocessing:
+    """The checkpoint's preprocessing, else a default that fits its input size."""
+    if loaded.preprocessing is not None:
+        return loaded.preprocessing
+    cfg = loaded.config
+    if cfg.in_chans == 1:
+        return Preprocessing(resize=cfg.img_size, crop=cfg.img_size, mean=(0.5,), std=(0.5,),
+                             mode="L")
+    return dinov2_preprocessing(224 if cfg.patch_size == 14 else cfg.img_size)
+
+
+def _attrs(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
+    return {"long_name": long_name, "units": units, **extra}
+
+
+class _Schema:
+    """Dimensions, coordinates and per-sample variables of an analysis file."""
+
+    def __init__(self, loaded: LoadedModel, source: ImageSource, height: int, width: int,
+                 config: AnalyzeConfig) -> None:
+        model = loaded.model
+        self.depth = model.cfg.depth
+        self.kinds_of_token = model.token_kinds(height, width)
+        self.kinds = [k for k in D.TOKEN_KINDS if k in self.kinds_of_token]
+        self.groups = [torch.tensor([i for i, k in enumerate(self.kinds_of_token) if k == kind])
+                       for kind in self.kinds]
+        self.patch_slice = slice(model.cfg.num_prefix_tokens, len(self.kinds_of_token))
+        self.dim = model.cfg.embed_dim
+        self.classes = list(source.class_names)
+        self.has_head = model.head is not None
+        self.config = config
+        self.num_logits = 0
+
+    def define(self, w: StreamingWriter) -> None:
+        L, T = self.depth, len(self.kinds_of_token)
+        w.dimension(D.DEPTH, L + 1)
+        w.dimension(D.STEP, L)
+        w.dimension(D.TOKEN, T)
+        w.dimension(D.KIND, len(self.kinds))
+        w.dimension(D.FEATURE, self.dim)
+        w.variable(D.DEPTH, [D.DEPTH], "i4", data=np.arange(L + 1), attrs=_attrs(
+            "depth (0 = embedded input, l = after block l)"))
+        w.variable(D.STEP, [D.STEP], "i4", data=np.arange(1, L + 1), attrs=_attrs(
+            "update step l: depth l-1 -> l (block l)"))
+        w.variable(D.TOKEN, [D.TOKEN], "i4", data=np.arange(T), attrs=_attrs("token position"))
+        w.variable(D.TOKEN_KIND, [D.TOKEN], str, data=self.kinds_of_token,
+                   attrs=_attrs("token kind", ""))
+        w.variable(D.KIND, [D.KIND], str, data=self.kinds, attrs=_attrs("token kind group", ""))
+        w.variable(D.FEATURE, [D.FEATURE], "i4", data=np.arange(self.dim),
+                   attrs=_attrs("feature index"))
+        if self.classes:
+            w.dimension(D.CLASS, len(self.classes))
+            w.variable(D.CLASS, [D.CLASS], str, data=self.classes, attrs=_attrs("class name", ""))
+        S = D.SAMPLE
+        w.variable(D.LABEL, [S], "i4", attrs=_attrs("class label index (-1 = unknown)", ""))
+        w.variable(S, [S], "i4", attrs=_attrs("sample index in the image source"))
+        w.variable("sample_name", [S], str, attrs=_attrs("image name or index", ""))
+        per_kind = [S, D.DEPTH, D.KIND]
+        w.variable("norm", per_kind, "f4", attrs=_attrs(
+            "mean token norm ||x|| within token kind", "activation units"))
+        w.variable("gamma", per_kind, "f4", attrs=_attrs(
+            "directional convergence <x_hat_l, x_hat_L>, mean within token kind"))
+        w.variable("angular_speed", [S, D.STEP, D.KIND], "f4", attrs=_attrs(
+            "angular speed arccos <x_hat_l, x_hat_(l-1)>, mean within token kind", "rad"))
+        if self.patch_slice.stop > self.patch_slice.start:
+            w.variable("patch_coherence", [S, D.DEPTH], "f4", attrs=_attrs(
+                "patch coherence: mean cosine of patch tokens to the mean patch direction"))
+        for name, text in _RANK_NAMES.items():
+            w.variable(f"update_{name}", [S, D.STEP], "f4", attrs=_attrs(
+                f"{text} of the update a_l - a_(l-1), tokens stacked, per image"))
+        if self.has_head:
+            w.variable("prediction", [S], "i4", attrs=_attrs("predicted class index", ""))
+            w.dimension(D.LOGIT, self.num_logits)
+            w.variable("logits", [S, D.LOGIT], "f4", attrs=_attrs("classifier logits", ""))
+        if self.config.states in ("cls", "all"):
+            w.variable("cls_state", [S, D.DEPTH, D.FEATURE], "f4", compress=True,
+                       attrs=_attrs("cls token state a_l[cls]", "activation units"))
+        if self.config.states == "all":
+            w.variable("state", [S, D.DEPTH, D.TOKEN, D.FEATURE], "f4", compress=True,
+                       chunks=[1, L + 1, T, self.dim],
+                       attrs=_attrs("token state a_l (raw residual stream)", "activation units"))
+
+    def batch_values(self, tb, start: int) -> dict[str, Any]:
+        traj = tb.states
+        values: dict[str, Any] = {
+            D.SAMPLE: np.arange(start, start + len(tb.batch.names), dtype=np.int32),
+            D.LABEL: tb.batch.labels.numpy().astype(np.int32),
+            "sample_name": tb.batch.names,
+            "norm": tokens.kind_mean(tokens.token_norms(traj), self.groups),
+            "gamma": tokens.kind_mean(tokens.gamma(traj), self.groups),
+            "angular_speed": tokens.kind_mean(tokens.angular_speed(traj), self.groups),
+        }
+        if self.patch_slice.stop > self.patch_slice.start:
+            values["patch_coherence"] = tokens.patch_coherence(traj, self.patch_slice)
+        for name, value in tokens.update_ranks(traj).items():
+            values[f"update_{name}"] = value
+        if self.has_head:
+            values["prediction"] = tb.logits.argmax(-1).to(torch.int32)
+            values["logits"] = tb.logits
+        if self.config.states in ("cls", "all"):
+            values["cls_state"] = traj[:, :, 0]
+        if self.config.states == "all":
+            values["state"] = traj
+        return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+                for k, v in values.items()}
+
+
+_RANK_NAMES = {"stable_rank": "stable rank ||U||_F^2 / ||U||_2^2",
+               "effective_rank": "effective rank exp(entropy of normalised singular values)",
+               "participation_ratio": "participation ratio (sum s^2)^2 / sum s^4"}
+
+
+def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[str], *,
+            config: AnalyzeConfig | None = None, overwrite: bool = False,
+            progress: bool = False, command: Sequence[str] | None = None) -> Path:
+    """Extract trajectories of ``source`` through ``loaded`` and write ``output`` (NetCDF).
+
+    Memory is bounded by one batch of states plus ``O(L K D^2)`` accumulators, whatever the
+    number of images. The file appears only when complete.
+    """
+    config = (config or AnalyzeConfig()).validate()
+    check_output_path(output, overwrite=overwrite)
+    torch.manual_seed(config.seed)
+    source.limit(config.limit)
+    if len(source) == 0:
+        raise InputError("no images to analyse")
+    preprocessing = model_preprocessing(loaded)
+    stream = iter_trajectories(loaded.model, source, preprocessing=preprocessing,
+                               batch_size=config.batch_size, device=config.device,
+                               dtype=config.dtype, progress=progress)
+    first = next(stream)
+    height, width = first.batch.images.shape[-2:]
+    schema = _Schema(loaded, source, height, width, config)
+    if schema.has_head:
+        schema.num_logits = first.logits.shape[-1]
+    grams = tokens.GramAccumulator(schema.depth, len(schema.kinds), schema.dim)
+    classes = (tokens.ClassDirectionAccumulator(schema.depth + 1, len(schema.classes),
+                                                schema.dim) if schema.classes else None)
+    correct = total = 0
+    with StreamingWriter(output, overwrite=overwrite) as writer:
+        schema.define(writer)
+        for tb in _chain(first, stream):
+            writer.append(schema.batch_values(tb, writer.n))
+            states = tb.states.cpu()
+            grams.update(states, schema.groups)
+            if classes is not None:
+                classes.update(states[:, :, 0], tb.batch.labels)
+            if schema.has_head:
+                labelled = tb.batch.labels >= 0
+                pred = tb.logits.argmax(-1).cpu()
+                correct += int((pred[labelled] == tb.batch.labels[labelled]).sum())
+                total += int(labelled.sum())
+        _write_population(writer, grams, classes)
+        accuracy = correct / total if total else float("nan")
+        writer.attrs(_global_attrs(loaded, source, preprocessing, config, writer.n, accuracy,
+                                   command))
+        writer.commit()
+    return Path(output)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _write_population(writer: StreamingWriter, grams: tokens.GramAccumulator,
+                      classes: tokens.ClassDirectionAccumulator | None) -> None:
+    for name, value in grams.ranks().items():
+        writer.variable(f"population_{name}", [D.STEP, D.KIND], "f8", data=value.numpy(),
+                        attrs=_attrs(f"{_RANK_NAMES[name]} of the updates a_l - a_(l-1), "
+                                     "all images and tokens of a kind stacked"))
+    if classes is None:
+        return
+    result = classes.result()
+    texts = {"within": "mean cosine of cls directions to their class-mean direction",
+             "between": "mean cosine between class-mean cls directions",
+             "separation": "cls class separation: within - between class cosine"}
+    for name, text in texts.items():
+        writer.variable(f"cls_{name}_class" if name != "separation" else "cls_class_separation",
+                        [D.DEPTH], "f8", data=result[name].numpy(), attrs=_attrs(text))
+
+
+def _global_attrs(loaded: LoadedModel, source: ImageSource, preprocessing: Preprocessing,
+                  config: AnalyzeConfig, n: int, accuracy: float,
+                  command: Sequence[str] | None) -> dict[str, Any]:
+    extra = {
+        "title": f"depthflow trajectories of {Path(loaded.source).name}",
+        **loaded.provenance(),
+        "preprocessing": preprocessing.to_json(),
+        "images": source.describe(),
+        "num_samples": n,
+        "seed": config.seed,
+        "device": config.device,
+        "compute_dtype": config.dtype,
+        "model_info": loaded.info,
+        "head_accuracy": accuracy,
+    }
+    return provenance(config=dataclasses.asdict(config), command=command, extra=extra)

@@ -1,0 +1,304 @@
+"""Image sources: the bundled digits, folders of images, array files.
+
+Every source yields batches of float images in [0, 1] with shape ``(B, C, H, W)`` plus
+integer labels (-1 where unknown) and a name per sample; the model's
+:class:`~depthflow.preprocessing.Preprocessing` is applied afterwards. Sources are lazy:
+folders decode one batch at a time, arrays are memory-mapped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+DIGITS_TEST_SIZE = 0.25
+DIGITS_SPLIT_SEED = 0
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+ARRAY_SUFFIXES = (".npy", ".npz")
+
+
+@dataclasses.dataclass
+class Batch:
+    images: Tensor            # (B, C, H, W) float in [0, 1]
+    labels: Tensor            # (B,) int64, -1 = unknown
+    names: list[str]
+
+
+def digits_split(*, test_size: float = DIGITS_TEST_SIZE,
+                 seed: int = DIGITS_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/test indices into scikit-learn's 1,797 digits (fixed by ``seed``)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    labels = load_digits().target
+    train, test = train_test_split(np.arange(len(labels)), test_size=test_size,
+                                   random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(test)
+
+
+def load_digits_arrays(split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Digits images in [0, 1] ``(N, 1, 8, 8)`` float32, labels, and dataset indices.
+
+    ``split`` is ``"train"``, ``"test"`` (the held-out quarter) or ``"all"``.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None]
+    if split == "all":
+        index = np.arange(len(images))
+    elif split in ("train", "test"):
+        train, test = digits_split()
+        index = train if split == "train" else test
+    else:
+        raise InputError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
+    return images[index], digits.target[index].astype(np.int64), index
+
+
+class ImageSource:
+    """A sized, lazily read collection of images with labels.
+
+    Subclasses implement :meth:`_read` (raw images in [0, 1], any size, as a list of
+    ``(C, H, W)`` tensors or one ``(B, C, H, W)`` tensor) for a slice of indices.
+    """
+
+    kind = "images"
+
+    def __init__(self, labels: np.ndarray, names: Sequence[str], *,
+                 class_names: Sequence[str] = ()) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.names = list(names)
+        self.class_names = list(class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def describe(self) -> str:  # pragma: no cover - overridden
+        return self.kind
+
+    def _read(self, start: int, stop: int) -> list[Tensor] | Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, *, preprocessing=None) -> Iterator[Batch]:
+        """Yield model-ready batches; ``preprocessing`` (a Preprocessing) is applied here."""
+        if batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            raw = self._read(start, stop)
+            images = _prepare(raw, preprocessing, self.names[start:stop])
+            yield Batch(images=images, labels=torch.from_numpy(self.labels[start:stop]),
+                        names=self.names[start:stop])
+
+    def limit(self, n: int | None) -> ImageSource:
+        """Keep only the first ``n`` images (all when ``n`` is None)."""
+        if n is not None:
+            if n < 1:
+                raise InputError(f"limit must be >= 1, got {n}")
+            self.labels, self.names = self.labels[:n], self.names[:n]
+        return self
+
+
+def _prepare(raw: list[Tensor] | Tensor, preprocessing, names: Sequence[str]) -> Tensor:
+    if preprocessing is None:
+        if isinstance(raw, list):
+            raw = _stack(raw, names)
+        return raw.float()
+    if isinstance(raw, Tensor):
+        return preprocessing.apply(_match_channels(raw, preprocessing.channels))
+    out = [preprocessing.apply(_match_channels(img[None], preprocessing.channels))
+           for img in raw]
+    return _stack([o[0] for o in out], names)
+
+
+def _stack(images: list[Tensor], names: Sequence[str]) -> Tensor:
+    shapes = {tuple(img.shape) for img in images}
+    if len(shapes) > 1:
+        raise InputError(
+            f"images in one batch have different sizes {sorted(shapes)[:3]} "
+            f"(e.g. {names[0]!r}); set a resize and crop in the preprocessing")
+    return torch.stack(images)
+
+
+def _match_channels(images: Tensor, channels: int) -> Tensor:
+    """Grey -> RGB by repetition, RGB -> grey by ITU-R 601 luma."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(-1, 3, -1, -1)
+    if have == 3 and channels == 1:
+        weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images * weights).sum(dim=1, keepdim=True)
+    if have == 4 and channels in (1, 3):
+        return _match_channels(images[:, :3], channels)
+    raise InputError(f"cannot convert images with {have} channels to {channels}")
+
+
+class DigitsSource(ImageSource):
+    """scikit-learn's 8x8 digits (bundled with scikit-learn, no download)."""
+
+    kind = "digits"
+
+    def __init__(self, split: str = "test") -> None:
+        images, labels, index = load_digits_arrays(split)
+        super().__init__(labels, [f"digits[{i}]" for i in index],
+                         class_names=[str(c) for c in range(10)])
+        self.split = split
+        self._images = torch.from_numpy(images)
+
+    def describe(self) -> str:
+        return (f"scikit-learn digits, split={self.split} (stratified {DIGITS_TEST_SIZE:.0%} "
+                f"held out, seed {DIGITS_SPLIT_SEED}), {len(self)} images")
+
+    def _read(self, start: int, stop: int) -> Tensor:
+        return self._images[start:stop]
+
+
+class FolderSource(ImageSource):
+    """Images in a folder; images in sub-folders are labelled by sub-folder name."""
+
+    kind = "folder"
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise InputError(f"image folder {str(self.root)!r} does not exist")
+        files = sorted(p for p in self.root.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
+        if not files:
+            raise InputError(
+                f"image folder {str(self.root)!r} holds no images "
+                f"(looked for {', '.join(IMAGE_SUFFIXES)})")
+        classes = sorted({p.relative_to(self.root).parts[0] for p in files
+                          if len(p.relative_to(self.root).parts) > 1})
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [index.get(p.relative_to(self.root).parts[0], -1)
+                  if len(p.relative_to(self.root).parts) > 1 else -1 for p in files]
+        super().__init__(np.array(labels), [str(p.relative_to(self.root)) for p in files],
+                         class_names=classes)
+        self.files = files
+
+    def describe(self) -> str:
+        return (f"folder {str(self.root)!r}, {len(self)} images, "
+                f"{len(self.class_names)} classes")
+
+    def _read(self, start: int, stop: int) -> list[Tensor]:
+        from PIL import Image, UnidentifiedImageError
+
+        out = []
+        for path in self.files[start:stop]:
+            try:
+                with Image.open(path) as img:
+                    img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
+                    arr = np.asarray(img, dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                raise InputError(f"cannot read image {str(path)!r}: {exc}") from exc
+            arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+            out.append(torch.from_numpy(np.ascontiguousarray(arr)))
+        return out
+
+
+class ArraySource(ImageSource):
+    """Images in a ``.npy`` (memory-mapped) or ``.npz`` (keys ``images``, ``labels``) file.
+
+    Layouts ``(N, H, W)``, ``(N, H, W, C)`` and ``(N, C, H, W)`` (C in 1, 3, 4); uint8
+    values are divided by 255, float values must already lie in [0, 1].
+    """
+
+    kind = "array"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        labels = None
+        try:
+            if self.path.suffix == ".npz":
+                with np.load(self.path, allow_pickle=False) as data:
+                    if "images" not in data:
+                        raise InputError(
+                            f"{str(self.path)!r} has no 'images' array (found {list(data)})")
+                    array = data["images"]
+                    labels = data["labels"] if "labels" in data else None
+            else:
+                array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except InputError:
+            raise
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"cannot read array file {str(self.path)!r}: {exc}") from exc
+        self._array, self._layout = array, _array_layout(array, self.path)
+        n = array.shape[0]
+        if labels is not None and np.asarray(labels).shape != (n,):
+            raise InputError(f"labels in {str(self.path)!r} must have shape ({n},)")
+        labels = np.full(n, -1) if labels is None else np.asarray(labels, dtype=np.int64)
+        classes = [str(c) for c in range(int(labels.max()) + 1)] if (labels >= 0).any() else []
+        super().__init__(labels, [f"{self.path.name}[{i}]" for i in range(n)],
+                         class_names=classes)
+
+    def describe(self) -> str:
+        return f"array file {str(self.path)!r}, {len(self)} images, layout {self._layout}"
+
+    def _read(self, start: int, stop: int) -> Tensor:
+        chunk = np.asarray(self._array[start:stop])
+        if chunk.dtype == np.uint8:
+            chunk = chunk.astype(np.float32) / 255.0
+        else:
+            chunk = chunk.astype(np.float32)
+            if not np.isfinite(chunk).all():
+                raise InputError(f"array file {str(self.path)!r} holds NaN or inf values")
+            if chunk.min() < -1e-6 or chunk.max() > 1 + 1e-6:
+                raise InputError(
+                    f"float images in {str(self.path)!r} must lie in [0, 1] "
+                    f"(found {chunk.min():.3g}..{chunk.max():.3g}); store uint8 or rescale")
+        if self._layout == "NHW":
+            chunk = chunk[:, None]
+        elif self._layout == "NHWC":
+            chunk = np.moveaxis(chunk, -1, 1)
+        return torch.from_numpy(np.ascontiguousarray(chunk))
+
+
+def _array_layout(array: np.ndarray, path: Path) -> str:
+    if array.ndim == 3:
+        return "NHW"
+    if array.ndim == 4 and array.shape[1] in (1, 3, 4):
+        return "NCHW"
+    if array.ndim == 4 and array.shape[-1] in (1, 3, 4):
+        return "NHWC"
+    raise InputError(
+        f"array {str(path)!r} has shape {array.shape}; expected (N, H, W), (N, H, W, C) "
+        "or (N, C, H, W) with C in 1, 3, 4")
+
+
+def open_images(spec: str | os.PathLike[str] | None, *, limit: int | None = None) -> ImageSource:
+    """Open an image source from a CLI-style spec.
+
+    ``"digits"`` / ``"digits:test"`` / ``"digits:train"`` / ``"digits:all"``, a folder, or a
+    ``.npy``/``.npz`` file. ``None`` means the held-out digits.
+    """
+    spec = "digits" if spec is None else str(spec)
+    if spec == "digits" or spec.startswith("digits:"):
+        source: ImageSource = DigitsSource(spec.partition(":")[2] or "test")
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            source = FolderSource(path)
+        elif path.suffix.lower() in ARRAY_SUFFIXES:
+            if not path.is_file():
+                raise InputError(f"array file {spec!r} does not exist")
+            source = ArraySource(path)
+        elif not path.exists():
+            raise InputError(
+                f"images {spec!r} not found; give a folder, a .npy/.npz file or 'digits'")
+        else:
+            raise InputError(
+                f"images {spec!r} is neither a folder nor a .npy/.npz array file")
+    return source.limit(limit)

@@ -1,0 +1,156 @@
+"""NetCDF output that a plain ``xr.open_dataset`` reads.
+
+:class:`StreamingWriter` appends per-sample variables batch by batch along an unlimited
+``sample`` dimension (memory independent of the number of images) into a temporary file
+that is renamed into place only when :meth:`StreamingWriter.commit` succeeds.
+:func:`write_dataset` does the same for an in-memory ``xr.Dataset``.
+
+Attributes are made NetCDF-safe: ``None`` -> ``""``, bools -> ``0/1``, dicts and lists of
+mixed types -> JSON strings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OutputError
+from .io import atomic_path
+
+ENGINE = "netcdf4"
+
+
+def safe_attr(value: Any) -> Any:
+    """Convert a value into something NetCDF attributes can hold."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (str, int, float, np.integer, np.floating)):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return np.asarray(value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return json.dumps(list(value))
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def safe_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(k): safe_attr(v) for k, v in attrs.items()}
+
+
+def write_dataset(ds, path: str | os.PathLike[str], *, overwrite: bool = False,
+                  compress: Sequence[str] = ()) -> Path:
+    """Write an ``xr.Dataset`` atomically (temp file + rename) with safe attributes."""
+    ds = ds.copy()
+    ds.attrs = safe_attrs(ds.attrs)
+    for name in ds.variables:
+        ds[name].attrs = safe_attrs(ds[name].attrs)
+    encoding = {name: {"zlib": True, "complevel": 4} for name in compress}
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        try:
+            ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
+        except OSError as exc:
+            raise OutputError(f"cannot write {str(path)!r}: {exc}") from exc
+    return Path(path)
+
+
+class StreamingWriter:
+    """Write a NetCDF file incrementally along an unlimited ``sample`` dimension.
+
+    Use as a context manager: ``commit()`` renames the temporary file onto the target;
+    leaving the block without ``commit()`` (or by an exception) deletes it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False,
+                 sample_dim: str = "sample") -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.sample_dim = sample_dim
+        self._ctx = atomic_path(self.path, overwrite=overwrite)
+        self._tmp: Path | None = None
+        self._nc = None
+        self._committed = False
+        self.n = 0
+
+    # -------------------------------------------------------------- lifecycle
+    def __enter__(self) -> StreamingWriter:
+        import netCDF4
+
+        self._tmp = self._ctx.__enter__()
+        try:
+            self._nc = netCDF4.Dataset(self._tmp, "w", format="NETCDF4")
+        except OSError as exc:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise OutputError(f"cannot create {str(self.path)!r}: {exc}") from exc
+        self._nc.createDimension(self.sample_dim, None)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._nc is not None and self._nc.isopen():
+            with contextlib.suppress(Exception):
+                self._nc.close()
+        if exc_type is None and not self._committed:
+            error = OutputError(f"{str(self.path)!r} was not committed; nothing was written")
+            self._ctx.__exit__(OutputError, error, None)
+            raise error
+        if exc_type is None:
+            return bool(self._ctx.__exit__(None, None, None))
+        self._ctx.__exit__(exc_type, exc, tb)
+        return False
+
+    def commit(self) -> Path:
+        self._nc.close()
+        self._committed = True
+        return self.path
+
+    # -------------------------------------------------------------- schema
+    def dimension(self, name: str, size: int) -> None:
+        self._nc.createDimension(name, size)
+
+    def variable(self, name: str, dims: Sequence[str], dtype: Any, *, attrs: Mapping[str, Any],
+                 data: Any = None, compress: bool = False, chunks: Sequence[int] | None = None,
+                 fill: Any = None) -> None:
+        """Define a variable (``dtype=str`` for strings); ``data`` fills a fixed one."""
+        kwargs: dict[str, Any] = {}
+        if compress:
+            kwargs.update(zlib=True, complevel=4, shuffle=True)
+        if chunks is not None:
+            kwargs["chunksizes"] = tuple(chunks)
+        if fill is not None:
+            kwargs["fill_value"] = fill
+        var = self._nc.createVariable(name, dtype, tuple(dims), **kwargs)
+        var.setncatts(safe_attrs(attrs))
+        if data is not None:
+            arr = np.asarray(data, dtype=object if dtype is str else None)
+            var[...] = arr
+
+    def attrs(self, attrs: Mapping[str, Any]) -> None:
+        self._nc.setncatts(safe_attrs(attrs))
+
+    # -------------------------------------------------------------- data
+    def append(self, values: Mapping[str, Any]) -> None:
+        """Append one batch: every array's first axis is the sample axis."""
+        sizes = {len(v) for v in values.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"batch arrays disagree on the sample count: {sizes}")
+        (count,) = sizes
+        start, stop = self.n, self.n + count
+        for name, value in values.items():
+            var = self._nc.variables[name]
+            if var.dtype is str:
+                for offset, item in enumerate(value):
+                    var[start + offset] = str(item)
+            else:
+                var[start:stop] = np.asarray(value)
+        self.n = stop
+
+    def write(self, name: str, value: Any) -> None:
+        self._nc.variables[name][...] = np.asarray(value)

@@ -1,0 +1,163 @@
+"""Figures (PNG) of the token dynamics in an analysis Dataset.
+
+Each panel function draws one quantity on a matplotlib ``Axes`` from an ``xr.Dataset`` as
+written by :func:`depthflow.analyze.analyze`; :func:`plot_token_dynamics` writes one PNG per
+panel plus an overview, into a directory that appears only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import dims as D
+from .errors import OutputError
+
+KIND_COLORS = {"cls": "tab:red", "register": "tab:green", "patch": "tab:blue"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(ax, x, values, *, label: str, color: str | None) -> None:
+    """Mean over samples with a +-1 standard deviation band."""
+    mean = np.nanmean(values, axis=0)
+    std = np.nanstd(values, axis=0)
+    ax.plot(x, mean, marker="o", ms=3, label=label, color=color)
+    ax.fill_between(x, mean - std, mean + std, alpha=0.2, color=color)
+
+
+def _per_kind(ax, ds, name: str, x_dim: str, ylabel: str, title: str) -> None:
+    var = ds[name]
+    x = ds[x_dim].values
+    for kind in ds[D.KIND].values:
+        values = var.sel({D.KIND: kind}).transpose(D.SAMPLE, x_dim).values
+        _band(ax, x, values, label=str(kind), color=KIND_COLORS.get(str(kind)))
+    ax.set_xlabel(x_dim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
+def panel_norm(ax, ds) -> None:
+    _per_kind(ax, ds, "norm", D.DEPTH, "mean ||x||", "token norms")
+    ax.set_yscale("log")
+
+
+def panel_gamma(ax, ds) -> None:
+    _per_kind(ax, ds, "gamma", D.DEPTH, "<x_l, x_L> (cos)", "convergence to final direction")
+
+
+def panel_speed(ax, ds) -> None:
+    _per_kind(ax, ds, "angular_speed", D.STEP, "angle per step (rad)", "angular speed")
+
+
+def panel_coherence(ax, ds) -> None:
+    _band(ax, ds[D.DEPTH].values, ds["patch_coherence"].transpose(D.SAMPLE, D.DEPTH).values,
+          label="patches", color=KIND_COLORS["patch"])
+    ax.set_xlabel(D.DEPTH)
+    ax.set_ylabel("mean cos to mean patch")
+    ax.set_title("patch coherence")
+
+
+def panel_rank(ax, ds) -> None:
+    x = ds[D.STEP].values
+    _band(ax, x, ds["update_stable_rank"].transpose(D.SAMPLE, D.STEP).values,
+          label="per image (all tokens)", color="black")
+    for kind in ds[D.KIND].values:
+        ax.plot(x, ds["population_stable_rank"].sel({D.KIND: kind}).values, ls="--",
+                marker=".", color=KIND_COLORS.get(str(kind)), label=f"{kind}, images stacked")
+    ax.set_xlabel(D.STEP)
+    ax.set_ylabel("stable rank of update")
+    ax.set_yscale("log")
+    ax.set_title("rank of updates a_l - a_(l-1)")
+    ax.legend(fontsize=7)
+
+
+def panel_classes(ax, ds) -> None:
+    x = ds[D.DEPTH].values
+    ax.plot(x, ds["cls_within_class"].values, marker="o", ms=3, label="within class")
+    ax.plot(x, ds["cls_between_class"].values, marker="o", ms=3, label="between class means")
+    ax.plot(x, ds["cls_class_separation"].values, marker="o", ms=3, color="black",
+            label="separation")
+    ax.set_xlabel(D.DEPTH)
+    ax.set_ylabel("cosine")
+    ax.set_title("class structure of cls directions")
+    ax.legend(fontsize=8)
+
+
+PANELS: dict[str, tuple[str, Callable]] = {
+    "norm": ("norm", panel_norm),
+    "gamma": ("gamma", panel_gamma),
+    "angular_speed": ("angular_speed", panel_speed),
+    "patch_coherence": ("patch_coherence", panel_coherence),
+    "update_rank": ("update_stable_rank", panel_rank),
+    "class_separation": ("cls_class_separation", panel_classes),
+}
+
+
+def available_panels(ds) -> list[str]:
+    return [name for name, (needs, _) in PANELS.items() if needs in ds.variables]
+
+
+def plot_token_dynamics(ds, out_dir: str | os.PathLike[str], *, overwrite: bool = False,
+                        dpi: int = 110) -> list[Path]:
+    """Write ``overview.png`` and one PNG per panel into ``out_dir`` (atomically)."""
+    target = check_figure_dir(out_dir, overwrite=overwrite)
+    plt = _pyplot()
+    names = available_panels(ds)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        title = str(ds.attrs.get("title", "depthflow"))
+        cols = 3
+        rows = -(-len(names) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            PANELS[name][1](ax, ds)
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(tmp / "overview.png", dpi=dpi)
+        plt.close(fig)
+        for name in names:
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            PANELS[name][1](ax, ds)
+            fig.tight_layout()
+            fig.savefig(tmp / f"{name}.png", dpi=dpi)
+            plt.close(fig)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        raise
+    return sorted(target.glob("*.png"))
+
+
+def check_figure_dir(out_dir: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    target = Path(out_dir)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"figure directory parent {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"figure directory parent {str(parent)!r} is not writable")
+    if target.exists() and not overwrite:
+        raise OutputError(
+            f"figure directory {str(target)!r} exists; pass --overwrite to replace it")
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"figure path {str(target)!r} exists and is not a directory")
+    return target

@@ -1,0 +1,41 @@
+"""Provenance attributes recorded in every result file."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import __version__
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+    import xarray
+
+    return {"depthflow": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "xarray": xarray.__version__, "python": platform.python_version()}
+
+
+def provenance(*, config: Mapping[str, Any], command: Sequence[str] | None = None,
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Global attributes: versions, JSON config, command line, creation time."""
+    v = versions()
+    attrs: dict[str, Any] = {
+        "Conventions": "CF-1.8",
+        "source": "depthflow " + v["depthflow"],
+        "history": datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ") + " " + shlex.join(command if command is not None
+                                                     else sys.argv),
+        "command": shlex.join(command if command is not None else sys.argv),
+        "config": json.dumps(dict(config), sort_keys=True, default=str),
+        "platform": platform.platform(),
+    }
+    attrs.update({f"{k}_version": val for k, val in v.items()})
+    attrs.update(extra or {})
+    return attrs

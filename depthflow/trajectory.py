@@ -1,0 +1,79 @@
+"""Depth trajectories: the state of every token after every block, batch by batch."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from .data import Batch, ImageSource
+from .errors import ConfigError
+from .preprocessing import Preprocessing
+from .vit import ViT
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclasses.dataclass
+class TrajectoryBatch:
+    batch: Batch
+    states: Tensor            # (B, L+1, T, D), float32 (float64 when computing in float64)
+    logits: Tensor | None     # (B, classes) when the model has a head
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(device)!r} requested but CUDA is not available here; "
+                          "use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {str(device)!r}")
+    return dev
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def compute_context(device: torch.device, dtype: torch.dtype):
+    """bfloat16 runs under autocast (weights stay float32); others run natively."""
+    if dtype == torch.bfloat16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def iter_trajectories(model: ViT, source: ImageSource, *, preprocessing: Preprocessing | None,
+                      batch_size: int = 64, device: str | torch.device = "cpu",
+                      dtype: str = "float32", progress: bool = False) -> Iterator[TrajectoryBatch]:
+    """Stream trajectories ``(B, L+1, T, D)`` for every batch of ``source``.
+
+    Only one batch of states is alive at a time. Summaries are computed in float32 (float64
+    when ``dtype="float64"``), whatever the compute dtype.
+    """
+    dev, tdtype = resolve_device(device), resolve_dtype(dtype)
+    out_dtype = torch.float64 if tdtype == torch.float64 else torch.float32
+    model = model.to(device=dev, dtype=out_dtype).eval()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(source), unit="img", desc="trajectories", leave=False)
+    try:
+        with torch.inference_mode():
+            for batch in source.batches(batch_size, preprocessing=preprocessing):
+                images = batch.images.to(device=dev, dtype=out_dtype)
+                with compute_context(dev, tdtype):
+                    states = [s for _, s in model.iter_states(images)]
+                    logits = model.readout(states[-1]) if model.head is not None else None
+                traj = torch.stack([s.to(out_dtype) for s in states], dim=1)
+                yield TrajectoryBatch(batch, traj,
+                                      None if logits is None else logits.to(out_dtype))
+                if bar is not None:
+                    bar.update(len(batch.labels))
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,43 @@
+"""Small models and checkpoints shared by the tests (plain functions, no fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from depthflow.checkpoints import LoadedModel, save_checkpoint
+from depthflow.preprocessing import Preprocessing
+from depthflow.vit import ViT, ViTConfig
+
+DIGITS_PRE = Preprocessing(resize=8, crop=8, mean=(0.3,), std=(0.4,), interpolation="bilinear",
+                           mode="L")
+
+
+def tiny_config(**changes) -> ViTConfig:
+    base = dict(embed_dim=32, depth=3, num_heads=2, patch_size=2, img_size=8, in_chans=1,
+                mlp_hidden_dim=64, num_register_tokens=2, num_classes=10)
+    base.update(changes)
+    return ViTConfig(**base)
+
+
+def tiny_vit(seed: int = 0, dtype=torch.float32, **changes) -> ViT:
+    """A random ViT whose LayerScale is large enough that every block matters."""
+    model = ViT(tiny_config(**changes)).init_weights(seed=seed, layerscale_init=0.5)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():   # non-trivial norms and biases too
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.to(dtype).eval()
+
+
+def tiny_loaded(seed: int = 0, **changes) -> LoadedModel:
+    return LoadedModel(tiny_vit(seed, **changes), source="tiny", format="test",
+                       preprocessing=DIGITS_PRE)
+
+
+def tiny_checkpoint(path: Path, seed: int = 0, **changes) -> Path:
+    save_checkpoint(tiny_vit(seed, **changes), path, preprocessing=DIGITS_PRE,
+                    info={"purpose": "test"})
+    return path

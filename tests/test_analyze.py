@@ -1,0 +1,100 @@
+"""analyze(): streamed trajectories into a self-describing NetCDF file."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from depthflow import tokens
+from depthflow.analyze import AnalyzeConfig, analyze
+from depthflow.data import open_images
+from depthflow.errors import ConfigError, OutputError
+from depthflow.preprocessing import Preprocessing
+
+from _models import DIGITS_PRE, tiny_loaded
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    path = tmp_path_factory.mktemp("an") / "run.nc"
+    analyze(tiny_loaded(), open_images("digits"), path,
+            config=AnalyzeConfig(batch_size=16, states="all", limit=40))
+    return path
+
+
+def test_file_is_self_describing(result):
+    with xr.open_dataset(result) as ds:
+        assert ds.sizes == {"sample": 40, "depth": 4, "step": 3, "token": 19, "kind": 3,
+                            "feature": 32, "class": 10, "logit": 10}
+        assert list(ds["kind"].values) == ["cls", "register", "patch"]
+        assert list(ds["token_kind"].values[:4]) == ["cls", "register", "register", "patch"]
+        for name, var in ds.variables.items():
+            assert "long_name" in var.attrs and "units" in var.attrs, name
+        for key in ("checkpoint", "checkpoint_sha256", "architecture", "preprocessing",
+                    "depthflow_version", "torch_version", "seed", "config", "command", "images"):
+            assert key in ds.attrs, key
+        assert json.loads(ds.attrs["config"])["states"] == "all"
+        assert json.loads(ds.attrs["architecture"])["depth"] == 3
+        assert Preprocessing.from_dict(json.loads(ds.attrs["preprocessing"])) == DIGITS_PRE
+        assert ds["label"].values.tolist() == open_images("digits", limit=40).labels.tolist()
+
+
+def test_values_match_direct_computation(result):
+    loaded = tiny_loaded()
+    (batch,) = list(open_images("digits", limit=40).batches(40, preprocessing=DIGITS_PRE))
+    with torch.no_grad():
+        traj = loaded.model.trajectory(batch.images)
+        logits = loaded.model(batch.images)
+    groups = [torch.tensor([0]), torch.tensor([1, 2]), torch.arange(3, 19)]
+    with xr.open_dataset(result) as ds:
+        np.testing.assert_allclose(ds["state"].values, traj.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ds["cls_state"].values, traj[:, :, 0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(ds["gamma"].values,
+                                   tokens.kind_mean(tokens.gamma(traj), groups).numpy(),
+                                   atol=1e-5)
+        np.testing.assert_allclose(ds["angular_speed"].values,
+                                   tokens.kind_mean(tokens.angular_speed(traj), groups).numpy(),
+                                   atol=1e-5)
+        np.testing.assert_array_equal(ds["prediction"].values, logits.argmax(-1).numpy())
+        acc = float((logits.argmax(-1) == batch.labels).float().mean())
+        assert ds.attrs["head_accuracy"] == pytest.approx(acc)
+        np.testing.assert_allclose(ds["gamma"].isel(depth=-1).values, 1.0, atol=1e-5)
+
+
+def test_batch_size_does_not_change_results(tmp_path, result):
+    other = tmp_path / "b.nc"
+    analyze(tiny_loaded(), open_images("digits"), other,
+            config=AnalyzeConfig(batch_size=7, states="none", limit=40))
+    with xr.open_dataset(result) as a, xr.open_dataset(other) as b:
+        assert "state" not in b and "cls_state" not in b
+        for name in ("norm", "gamma", "angular_speed", "patch_coherence",
+                     "update_stable_rank", "population_stable_rank", "cls_class_separation"):
+            np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+
+
+def test_float64_and_bfloat16_compute(tmp_path, result):
+    f64, bf16 = tmp_path / "f64.nc", tmp_path / "bf16.nc"
+    analyze(tiny_loaded(), open_images("digits"), f64,
+            config=AnalyzeConfig(dtype="float64", limit=40, states="none"))
+    analyze(tiny_loaded(), open_images("digits"), bf16,
+            config=AnalyzeConfig(dtype="bfloat16", limit=40, states="none"))
+    with xr.open_dataset(result) as a, xr.open_dataset(f64) as b, xr.open_dataset(bf16) as c:
+        np.testing.assert_allclose(a["gamma"].values, b["gamma"].values, atol=1e-4)
+        assert c.attrs["compute_dtype"] == "bfloat16"
+        np.testing.assert_allclose(a["gamma"].values, c["gamma"].values, atol=0.1)
+
+
+def test_guards(tmp_path):
+    out = tmp_path / "x.nc"
+    out.write_text("keep me")
+    with pytest.raises(OutputError, match="exists"):
+        analyze(tiny_loaded(), open_images("digits"), out, config=AnalyzeConfig(limit=4))
+    assert out.read_text() == "keep me"
+    with pytest.raises(ConfigError, match="states"):
+        AnalyzeConfig(states="some").validate()
+    with pytest.raises(ConfigError, match="CUDA"):
+        AnalyzeConfig(device="cuda:7").validate() if not torch.cuda.is_available() else \
+            (_ for _ in ()).throw(ConfigError("CUDA present"))

@@ -1,0 +1,145 @@
+"""Token-dynamics measures: known answers and invariants."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from depthflow import tokens
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=64)
+
+
+def vectors(n=4, d=5):
+    return arrays(np.float64, (n, d), elements=finite).filter(
+        lambda a: (np.linalg.norm(a, axis=-1) > 1e-3).all())
+
+
+@given(vectors())
+def test_normalize_is_idempotent_and_unit(a):
+    x = torch.from_numpy(a)
+    u = tokens.normalize(x)
+    torch.testing.assert_close(u.norm(dim=-1), torch.ones(len(a), dtype=u.dtype))
+    torch.testing.assert_close(tokens.normalize(u), u)
+
+
+@given(vectors(), vectors())
+def test_angle_symmetric_and_in_range(a, b):
+    x, y = torch.from_numpy(a), torch.from_numpy(b)
+    ang = tokens.angle(x, y)
+    torch.testing.assert_close(ang, tokens.angle(y, x))
+    assert bool(((ang >= 0) & (ang <= math.pi + 1e-12)).all())
+    torch.testing.assert_close(tokens.angle(x, x), torch.zeros(len(a), dtype=x.dtype))
+
+
+@given(st.floats(1e-6, math.pi - 1e-6), st.floats(0.1, 10.0))
+def test_angle_known_answer(theta, scale):
+    a = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    b = scale * torch.tensor([math.cos(theta), math.sin(theta), 0.0], dtype=torch.float64)
+    assert tokens.angle(a, b).item() == pytest.approx(theta, rel=1e-9, abs=1e-12)
+    assert tokens.cosine(a, b).item() == pytest.approx(math.cos(theta), abs=1e-12)
+
+
+def rotating_trajectory(theta: float, depth: int = 5, tokens_: int = 3) -> torch.Tensor:
+    """Every token turns by theta per step in the (e0, e1) plane, norms grow."""
+    angles = torch.arange(depth + 1, dtype=torch.float64) * theta
+    states = torch.zeros(1, depth + 1, tokens_, 4, dtype=torch.float64)
+    for t in range(tokens_):
+        radius = (1.0 + t) * (1.5 ** torch.arange(depth + 1, dtype=torch.float64))
+        states[0, :, t, 0] = radius * torch.cos(angles)
+        states[0, :, t, 1] = radius * torch.sin(angles)
+    return states
+
+
+def test_speed_gamma_norms_on_rotation():
+    theta = 0.3
+    traj = rotating_trajectory(theta)
+    torch.testing.assert_close(tokens.angular_speed(traj), torch.full((1, 5, 3), theta,
+                                                                      dtype=torch.float64))
+    expected_gamma = torch.cos(theta * (5 - torch.arange(6, dtype=torch.float64)))
+    torch.testing.assert_close(tokens.gamma(traj)[0, :, 0], expected_gamma)
+    torch.testing.assert_close(tokens.gamma(traj)[:, -1], torch.ones(1, 3, dtype=torch.float64))
+    torch.testing.assert_close(tokens.token_norms(traj)[0, 2, 1],
+                               torch.tensor(2 * 1.5**2, dtype=torch.float64))
+
+
+def test_patch_coherence_known_answers():
+    parallel = torch.zeros(1, 2, 4, 3, dtype=torch.float64)
+    parallel[..., 0] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    torch.testing.assert_close(tokens.patch_coherence(parallel, slice(0, 4)),
+                               torch.ones(1, 2, dtype=torch.float64))
+    cross = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 1.0, 0], [0, -1.0, 0]],
+                         dtype=torch.float64)
+    traj = cross.expand(1, 2, 4, 3)
+    torch.testing.assert_close(tokens.patch_coherence(traj, slice(0, 4)),
+                               torch.zeros(1, 2, dtype=torch.float64))
+    # cls token at position 0 is excluded by the slice
+    traj = torch.cat([torch.full((1, 2, 1, 3), 5.0, dtype=torch.float64), parallel], dim=2)
+    torch.testing.assert_close(tokens.patch_coherence(traj, slice(1, 5)),
+                               torch.ones(1, 2, dtype=torch.float64))
+
+
+def test_rank_measures_known_answers():
+    sigma = torch.tensor([3.0, 2.0, 1.0, 0.0], dtype=torch.float64)
+    r = tokens.rank_measures(sigma**2)
+    assert r["stable_rank"].item() == pytest.approx(14 / 9)
+    assert r["participation_ratio"].item() == pytest.approx(14**2 / 98)
+    p = torch.tensor([3, 2, 1], dtype=torch.float64) / 6
+    assert r["effective_rank"].item() == pytest.approx(math.exp(-(p * p.log()).sum().item()))
+    eye = tokens.rank_measures(torch.ones(7, dtype=torch.float64))
+    for value in eye.values():
+        assert value.item() == pytest.approx(7.0)
+    zero = tokens.rank_measures(torch.zeros(3, dtype=torch.float64))
+    assert all(math.isnan(v.item()) for v in zero.values())
+
+
+def test_update_ranks_of_rank_one_updates():
+    gen = torch.Generator().manual_seed(0)
+    u, v = torch.randn(2, 6, 1, generator=gen), torch.randn(2, 1, 5, generator=gen)
+    start = torch.randn(2, 6, 5, generator=gen)
+    traj = torch.stack([start, start + u @ v, start + 3 * (u @ v)], dim=1)   # (2, 3, 6, 5)
+    ranks = tokens.update_ranks(traj)
+    for value in ranks.values():
+        torch.testing.assert_close(value, torch.ones(2, 2), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 1000))
+def test_gram_accumulator_is_batch_invariant_and_matches_svd(split, seed):
+    gen = torch.Generator().manual_seed(seed)
+    traj = torch.randn(7, 4, 5, 3, generator=gen, dtype=torch.float64)
+    groups = [torch.tensor([0]), torch.tensor([1, 2, 3, 4])]
+    whole = tokens.GramAccumulator(3, 2, 3)
+    whole.update(traj, groups)
+    parts = tokens.GramAccumulator(3, 2, 3)
+    parts.update(traj[:split], groups)
+    parts.update(traj[split:], groups)
+    torch.testing.assert_close(parts.gram, whole.gram)
+    updates = (traj[:, 1:] - traj[:, :-1])[:, :, groups[1]]           # (7, 3, 4, 3)
+    stacked = updates.permute(1, 0, 2, 3).reshape(3, -1, 3)
+    sq = torch.linalg.svdvals(stacked) ** 2
+    torch.testing.assert_close(whole.ranks()["stable_rank"][:, 1],
+                               tokens.rank_measures(sq)["stable_rank"])
+
+
+def test_class_direction_accumulator_known_answer():
+    acc = tokens.ClassDirectionAccumulator(depths=2, num_classes=3, dim=3)
+    e = torch.eye(3, dtype=torch.float64)
+    states = torch.stack([torch.stack([e[0], 2 * e[0]]), torch.stack([e[1], 5 * e[1]]),
+                          torch.stack([e[0], e[0]]), torch.stack([e[2], e[2]])])  # (4, 2, 3)
+    acc.update(states[:2], torch.tensor([0, 1]))
+    acc.update(states[2:], torch.tensor([0, -1]))       # unlabelled sample ignored
+    res = acc.result()
+    torch.testing.assert_close(res["within"], torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(res["between"], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(res["separation"], torch.ones(2, dtype=torch.float64))
+
+
+def test_kind_mean():
+    values = torch.arange(10.0).view(2, 5)
+    out = tokens.kind_mean(values, [torch.tensor([0]), torch.tensor([1, 2, 3, 4])])
+    torch.testing.assert_close(out, torch.tensor([[0.0, 2.5], [5.0, 7.5]]))
