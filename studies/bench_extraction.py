@@ -1,0 +1,135 @@
+"""Benchmark: bounded memory and low overhead of ``depthflow analyze``.
+
+Prints, measured side by side in one run:
+
+* peak resident memory of ``analyze`` on 2,000 images / on 250 images (each run in a
+  fresh subprocess; must stay within 1.3x: streaming keeps one batch alive);
+* wall time of ``analyze`` / wall time of a bare forward pass over the same batches
+  (same source, same preprocessing; must stay under 1.5x).
+
+Two models: the embedded digits ViT (T=21, D=64) and a ViT-S/14-sized model (12 blocks,
+D=384, 6 heads, random weights) at 112 px (T=65), where the forward pass dominates as it
+does for real checkpoints. Usage: ``python studies/bench_extraction.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from depthflow.analyze import AnalyzeConfig, analyze
+from depthflow.checkpoints import LoadedModel, load_model
+from depthflow.data import open_images
+from depthflow.preprocessing import Preprocessing
+from depthflow.vit import ViT, ViTConfig
+
+VIT_S = ViTConfig(embed_dim=384, depth=12, num_heads=6, patch_size=14, img_size=112,
+                  mlp_hidden_dim=1536, num_register_tokens=0)
+
+
+def make_model(name: str) -> LoadedModel:
+    if name == "digits":
+        return load_model(None)
+    model = ViT(VIT_S).init_weights(seed=0, layerscale_init=0.1).eval()
+    pre = Preprocessing(resize=112, crop=112)
+    return LoadedModel(model, source="random ViT-S/14 @112px", format="bench",
+                       preprocessing=pre)
+
+
+def make_images(directory: Path, n: int, name: str) -> Path:
+    """``n`` uint8 images as a .npy file: digits (repeated) or random photos-like noise."""
+    rng = np.random.default_rng(0)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = (load_digits().images * 255 / 16).astype(np.uint8)
+        images = digits[rng.integers(0, len(digits), n)]
+    else:
+        images = rng.integers(0, 256, size=(n, 112, 112, 3), dtype=np.uint8)
+    path = directory / f"{name}_{n}.npy"
+    np.save(path, images)
+    return path
+
+
+def run_child(model: str, images: Path, batch_size: int) -> dict:
+    """One analyze in a fresh process; returns its wall time and peak RSS."""
+    code = (
+        "import json, resource, sys, time, torch\n"
+        "sys.path.insert(0, %r)\n"
+        "from bench_extraction import child\n"
+        "print(json.dumps(child(%r, %r, %d)))\n"
+    ) % (str(Path(__file__).parent), model, str(images), batch_size)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(model_name: str, images: str, batch_size: int) -> dict:
+    torch.set_num_threads(2)
+    loaded = make_model(model_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        analyze(loaded, open_images(images), Path(tmp) / "out.nc",
+                config=AnalyzeConfig(batch_size=batch_size, states="cls"))
+        seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds": seconds, "peak_mib": peak_kib / 1024}
+
+
+def bare_forward(model_name: str, images: Path, batch_size: int) -> float:
+    loaded = make_model(model_name)
+    source = open_images(images)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in source.batches(batch_size, preprocessing=loaded.preprocessing):
+            loaded.model.forward_features(batch.images)
+    return time.perf_counter() - start
+
+
+def timed_analyze(model_name: str, images: Path, batch_size: int) -> float:
+    loaded = make_model(model_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        analyze(loaded, open_images(images), Path(tmp) / "out.nc",
+                config=AnalyzeConfig(batch_size=batch_size, states="cls"))
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="digits model only")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    models = ["digits"] if args.quick else ["digits", "vit-s"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            small = make_images(Path(tmp), 250, name)
+            large = make_images(Path(tmp), 2000, name)
+            mem_small = run_child(name, small, args.batch_size)
+            mem_large = run_child(name, large, args.batch_size)
+            bare_forward(name, small, args.batch_size)                      # warm-up
+            bare = min(bare_forward(name, large, args.batch_size) for _ in range(2))
+            full = min(timed_analyze(name, large, args.batch_size) for _ in range(2))
+            rows.append((name, mem_small["peak_mib"], mem_large["peak_mib"], bare, full))
+    print(f"{'model':8s} {'peak250 MiB':>12s} {'peak2000 MiB':>13s} {'mem ratio':>10s} "
+          f"{'forward s':>10s} {'analyze s':>10s} {'overhead':>9s}")
+    for name, m_small, m_large, bare, full in rows:
+        print(f"{name:8s} {m_small:12.1f} {m_large:13.1f} {m_large / m_small:10.3f} "
+              f"{bare:10.2f} {full:10.2f} {full / bare:9.3f}")
+    print("targets: mem ratio <= 1.3, overhead < 1.5")
+
+
+if __name__ == "__main__":
+    main()
