@@ -57,11 +57,18 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         if target.exists() and not overwrite:
             raise OutputError(
                 f"output {str(target)!r} appeared while writing; pass --overwrite to replace it")
+        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; use the usual mode
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:

@@ -51,9 +51,20 @@ def _per_kind(ax, ds, name: str, x_dim: str, ylabel: str, title: str) -> None:
     ax.legend(fontsize=8)
 
 
+def _log_y(ax) -> None:
+    """Log scale with plain numbers (minor ticks labelled when the range is small)."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter() if 0 < low and high / low < 20
+                                 else NullFormatter())
+
+
 def panel_norm(ax, ds) -> None:
     _per_kind(ax, ds, "norm", D.DEPTH, "mean ||x||", "token norms")
-    ax.set_yscale("log")
+    _log_y(ax)
 
 
 def panel_gamma(ax, ds) -> None:
@@ -81,7 +92,7 @@ def panel_rank(ax, ds) -> None:
                 marker=".", color=KIND_COLORS.get(str(kind)), label=f"{kind}, images stacked")
     ax.set_xlabel(D.STEP)
     ax.set_ylabel("stable rank of update")
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_title("rank of updates a_l - a_(l-1)")
     ax.legend(fontsize=7)
 

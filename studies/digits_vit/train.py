@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         ASSET.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(ASSET, overwrite=True) as tmp:
             shutil.copyfile(args.out_dir / CHECKPOINT_NAME, tmp)
+            tmp.chmod(0o644)          # a packaged file, readable by everyone
         print(f"installed {ASSET.relative_to(REPO)}")
 
 
