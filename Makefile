@@ -32,7 +32,7 @@ install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 demo: $(VENV)/.core
-	$(VENV)/bin/depthflow analyze --overwrite -o depthflow-demo.nc --figures depthflow-demo-figures
+	$(VENV)/bin/depthflow analyze --image-ranks --overwrite -o depthflow-demo.nc --figures depthflow-demo-figures
 	$(VENV)/bin/depthflow info depthflow-demo.nc
 
 test: $(VENV)/.test

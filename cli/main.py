@@ -75,6 +75,9 @@ def _default_output(checkpoint: str | None) -> str:
               show_default=True, help="Which raw states to keep (compressed) besides summaries.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="Analyse only the first N images.")
+@click.option("--image-ranks", is_flag=True,
+              help="Also rank measures of each image's update matrix (tokens stacked); "
+                   "costs a float64 eigenproblem per image and step.")
 @options.arch
 @options.batch_size
 @options.device
@@ -82,8 +85,8 @@ def _default_output(checkpoint: str | None) -> str:
 @options.overwrite
 @options.quiet
 @one_line_errors
-def analyze(checkpoint, images, output, figures, no_figures, dtype, states, limit, arch,
-            batch_size, device, seed, overwrite, quiet):
+def analyze(checkpoint, images, output, figures, no_figures, dtype, states, limit,
+            image_ranks, arch, batch_size, device, seed, overwrite, quiet):
     """Trajectories of every token through depth, written to one NetCDF file + figures.
 
     CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
@@ -101,7 +104,7 @@ def analyze(checkpoint, images, output, figures, no_figures, dtype, states, limi
     output = output or _default_output(checkpoint)
     figures = None if no_figures else (figures or f"{Path(output).with_suffix('')}-figures")
     config = AnalyzeConfig(batch_size=batch_size, device=device, dtype=dtype, states=states,
-                           limit=limit, seed=seed).validate()
+                           limit=limit, seed=seed, image_ranks=image_ranks).validate()
     check_output_path(output, overwrite=overwrite)
     if figures:
         check_figure_dir(figures, overwrite=overwrite)

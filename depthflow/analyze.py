@@ -40,6 +40,7 @@ class AnalyzeConfig:
     states: str = "cls"
     limit: int | None = None
     seed: int = 0
+    image_ranks: bool = False
 
     def validate(self) -> AnalyzeConfig:
         if self.batch_size < 1:
@@ -121,9 +122,10 @@ class _Schema:
         if self.patch_slice.stop > self.patch_slice.start:
             w.variable("patch_coherence", [S, D.DEPTH], "f4", attrs=_attrs(
                 "patch coherence: mean cosine of patch tokens to the mean patch direction"))
-        for name, text in _RANK_NAMES.items():
-            w.variable(f"update_{name}", [S, D.STEP], "f4", attrs=_attrs(
-                f"{text} of the update a_l - a_(l-1), tokens stacked, per image"))
+        if self.config.image_ranks:
+            for name, text in _RANK_NAMES.items():
+                w.variable(f"update_{name}", [S, D.STEP], "f4", attrs=_attrs(
+                    f"{text} of the update a_l - a_(l-1), tokens stacked, per image"))
         if self.has_head:
             w.variable("prediction", [S], "i4", attrs=_attrs("predicted class index", ""))
             w.dimension(D.LOGIT, self.num_logits)
@@ -136,20 +138,17 @@ class _Schema:
                        chunks=[1, L + 1, T, self.dim],
                        attrs=_attrs("token state a_l (raw residual stream)", "activation units"))
 
-    def batch_values(self, tb, start: int) -> dict[str, Any]:
+    def batch_values(self, tb, start: int) -> tuple[dict[str, Any], torch.Tensor]:
+        """Per-sample values of one batch (numpy, for the writer) and its updates."""
         traj = tb.states
+        measures, updates = tokens.summarize_batch(traj, self.groups, self.patch_slice,
+                                                   image_ranks=self.config.image_ranks)
         values: dict[str, Any] = {
             D.SAMPLE: np.arange(start, start + len(tb.batch.names), dtype=np.int32),
             D.LABEL: tb.batch.labels.numpy().astype(np.int32),
             "sample_name": tb.batch.names,
-            "norm": tokens.kind_mean(tokens.token_norms(traj), self.groups),
-            "gamma": tokens.kind_mean(tokens.gamma(traj), self.groups),
-            "angular_speed": tokens.kind_mean(tokens.angular_speed(traj), self.groups),
+            **measures,
         }
-        if self.patch_slice.stop > self.patch_slice.start:
-            values["patch_coherence"] = tokens.patch_coherence(traj, self.patch_slice)
-        for name, value in tokens.update_ranks(traj).items():
-            values[f"update_{name}"] = value
         if self.has_head:
             values["prediction"] = tb.logits.argmax(-1).to(torch.int32)
             values["logits"] = tb.logits
@@ -157,8 +156,9 @@ class _Schema:
             values["cls_state"] = traj[:, :, 0]
         if self.config.states == "all":
             values["state"] = traj
-        return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
-                for k, v in values.items()}
+        values = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+                  for k, v in values.items()}
+        return values, updates
 
 
 _RANK_NAMES = {"stable_rank": "stable rank ||U||_F^2 / ||U||_2^2",
@@ -189,18 +189,20 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
     schema = _Schema(loaded, source, height, width, config)
     if schema.has_head:
         schema.num_logits = first.logits.shape[-1]
-    grams = tokens.GramAccumulator(schema.depth, len(schema.kinds), schema.dim)
+    device = first.states.device            # accumulate where the states live (CPU or GPU)
+    grams = tokens.GramAccumulator(schema.depth, len(schema.kinds), schema.dim, device=device)
     classes = (tokens.ClassDirectionAccumulator(schema.depth + 1, len(schema.classes),
-                                                schema.dim) if schema.classes else None)
+                                                schema.dim, device=device)
+               if schema.classes else None)
     correct = total = 0
     with StreamingWriter(output, overwrite=overwrite) as writer:
         schema.define(writer)
         for tb in _chain(first, stream):
-            writer.append(schema.batch_values(tb, writer.n))
-            states = tb.states.cpu()
-            grams.update(states, schema.groups)
+            values, updates = schema.batch_values(tb, writer.n)
+            writer.append(values)
+            grams.add_updates(updates, schema.groups)
             if classes is not None:
-                classes.update(states[:, :, 0], tb.batch.labels)
+                classes.update(tb.states[:, :, 0], tb.batch.labels)
             if schema.has_head:
                 labelled = tb.batch.labels >= 0
                 pred = tb.logits.argmax(-1).cpu()

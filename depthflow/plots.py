@@ -85,8 +85,9 @@ def panel_coherence(ax, ds) -> None:
 
 def panel_rank(ax, ds) -> None:
     x = ds[D.STEP].values
-    _band(ax, x, ds["update_stable_rank"].transpose(D.SAMPLE, D.STEP).values,
-          label="per image (all tokens)", color="black")
+    if "update_stable_rank" in ds:
+        _band(ax, x, ds["update_stable_rank"].transpose(D.SAMPLE, D.STEP).values,
+              label="per image (all tokens)", color="black")
     for kind in ds[D.KIND].values:
         ax.plot(x, ds["population_stable_rank"].sel({D.KIND: kind}).values, ls="--",
                 marker=".", color=KIND_COLORS.get(str(kind)), label=f"{kind}, images stacked")
@@ -114,7 +115,7 @@ PANELS: dict[str, tuple[str, Callable]] = {
     "gamma": ("gamma", panel_gamma),
     "angular_speed": ("angular_speed", panel_speed),
     "patch_coherence": ("patch_coherence", panel_coherence),
-    "update_rank": ("update_stable_rank", panel_rank),
+    "update_rank": ("population_stable_rank", panel_rank),
     "class_separation": ("cls_class_separation", panel_classes),
 }
 

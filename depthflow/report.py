@@ -73,6 +73,10 @@ def _curves(ds) -> list[str]:
     if "update_stable_rank" in ds:
         out.append("  stable rank/img          "
                    + _fmt(ds["update_stable_rank"].mean(D.SAMPLE).values))
+    if "population_stable_rank" in ds:
+        for kind in ds[D.KIND].values:
+            out.append(f"  stable rank {str(kind):9s}  "
+                       + _fmt(ds["population_stable_rank"].sel({D.KIND: kind}).values))
     if "cls_class_separation" in ds:
         out.append("  cls class sep.     " + _fmt(ds["cls_class_separation"].values))
     return out

@@ -115,14 +115,57 @@ def rank_measures(sq_singular: Tensor) -> dict[str, Tensor]:
 
 def update_ranks(traj: Tensor) -> dict[str, Tensor]:
     """Rank measures of each sample's update matrix (tokens stacked): ``(B, L)`` each."""
-    updates = (traj[:, 1:] - traj[:, :-1]).double()          # (B, L, T, D)
-    # squared singular values = eigenvalues of the smaller Gram matrix (cheaper than SVD)
-    if updates.shape[-2] <= updates.shape[-1]:
-        gram = updates @ updates.transpose(-1, -2)           # (B, L, T, T)
+    return update_ranks_of(traj[:, 1:] - traj[:, :-1])
+
+
+def update_ranks_of(updates: Tensor) -> dict[str, Tensor]:
+    """Rank measures of update matrices ``(..., T, D)``: one value per matrix.
+
+    Squared singular values are the eigenvalues of the smaller Gram matrix (much cheaper
+    than an SVD), formed and diagonalised in float64.
+    """
+    dtype = updates.dtype
+    u = updates.double()                  # a float32 Gram would floor small singular values
+    if u.shape[-2] <= u.shape[-1]:
+        gram = u @ u.transpose(-1, -2)                       # (..., T, T)
     else:
-        gram = updates.transpose(-1, -2) @ updates           # (B, L, D, D)
+        gram = u.transpose(-1, -2) @ u                       # (..., D, D)
     sq = eigvalsh(gram)
-    return {k: v.to(traj.dtype) for k, v in rank_measures(sq).items()}
+    return {k: v.to(dtype) for k, v in rank_measures(sq).items()}
+
+
+def summarize_batch(traj: Tensor, groups: Sequence[Tensor], patch_slice: slice, *,
+                    image_ranks: bool = True) -> tuple[dict[str, Tensor], Tensor]:
+    """Every per-sample measure of a batch in few passes over the states.
+
+    Returns the measures (token axis averaged within each group: ``norm``, ``gamma``
+    ``(B, L+1, K)``, ``angular_speed`` ``(B, L, K)``, ``patch_coherence`` ``(B, L+1)`` when
+    there are patches, and with ``image_ranks`` the ``update_*`` ranks ``(B, L)``) and the
+    updates ``(B, L, T, D)`` for the population accumulators. Equal to the one-measure
+    functions above, computed once. Per-image ranks need a float64 ``min(T, D)``-square
+    eigenproblem per image and step, which costs more than the forward pass at
+    ``T = 257``: they are optional.
+    """
+    norms = traj.norm(dim=-1)                                 # (B, L+1, T)
+    units = traj / norms.unsqueeze(-1).clamp_min(EPS)
+    out = {
+        "norm": kind_mean(norms, groups),
+        "gamma": kind_mean(torch.einsum("bltd,btd->blt", units, units[:, -1]).clamp(-1, 1),
+                           groups),
+    }
+    # angle between unit vectors a, b: 2 atan2(|a - b|, |a + b|), |a + b|^2 = 4 - |a - b|^2
+    chord = (units[:, 1:] - units[:, :-1]).norm(dim=-1)
+    speed = 2.0 * torch.atan2(chord, (4.0 - chord**2).clamp_min(0.0).sqrt())
+    out["angular_speed"] = kind_mean(speed, groups)
+    if patch_slice.stop > patch_slice.start:
+        mean_dir = normalize(traj[:, :, patch_slice].mean(dim=2))          # (B, L+1, D)
+        mean_unit = units[:, :, patch_slice].mean(dim=2)
+        out["patch_coherence"] = (mean_unit * mean_dir).sum(-1)
+    updates = traj[:, 1:] - traj[:, :-1]                      # (B, L, T, D)
+    if image_ranks:
+        for name, value in update_ranks_of(updates).items():
+            out[f"update_{name}"] = value
+    return out, updates
 
 
 def kind_mean(values: Tensor, groups: Sequence[Tensor]) -> Tensor:
@@ -141,12 +184,16 @@ class GramAccumulator:
         self.rows = torch.zeros(steps, kinds, dtype=torch.int64)
 
     def update(self, traj: Tensor, groups: Sequence[Tensor]) -> None:
-        # one batch's Gram in the trajectory dtype, the running sum in float64
-        updates = (traj[:, 1:] - traj[:, :-1]).to(self.gram.device)  # (B, L, T, D)
+        """Add a batch of trajectories ``(B, L+1, T, D)``."""
+        self.add_updates(traj[:, 1:] - traj[:, :-1], groups)
+
+    def add_updates(self, updates: Tensor, groups: Sequence[Tensor]) -> None:
+        """Add a batch of updates ``(B, L, T, D)`` (Gram in their dtype, sum in float64)."""
+        updates = updates.to(self.gram.device)
         for k, idx in enumerate(groups):
             u = updates[:, :, idx].transpose(0, 1).flatten(1, 2)      # (L, B*n, D)
             self.gram[:, k] += (u.transpose(1, 2) @ u).double()
-            self.rows[:, k] += u.shape[0] * u.shape[2]
+            self.rows[:, k] += u.shape[1]
 
     def ranks(self) -> dict[str, Tensor]:
         sq = eigvalsh(self.gram).clamp_min(0.0)          # (L, K, D)

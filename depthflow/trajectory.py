@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from ._memory import pin_mmap_threshold
 from .data import Batch, ImageSource
 from .errors import ConfigError
 from .preprocessing import Preprocessing
@@ -56,6 +57,7 @@ def iter_trajectories(model: ViT, source: ImageSource, *, preprocessing: Preproc
     when ``dtype="float64"``), whatever the compute dtype.
     """
     dev, tdtype = resolve_device(device), resolve_dtype(dtype)
+    pin_mmap_threshold()              # flat resident memory over many batches
     out_dtype = torch.float64 if tdtype == torch.float64 else torch.float32
     model = model.to(device=dev, dtype=out_dtype).eval()
     bar = None

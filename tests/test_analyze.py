@@ -20,7 +20,7 @@ from _models import DIGITS_PRE, tiny_loaded
 def result(tmp_path_factory):
     path = tmp_path_factory.mktemp("an") / "run.nc"
     analyze(tiny_loaded(), open_images("digits"), path,
-            config=AnalyzeConfig(batch_size=16, states="all", limit=40))
+            config=AnalyzeConfig(batch_size=16, states="all", limit=40, image_ranks=True))
     return path
 
 
@@ -66,7 +66,7 @@ def test_values_match_direct_computation(result):
 def test_batch_size_does_not_change_results(tmp_path, result):
     other = tmp_path / "b.nc"
     analyze(tiny_loaded(), open_images("digits"), other,
-            config=AnalyzeConfig(batch_size=7, states="none", limit=40))
+            config=AnalyzeConfig(batch_size=7, states="none", limit=40, image_ranks=True))
     with xr.open_dataset(result) as a, xr.open_dataset(other) as b:
         assert "state" not in b and "cls_state" not in b
         for name in ("norm", "gamma", "angular_speed", "patch_coherence",

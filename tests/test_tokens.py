@@ -143,3 +143,23 @@ def test_kind_mean():
     values = torch.arange(10.0).view(2, 5)
     out = tokens.kind_mean(values, [torch.tensor([0]), torch.tensor([1, 2, 3, 4])])
     torch.testing.assert_close(out, torch.tensor([[0.0, 2.5], [5.0, 7.5]]))
+
+
+@given(st.integers(0, 10_000), st.booleans())
+def test_summarize_batch_equals_the_single_measures(seed, wide):
+    gen = torch.Generator().manual_seed(seed)
+    tokens_, dim = (5, 9) if wide else (9, 4)
+    traj = torch.randn(3, 4, tokens_, dim, generator=gen, dtype=torch.float64)
+    groups = [torch.tensor([0]), torch.arange(1, tokens_)]
+    patch = slice(1, tokens_)
+    out, updates = tokens.summarize_batch(traj, groups, patch)
+    torch.testing.assert_close(updates, traj[:, 1:] - traj[:, :-1])
+    torch.testing.assert_close(out["norm"], tokens.kind_mean(tokens.token_norms(traj), groups))
+    torch.testing.assert_close(out["gamma"], tokens.kind_mean(tokens.gamma(traj), groups))
+    torch.testing.assert_close(out["angular_speed"],
+                               tokens.kind_mean(tokens.angular_speed(traj), groups))
+    torch.testing.assert_close(out["patch_coherence"], tokens.patch_coherence(traj, patch))
+    for name, value in tokens.update_ranks(traj).items():
+        torch.testing.assert_close(out[f"update_{name}"], value)
+        svd = tokens.rank_measures(torch.linalg.svdvals(traj[:, 1:] - traj[:, :-1]) ** 2)
+        torch.testing.assert_close(value, svd[name])
