@@ -24,6 +24,7 @@ from .errors import OutputError
 from .io import atomic_path
 
 ENGINE = "netcdf4"
+CHUNK_BYTES = 1 << 20
 
 
 def safe_attr(value: Any) -> Any:
@@ -122,6 +123,8 @@ class StreamingWriter:
         kwargs: dict[str, Any] = {}
         if compress:
             kwargs.update(zlib=True, complevel=4, shuffle=True)
+        if chunks is None and dims and dims[0] == self.sample_dim:
+            chunks = self._sample_chunks(dims, dtype)
         if chunks is not None:
             kwargs["chunksizes"] = tuple(chunks)
         if fill is not None:
@@ -131,6 +134,13 @@ class StreamingWriter:
         if data is not None:
             arr = np.asarray(data, dtype=object if dtype is str else None)
             var[...] = arr
+
+    def _sample_chunks(self, dims: Sequence[str], dtype: Any) -> list[int]:
+        """About 1 MiB chunks along the sample axis (netCDF's default is one sample)."""
+        rest = [len(self._nc.dimensions[d]) for d in dims[1:]]
+        itemsize = 16 if dtype is str else np.dtype(dtype).itemsize
+        per_sample = itemsize * int(np.prod(rest, dtype=np.int64)) if rest else itemsize
+        return [int(max(1, min(4096, CHUNK_BYTES // max(per_sample, 1)))), *rest]
 
     def attrs(self, attrs: Mapping[str, Any]) -> None:
         self._nc.setncatts(safe_attrs(attrs))
@@ -146,8 +156,7 @@ class StreamingWriter:
         for name, value in values.items():
             var = self._nc.variables[name]
             if var.dtype is str:
-                for offset, item in enumerate(value):
-                    var[start + offset] = str(item)
+                var[start:stop] = np.array([str(item) for item in value], dtype=object)
             else:
                 var[start:stop] = np.asarray(value)
         self.n = stop

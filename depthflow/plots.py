@@ -93,7 +93,6 @@ def panel_rank(ax, ds) -> None:
                 marker=".", color=KIND_COLORS.get(str(kind)), label=f"{kind}, images stacked")
     ax.set_xlabel(D.STEP)
     ax.set_ylabel("stable rank of update")
-    _log_y(ax)
     ax.set_title("rank of updates a_l - a_(l-1)")
     ax.legend(fontsize=7)
 
