@@ -41,3 +41,27 @@ def tiny_checkpoint(path: Path, seed: int = 0, **changes) -> Path:
     save_checkpoint(tiny_vit(seed, **changes), path, preprocessing=DIGITS_PRE,
                     info={"purpose": "test"})
     return path
+
+
+def randomize_parameters(model: torch.nn.Module, seed: int, *, scale_names=("gamma", "lambda1")):
+    """Seeded, non-trivial float32-representable weights for any ViT-like module.
+
+    LayerScale vectors (names ending in ``scale_names``) in [0.2, 1], other vectors around
+    their identity value, matrices and convolutions scaled by fan-in, token and position
+    tables with std 0.5.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith(scale_names):
+                p.copy_(0.2 + 0.8 * torch.rand(p.shape, generator=gen))
+            elif p.ndim == 1:
+                base = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+                p.copy_(base + 0.2 * noise)
+            elif p.ndim in (2, 4) and not name.endswith(("cls_token", "register_tokens",
+                                                        "pos_embed")):
+                p.copy_(noise / p[0].numel() ** 0.5)
+            else:                                          # cls, registers, positions
+                p.copy_(0.5 * noise)
+    return model

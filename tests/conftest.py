@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 # No deadlines (a loaded 2-core CI machine must not fail a test for being slow) and a
@@ -9,3 +11,12 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("depthflow", deadline=None, derandomize=True, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "depthflow"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread avoids oversubscribing a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -33,13 +33,9 @@ from depthflow.io import sha256_file
 from depthflow.preprocessing import dinov2_preprocessing
 from depthflow.vit import ViT, ViTConfig, count_parameters
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from _models import randomize_parameters
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -53,20 +49,7 @@ HF_VIT = dict(HF_DINO, layerscale=False, norm_eps=1e-12)
 
 def make_vit(seed: int = 0, **fields) -> ViT:
     """A float32 ViT with random, non-trivial weights (LayerScale far from 0 and 1)."""
-    model = ViT(ViTConfig(**fields))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("gamma"):
-                p.copy_(0.2 + 0.8 * torch.rand(p.shape, generator=gen))
-            elif p.ndim == 1:
-                base = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(base + 0.2 * noise)
-            elif name in ("cls_token", "register_tokens", "pos_embed"):
-                p.copy_(0.5 * noise)
-            else:
-                p.copy_(noise / p[0].numel() ** 0.5)
+    model = randomize_parameters(ViT(ViTConfig(**fields)), seed)
     return model.eval()
 
 

@@ -37,6 +37,8 @@ from safetensors.torch import save_file
 from depthflow.checkpoints import from_module, load_model
 from depthflow.errors import ArchitectureError
 
+from _models import randomize_parameters
+
 transformers = pytest.importorskip("transformers")
 
 SIZES = ((16, 16), (24, 20))            # native 4x4 grid, and an interpolated 6x5 one
@@ -44,13 +46,7 @@ KINDS = ("dinov2", "dinov2-swiglu", "dinov2-registers", "dinov2-registers-swiglu
 STYLE = {"dinov2": "hf-dinov2", "dinov2-registers": "hf-dinov2-registers", "vit": "hf-vit"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_model(kind: str, *, num_labels: int = 0, seed: int = 0):
@@ -69,25 +65,7 @@ def hf_model(kind: str, *, num_labels: int = 0, seed: int = 0):
         config = transformers.Dinov2Config(use_swiglu_ffn=kind.endswith("swiglu"), **common)
         cls = (transformers.Dinov2ForImageClassification if num_labels
                else transformers.Dinov2Model)
-    return randomize(cls(config), seed).double().eval()
-
-
-def randomize(model, seed: int):
-    """Seeded weights in float32 (so depthflow's float32 copy is exact), all non-trivial."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("lambda1"):
-                p.copy_(0.2 + 0.8 * torch.rand(p.shape, generator=gen))
-            elif p.ndim == 1:
-                base = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-                p.copy_(base + 0.2 * noise)
-            elif p.ndim in (2, 4):
-                p.copy_(noise / p[0].numel() ** 0.5)
-            else:                                          # cls, registers, positions
-                p.copy_(0.5 * noise)
-    return model
+    return randomize_parameters(cls(config), seed).double().eval()
 
 
 def to_v4(state_dict, *, vit: bool):
