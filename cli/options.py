@@ -8,8 +8,9 @@ overwrite = click.option("--overwrite", is_flag=True,
                          help="Replace existing output files (otherwise they are kept).")
 device = click.option("--device", default="cpu", show_default=True,
                       help="Torch device: cpu, cuda, cuda:1, ...")
-batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=64,
-                          show_default=True, help="Images per batch.")
+batch_size = click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                          help="Images per batch [default: automatic, so that one batch of "
+                               "states takes about 256 MiB].")
 seed = click.option("--seed", type=int, default=0, show_default=True,
                     help="Seed for every random path (recorded in the output).")
 arch = click.option("--arch", default=None,

@@ -28,13 +28,28 @@ from .provenance import provenance
 from .trajectory import DTYPES, iter_trajectories, resolve_device
 
 STATES = ("none", "cls", "all")
+STATE_BUDGET_BYTES = 256 << 20      # one batch of trajectories, when batch_size is automatic
+MAX_AUTO_BATCH = 128
+
+
+def auto_batch_size(loaded: LoadedModel, preprocessing: Preprocessing, *,
+                    budget_bytes: int = STATE_BUDGET_BYTES) -> int:
+    """Images per batch such that one batch of states ``(B, L+1, T, D)`` fits the budget.
+
+    Small models get large batches (per-batch overheads amortised), large ones small
+    batches (memory bounded): e.g. 128 (the cap) for the digits ViT, 52 for ViT-S/14 at 224 px.
+    """
+    cfg = loaded.config
+    side = preprocessing.crop or preprocessing.resize or cfg.img_size
+    per_image = (cfg.depth + 1) * loaded.model.num_tokens(side, side) * cfg.embed_dim * 4
+    return int(max(1, min(MAX_AUTO_BATCH, budget_bytes // per_image)))
 
 
 @dataclasses.dataclass
 class AnalyzeConfig:
     """Options of :func:`analyze` (all recorded, JSON-encoded, in the output)."""
 
-    batch_size: int = 64
+    batch_size: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
     states: str = "cls"
@@ -43,8 +58,9 @@ class AnalyzeConfig:
     image_ranks: bool = False
 
     def validate(self) -> AnalyzeConfig:
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1 (or None: automatic), "
+                              f"got {self.batch_size}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.states not in STATES:
@@ -181,8 +197,10 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
     if len(source) == 0:
         raise InputError("no images to analyse")
     preprocessing = model_preprocessing(loaded)
+    batch_size = config.batch_size or auto_batch_size(loaded, preprocessing)
+    config = dataclasses.replace(config, batch_size=batch_size)      # recorded as used
     stream = iter_trajectories(loaded.model, source, preprocessing=preprocessing,
-                               batch_size=config.batch_size, device=config.device,
+                               batch_size=batch_size, device=config.device,
                                dtype=config.dtype, progress=progress)
     first = next(stream)
     height, width = first.batch.images.shape[-2:]
@@ -197,6 +215,7 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
     correct = total = 0
     with StreamingWriter(output, overwrite=overwrite) as writer:
         schema.define(writer)
+        _define_population(writer, classes is not None)
         for tb in _chain(first, stream):
             values, updates = schema.batch_values(tb, writer.n)
             writer.append(values)
@@ -221,21 +240,32 @@ def _chain(first, rest):
     yield from rest
 
 
+_CLASS_TEXTS = {
+    "cls_within_class": "mean cosine of cls directions to their class-mean direction",
+    "cls_between_class": "mean cosine between class-mean cls directions",
+    "cls_class_separation": "cls class separation: within - between class cosine",
+}
+
+
+def _define_population(w: StreamingWriter, has_classes: bool) -> None:
+    """Population variables are defined up front: defining variables after data has been
+    appended makes HDF5 leave and re-enter define mode, which is slow on large files."""
+    for name, text in _RANK_NAMES.items():
+        w.variable(f"population_{name}", [D.STEP, D.KIND], "f8", attrs=_attrs(
+            f"{text} of the updates a_l - a_(l-1), all images and tokens of a kind stacked"))
+    if has_classes:
+        for name, text in _CLASS_TEXTS.items():
+            w.variable(name, [D.DEPTH], "f8", attrs=_attrs(text))
+
+
 def _write_population(writer: StreamingWriter, grams: tokens.GramAccumulator,
                       classes: tokens.ClassDirectionAccumulator | None) -> None:
     for name, value in grams.ranks().items():
-        writer.variable(f"population_{name}", [D.STEP, D.KIND], "f8", data=value.numpy(),
-                        attrs=_attrs(f"{_RANK_NAMES[name]} of the updates a_l - a_(l-1), "
-                                     "all images and tokens of a kind stacked"))
-    if classes is None:
-        return
-    result = classes.result()
-    texts = {"within": "mean cosine of cls directions to their class-mean direction",
-             "between": "mean cosine between class-mean cls directions",
-             "separation": "cls class separation: within - between class cosine"}
-    for name, text in texts.items():
-        writer.variable(f"cls_{name}_class" if name != "separation" else "cls_class_separation",
-                        [D.DEPTH], "f8", data=result[name].numpy(), attrs=_attrs(text))
+        writer.write(f"population_{name}", value.numpy())
+    if classes is not None:
+        result = classes.result()
+        for name, key in zip(_CLASS_TEXTS, ("within", "between", "separation")):
+            writer.write(name, result[key].cpu().numpy())
 
 
 def _global_attrs(loaded: LoadedModel, source: ImageSource, preprocessing: Preprocessing,
@@ -251,6 +281,7 @@ def _global_attrs(loaded: LoadedModel, source: ImageSource, preprocessing: Prepr
         "device": config.device,
         "compute_dtype": config.dtype,
         "model_info": loaded.info,
-        "head_accuracy": accuracy,
     }
+    if accuracy == accuracy:                  # only when there are a head and labels
+        extra["head_accuracy"] = accuracy
     return provenance(config=dataclasses.asdict(config), command=command, extra=extra)

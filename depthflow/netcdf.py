@@ -108,9 +108,20 @@ class StreamingWriter:
         return False
 
     def commit(self) -> Path:
-        self._nc.close()
+        with self._writing():
+            self._nc.close()
         self._committed = True
         return self.path
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """HDF5 reports a full disk or a vanished file as RuntimeError: make it OutputError."""
+        try:
+            yield
+        except (RuntimeError, OSError) as exc:
+            raise OutputError(f"cannot write {str(self.path)!r}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                              ) from exc
 
     # -------------------------------------------------------------- schema
     def dimension(self, name: str, size: int) -> None:
@@ -122,7 +133,7 @@ class StreamingWriter:
         """Define a variable (``dtype=str`` for strings); ``data`` fills a fixed one."""
         kwargs: dict[str, Any] = {}
         if compress:
-            kwargs.update(zlib=True, complevel=4, shuffle=True)
+            kwargs.update(zlib=True, complevel=1, shuffle=True)   # fast; floats barely gain from more
         if chunks is None and dims and dims[0] == self.sample_dim:
             chunks = self._sample_chunks(dims, dtype)
         if chunks is not None:
@@ -153,12 +164,13 @@ class StreamingWriter:
             raise ValueError(f"batch arrays disagree on the sample count: {sizes}")
         (count,) = sizes
         start, stop = self.n, self.n + count
-        for name, value in values.items():
-            var = self._nc.variables[name]
-            if var.dtype is str:
-                var[start:stop] = np.array([str(item) for item in value], dtype=object)
-            else:
-                var[start:stop] = np.asarray(value)
+        with self._writing():
+            for name, value in values.items():
+                var = self._nc.variables[name]
+                if var.dtype is str:
+                    var[start:stop] = np.array([str(item) for item in value], dtype=object)
+                else:
+                    var[start:stop] = np.asarray(value)
         self.n = stop
 
     def write(self, name: str, value: Any) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthflow.analyze import AnalyzeConfig, analyze
+from depthflow.analyze import AnalyzeConfig, analyze, auto_batch_size
 from depthflow.checkpoints import LoadedModel, load_model
 from depthflow.data import open_images
 from depthflow.preprocessing import Preprocessing
@@ -61,20 +61,20 @@ def make_images(directory: Path, n: int, name: str) -> Path:
     return path
 
 
-def run_child(model: str, images: Path, batch_size: int) -> dict:
+def run_child(model: str, images: Path, batch_size: int | None) -> dict:
     """One analyze in a fresh process; returns its wall time and peak RSS."""
     code = (
         "import json, resource, sys, time, torch\n"
         "sys.path.insert(0, %r)\n"
         "from bench_extraction import child\n"
-        "print(json.dumps(child(%r, %r, %d)))\n"
+        "print(json.dumps(child(%r, %r, %r)))\n"
     ) % (str(Path(__file__).parent), model, str(images), batch_size)
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def child(model_name: str, images: str, batch_size: int) -> dict:
+def child(model_name: str, images: str, batch_size: int | None) -> dict:
     torch.set_num_threads(2)
     loaded = make_model(model_name)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,8 +86,9 @@ def child(model_name: str, images: str, batch_size: int) -> dict:
     return {"seconds": seconds, "peak_mib": peak_kib / 1024}
 
 
-def bare_forward(model_name: str, images: Path, batch_size: int) -> float:
+def bare_forward(model_name: str, images: Path, batch_size: int | None) -> float:
     loaded = make_model(model_name)
+    batch_size = batch_size or auto_batch_size(loaded, loaded.preprocessing)
     source = open_images(images)
     start = time.perf_counter()
     with torch.inference_mode():
@@ -96,7 +97,7 @@ def bare_forward(model_name: str, images: Path, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def timed_analyze(model_name: str, images: Path, batch_size: int) -> float:
+def timed_analyze(model_name: str, images: Path, batch_size: int | None) -> float:
     loaded = make_model(model_name)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -108,7 +109,8 @@ def timed_analyze(model_name: str, images: Path, batch_size: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="digits model only")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per batch (default: analyze's automatic choice)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     models = ["digits"] if args.quick else ["digits", "vit-s"]
@@ -123,6 +125,9 @@ def main() -> None:
             bare = min(bare_forward(name, large, args.batch_size) for _ in range(2))
             full = min(timed_analyze(name, large, args.batch_size) for _ in range(2))
             rows.append((name, mem_small["peak_mib"], mem_large["peak_mib"], bare, full))
+            loaded = make_model(name)
+            batch = args.batch_size or auto_batch_size(loaded, loaded.preprocessing)
+            print(f"{name}: {batch} images per batch")
     print(f"{'model':8s} {'peak250 MiB':>12s} {'peak2000 MiB':>13s} {'mem ratio':>10s} "
           f"{'forward s':>10s} {'analyze s':>10s} {'overhead':>9s}")
     for name, m_small, m_large, bare, full in rows:

@@ -79,3 +79,13 @@ def test_failure_leaves_nothing_and_keeps_existing(tmp_path):
 def test_missing_directory(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         StreamingWriter(tmp_path / "nope" / "s.nc").__enter__()
+
+
+def test_write_failure_becomes_output_error_and_leaves_nothing(tmp_path):
+    """A failing HDF5 write (e.g. a full disk) is an OutputError; no file is left."""
+    with pytest.raises(OutputError, match="cannot write"):
+        with StreamingWriter(tmp_path / "s.nc") as w:
+            _schema(w)
+            w._nc.close()                   # the handle dies under the writer
+            w.append({"x": np.zeros((2, 3), np.float32), "name": ["a", "b"]})
+    assert list(tmp_path.iterdir()) == []
