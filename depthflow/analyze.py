@@ -29,7 +29,7 @@ from .trajectory import DTYPES, iter_trajectories, resolve_device
 
 STATES = ("none", "cls", "all")
 STATE_BUDGET_BYTES = 256 << 20      # one batch of trajectories, when batch_size is automatic
-MAX_AUTO_BATCH = 128
+MAX_AUTO_BATCH = 64
 
 
 def auto_batch_size(loaded: LoadedModel, preprocessing: Preprocessing, *,
@@ -37,7 +37,8 @@ def auto_batch_size(loaded: LoadedModel, preprocessing: Preprocessing, *,
     """Images per batch such that one batch of states ``(B, L+1, T, D)`` fits the budget.
 
     Small models get large batches (per-batch overheads amortised), large ones small
-    batches (memory bounded): e.g. 128 (the cap) for the digits ViT, 52 for ViT-S/14 at 224 px.
+    batches (memory bounded): e.g. 64 (the cap) for the digits ViT, 52 for ViT-S/14 at 224 px. Larger batches made
+    the peak memory of long runs grow on CPU (heap fragmentation), hence the cap.
     """
     cfg = loaded.config
     side = preprocessing.crop or preprocessing.resize or cfg.img_size
@@ -285,3 +286,44 @@ def _global_attrs(loaded: LoadedModel, source: ImageSource, preprocessing: Prepr
     if accuracy == accuracy:                  # only when there are a head and labels
         extra["head_accuracy"] = accuracy
     return provenance(config=dataclasses.asdict(config), command=command, extra=extra)
+
+
+@dataclasses.dataclass
+class AnalysisOutputs:
+    """What :func:`analyze_checkpoint` wrote."""
+
+    netcdf: Path
+    figures: list[Path]
+    num_samples: int
+    depth: int
+
+
+def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | os.PathLike[str],
+                       *, images: str | os.PathLike[str] | None = None,
+                       figures: str | os.PathLike[str] | None = None,
+                       arch: str | None = None, config: AnalyzeConfig | None = None,
+                       overwrite: bool = False, progress: bool = False,
+                       command: Sequence[str] | None = None) -> AnalysisOutputs:
+    """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``.
+
+    Every output path is checked before any work starts, so a bad path costs nothing and
+    an existing result is never half-replaced.
+    """
+    from .checkpoints import load_model
+    from .data import open_images
+    from .plots import check_figure_dir, plot_token_dynamics
+    from .report import open_result
+
+    config = (config or AnalyzeConfig()).validate()
+    check_output_path(output, overwrite=overwrite)
+    if figures is not None:
+        check_figure_dir(figures, overwrite=overwrite)
+    loaded = load_model(checkpoint, arch=arch)
+    source = open_images(images)
+    path = analyze(loaded, source, output, config=config, overwrite=overwrite,
+                   progress=progress, command=command)
+    drawn: list[Path] = []
+    if figures is not None:
+        with open_result(path) as ds:
+            drawn = plot_token_dynamics(ds, figures, overwrite=overwrite)
+    return AnalysisOutputs(path, drawn, len(source), loaded.config.depth)

@@ -110,10 +110,10 @@ def test_automatic_batch_size_bounds_state_memory(tmp_path):
     per_image = 4 * 19 * 32 * 4                      # (L+1) * T * D float32
     assert auto_batch_size(loaded, DIGITS_PRE, budget_bytes=10 * per_image) == 10
     assert auto_batch_size(loaded, DIGITS_PRE, budget_bytes=per_image // 2) == 1
-    assert auto_batch_size(loaded, DIGITS_PRE) == 128                # capped
+    assert auto_batch_size(loaded, DIGITS_PRE) == 64                 # capped
     vits = LoadedModel(ViT(ViTConfig()), "vits", "test")
     assert auto_batch_size(vits, dinov2_preprocessing(224)) == 52     # 13 x 257 x 384 floats
     out = tmp_path / "auto.nc"
     analyze(loaded, open_images("digits"), out, config=AnalyzeConfig(limit=9))
     with xr.open_dataset(out) as ds:
-        assert json.loads(ds.attrs["config"])["batch_size"] == 128   # recorded as used
+        assert json.loads(ds.attrs["config"])["batch_size"] == 64    # recorded as used
