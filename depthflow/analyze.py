@@ -36,9 +36,9 @@ def auto_batch_size(loaded: LoadedModel, preprocessing: Preprocessing, *,
                     budget_bytes: int = STATE_BUDGET_BYTES) -> int:
     """Images per batch such that one batch of states ``(B, L+1, T, D)`` fits the budget.
 
-    Small models get large batches (per-batch overheads amortised), large ones small
-    batches (memory bounded): e.g. 64 (the cap) for the digits ViT, 52 for ViT-S/14 at 224 px. Larger batches made
-    the peak memory of long runs grow on CPU (heap fragmentation), hence the cap.
+    Large models get small batches (memory bounded): e.g. 52 for ViT-S/14 at 224 px; small
+    models get the cap, 64. Larger batches made the peak memory of long runs grow on CPU
+    (heap fragmentation), hence the cap.
     """
     cfg = loaded.config
     side = preprocessing.crop or preprocessing.resize or cfg.img_size
@@ -241,10 +241,12 @@ def _chain(first, rest):
     yield from rest
 
 
-_CLASS_TEXTS = {
-    "cls_within_class": "mean cosine of cls directions to their class-mean direction",
-    "cls_between_class": "mean cosine between class-mean cls directions",
-    "cls_class_separation": "cls class separation: within - between class cosine",
+_CLASS_TEXTS = {   # variable name: (ClassDirectionAccumulator.result key, long name)
+    "cls_within_class": ("within",
+                         "mean cosine of cls directions to their class-mean direction"),
+    "cls_between_class": ("between", "mean cosine between class-mean cls directions"),
+    "cls_class_separation": ("separation",
+                             "cls class separation: within - between class cosine"),
 }
 
 
@@ -255,7 +257,7 @@ def _define_population(w: StreamingWriter, has_classes: bool) -> None:
         w.variable(f"population_{name}", [D.STEP, D.KIND], "f8", attrs=_attrs(
             f"{text} of the updates a_l - a_(l-1), all images and tokens of a kind stacked"))
     if has_classes:
-        for name, text in _CLASS_TEXTS.items():
+        for name, (_, text) in _CLASS_TEXTS.items():
             w.variable(name, [D.DEPTH], "f8", attrs=_attrs(text))
 
 
@@ -265,7 +267,7 @@ def _write_population(writer: StreamingWriter, grams: tokens.GramAccumulator,
         writer.write(f"population_{name}", value.numpy())
     if classes is not None:
         result = classes.result()
-        for name, key in zip(_CLASS_TEXTS, ("within", "between", "separation")):
+        for name, (key, _) in _CLASS_TEXTS.items():
             writer.write(name, result[key].cpu().numpy())
 
 

@@ -133,7 +133,8 @@ class StreamingWriter:
         """Define a variable (``dtype=str`` for strings); ``data`` fills a fixed one."""
         kwargs: dict[str, Any] = {}
         if compress:
-            kwargs.update(zlib=True, complevel=1, shuffle=True)   # fast; floats barely gain from more
+            # level 1: fast, and float data barely compresses better at higher levels
+            kwargs.update(zlib=True, complevel=1, shuffle=True)
         if chunks is None and dims and dims[0] == self.sample_dim:
             chunks = self._sample_chunks(dims, dtype)
         if chunks is not None:
