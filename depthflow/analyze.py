@@ -11,7 +11,7 @@ import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from .io import check_output_path
 from .netcdf import StreamingWriter
 from .preprocessing import Preprocessing, dinov2_preprocessing
 from .provenance import provenance
-from .trajectory import DTYPES, iter_trajectories, resolve_device
+from .trajectory import DTYPES, TrajectoryBatch, iter_trajectories, resolve_device
 
 STATES = ("none", "cls", "all")
 STATE_BUDGET_BYTES = 256 << 20      # one batch of trajectories, when batch_size is automatic
@@ -183,13 +183,52 @@ _RANK_NAMES = {"stable_rank": "stable rank ||U||_F^2 / ||U||_2^2",
                "participation_ratio": "participation ratio (sum s^2)^2 / sum s^4"}
 
 
+@dataclasses.dataclass
+class AnalysisContext:
+    """What an :class:`Analysis` plug-in sees of the run it is part of."""
+
+    loaded: LoadedModel
+    source: ImageSource
+    preprocessing: Preprocessing
+    device: torch.device
+    dtype: str
+    batch_size: int
+    progress: bool
+    seed: int
+    token_kinds: list[str]          # kind of every token: "cls" | "register" | "patch"
+    kinds: list[str]                # kind groups present, in D.TOKEN_KINDS order
+    groups: list[torch.Tensor]      # token indices of each kind group
+    height: int
+    width: int
+
+
+@runtime_checkable
+class Analysis(Protocol):
+    """A plug-in analysis of ``depthflow analyze`` (phases, dynamics, ...).
+
+    ``update`` sees every streamed batch (accumulate, never keep all states), ``finish``
+    returns an ``xr.Dataset`` whose variables join the result file, and ``plot`` draws PNGs
+    from the whole re-opened result into a directory.
+    """
+
+    name: str
+
+    def update(self, tb: TrajectoryBatch, ctx: AnalysisContext) -> None: ...
+
+    def finish(self, ctx: AnalysisContext) -> Any: ...
+
+    def plot(self, ds: Any, out_dir: Path) -> list[Path]: ...
+
+
 def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[str], *,
-            config: AnalyzeConfig | None = None, overwrite: bool = False,
-            progress: bool = False, command: Sequence[str] | None = None) -> Path:
+            config: AnalyzeConfig | None = None, analyses: Sequence[Analysis] = (),
+            overwrite: bool = False, progress: bool = False,
+            command: Sequence[str] | None = None) -> Path:
     """Extract trajectories of ``source`` through ``loaded`` and write ``output`` (NetCDF).
 
     Memory is bounded by one batch of states plus ``O(L K D^2)`` accumulators, whatever the
-    number of images. The file appears only when complete.
+    number of images. Each plug-in of ``analyses`` sees every batch and adds its variables
+    at the end. The file appears only when complete.
     """
     config = (config or AnalyzeConfig()).validate()
     check_output_path(output, overwrite=overwrite)
@@ -213,6 +252,9 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
     classes = (tokens.ClassDirectionAccumulator(schema.depth + 1, len(schema.classes),
                                                 schema.dim, device=device)
                if schema.classes else None)
+    ctx = AnalysisContext(loaded, source, preprocessing, device, config.dtype, batch_size,
+                          progress, config.seed, schema.kinds_of_token, schema.kinds,
+                          schema.groups, height, width)
     correct = total = 0
     with StreamingWriter(output, overwrite=overwrite) as writer:
         schema.define(writer)
@@ -223,15 +265,21 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
             grams.add_updates(updates, schema.groups)
             if classes is not None:
                 classes.update(tb.states[:, :, 0], tb.batch.labels)
+            for analysis in analyses:
+                analysis.update(tb, ctx)
             if schema.has_head:
                 labelled = tb.batch.labels >= 0
                 pred = tb.logits.argmax(-1).cpu()
                 correct += int((pred[labelled] == tb.batch.labels[labelled]).sum())
                 total += int(labelled.sum())
         _write_population(writer, grams, classes)
+        for analysis in analyses:
+            writer.add_dataset(analysis.finish(ctx))
         accuracy = correct / total if total else float("nan")
-        writer.attrs(_global_attrs(loaded, source, preprocessing, config, writer.n, accuracy,
-                                   command))
+        attrs = _global_attrs(loaded, source, preprocessing, config, writer.n, accuracy,
+                              command)
+        attrs["analyses"] = ",".join(["trajectories", *(a.name for a in analyses)])
+        writer.attrs(attrs)
         writer.commit()
     return Path(output)
 
@@ -304,7 +352,8 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
                        *, images: str | os.PathLike[str] | None = None,
                        figures: str | os.PathLike[str] | None = None,
                        arch: str | None = None, config: AnalyzeConfig | None = None,
-                       overwrite: bool = False, progress: bool = False,
+                       analyses: Sequence[Analysis] = (), overwrite: bool = False,
+                       progress: bool = False,
                        command: Sequence[str] | None = None) -> AnalysisOutputs:
     """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``.
 
@@ -313,7 +362,7 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
     """
     from .checkpoints import load_model
     from .data import open_images
-    from .plots import check_figure_dir, plot_token_dynamics
+    from .plots import check_figure_dir, draw_token_dynamics, write_figures
     from .report import open_result
 
     config = (config or AnalyzeConfig()).validate()
@@ -322,10 +371,11 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
         check_figure_dir(figures, overwrite=overwrite)
     loaded = load_model(checkpoint, arch=arch)
     source = open_images(images)
-    path = analyze(loaded, source, output, config=config, overwrite=overwrite,
-                   progress=progress, command=command)
+    path = analyze(loaded, source, output, config=config, analyses=analyses,
+                   overwrite=overwrite, progress=progress, command=command)
     drawn: list[Path] = []
     if figures is not None:
+        drawers = [draw_token_dynamics, *(a.plot for a in analyses)]
         with open_result(path) as ds:
-            drawn = plot_token_dynamics(ds, figures, overwrite=overwrite)
+            drawn = write_figures(ds, figures, drawers, overwrite=overwrite)
     return AnalysisOutputs(path, drawn, len(source), loaded.config.depth)

@@ -176,3 +176,44 @@ class StreamingWriter:
 
     def write(self, name: str, value: Any) -> None:
         self._nc.variables[name][...] = np.asarray(value)
+
+    def add_dataset(self, ds, *, compress: bool = False) -> None:
+        """Add every variable of an ``xr.Dataset`` (coordinates included) to the file.
+
+        Dimensions already in the file must have the same size (the ``sample`` dimension:
+        the number of samples appended so far); a coordinate already in the file must hold
+        the same values; any other name clash is an error. ``ds.attrs`` join the global
+        attributes.
+        """
+        for dim, size in ds.sizes.items():
+            have = self.n if dim == self.sample_dim else (
+                len(self._nc.dimensions[dim]) if dim in self._nc.dimensions else None)
+            if have is None:
+                self.dimension(dim, size)
+            elif have != size:
+                raise ValueError(f"dimension {dim!r} has size {have} in the file and {size} "
+                                 "in the added dataset")
+        with self._writing():
+            for name, var in ds.variables.items():
+                values = np.asarray(var.values)
+                if name in self._nc.variables:
+                    if name in ds.coords and np.array_equal(
+                            np.asarray(self._nc.variables[name][...]), values):
+                        continue
+                    raise ValueError(f"variable {name!r} is already in the file")
+                if values.dtype.kind in "UO":
+                    dtype: Any = str
+                    values = values.astype(str).astype(object)
+                elif values.dtype.kind == "b":
+                    dtype, values = "i1", values.astype(np.int8)
+                else:
+                    dtype = values.dtype
+                fill = var.encoding.get("_FillValue")
+                self.variable(name, list(var.dims), dtype, attrs=var.attrs,
+                              compress=compress and values.size > 4096, fill=fill)
+                if values.ndim == 0:
+                    self._nc.variables[name].assignValue(values.item() if dtype is not str
+                                                         else str(values))
+                else:
+                    self._nc.variables[name][...] = values
+        self.attrs(ds.attrs)

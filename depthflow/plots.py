@@ -11,8 +11,9 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -123,32 +124,45 @@ def available_panels(ds) -> list[str]:
     return [name for name, (needs, _) in PANELS.items() if needs in ds.variables]
 
 
-def plot_token_dynamics(ds, out_dir: str | os.PathLike[str], *, overwrite: bool = False,
-                        dpi: int = 110) -> list[Path]:
-    """Write ``overview.png`` and one PNG per panel into ``out_dir`` (atomically)."""
-    target = check_figure_dir(out_dir, overwrite=overwrite)
+def draw_token_dynamics(ds, out_dir: Path, *, dpi: int = 110) -> list[Path]:
+    """Draw ``overview.png`` and one PNG per panel into an existing directory."""
     plt = _pyplot()
     names = available_panels(ds)
+    if not names:
+        return []
+    title = str(ds.attrs.get("title", "depthflow"))
+    cols = 3
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        PANELS[name][1](ax, ds)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_dir / "overview.png", dpi=dpi)
+    plt.close(fig)
+    drawn = [out_dir / "overview.png"]
+    for name in names:
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        PANELS[name][1](ax, ds)
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{name}.png", dpi=dpi)
+        plt.close(fig)
+        drawn.append(out_dir / f"{name}.png")
+    return drawn
+
+
+def write_figures(ds, out_dir: str | os.PathLike[str],
+                  drawers: Sequence[Callable[[Any, Path], Any]], *,
+                  overwrite: bool = False) -> list[Path]:
+    """Run every ``drawer(ds, tmp_dir)`` into a temporary directory, then rename it onto
+    ``out_dir``: the figure directory appears complete or not at all."""
+    target = check_figure_dir(out_dir, overwrite=overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        title = str(ds.attrs.get("title", "depthflow"))
-        cols = 3
-        rows = -(-len(names) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
-        for ax, name in zip(axes.flat, names):
-            PANELS[name][1](ax, ds)
-        for ax in list(axes.flat)[len(names):]:
-            ax.axis("off")
-        fig.suptitle(title)
-        fig.tight_layout()
-        fig.savefig(tmp / "overview.png", dpi=dpi)
-        plt.close(fig)
-        for name in names:
-            fig, ax = plt.subplots(figsize=(5.5, 4))
-            PANELS[name][1](ax, ds)
-            fig.tight_layout()
-            fig.savefig(tmp / f"{name}.png", dpi=dpi)
-            plt.close(fig)
+        for drawer in drawers:
+            drawer(ds, tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -157,6 +171,13 @@ def plot_token_dynamics(ds, out_dir: str | os.PathLike[str], *, overwrite: bool 
             shutil.rmtree(tmp)
         raise
     return sorted(target.glob("*.png"))
+
+
+def plot_token_dynamics(ds, out_dir: str | os.PathLike[str], *, overwrite: bool = False,
+                        dpi: int = 110) -> list[Path]:
+    """Write ``overview.png`` and one PNG per panel into ``out_dir`` (atomically)."""
+    return write_figures(ds, out_dir, [lambda d, p: draw_token_dynamics(d, p, dpi=dpi)],
+                         overwrite=overwrite)
 
 
 def check_figure_dir(out_dir: str | os.PathLike[str], *, overwrite: bool) -> Path:
