@@ -117,3 +117,58 @@ def test_automatic_batch_size_bounds_state_memory(tmp_path):
     analyze(loaded, open_images("digits"), out, config=AnalyzeConfig(limit=9))
     with xr.open_dataset(out) as ds:
         assert json.loads(ds.attrs["config"])["batch_size"] == 64    # recorded as used
+
+
+class _CountingAnalysis:
+    """A plug-in that counts the samples it saw and adds variables of every kind."""
+
+    name = "count"
+
+    def __init__(self):
+        self.seen = 0
+
+    def update(self, tb, ctx):
+        self.seen += tb.states.shape[0]
+        assert ctx.token_kinds[0] == "cls" and ctx.kinds == ["cls", "register", "patch"]
+
+    def finish(self, ctx):
+        depth = ctx.loaded.config.depth
+        return xr.Dataset(
+            {"count_seen": ((), self.seen, {"long_name": "samples seen", "units": "1"}),
+             "count_depth": (("depth",), np.arange(depth + 1.0) * 2,
+                             {"long_name": "twice the depth", "units": "1"}),
+             "count_flag": (("count_i",), np.array([True, False]),
+                            {"long_name": "flags", "units": "1"}),
+             "count_name": (("count_i",), np.array(["a", "bb"]),
+                            {"long_name": "names", "units": ""})},
+            coords={"depth": np.arange(depth + 1)}, attrs={"count_config": "{}"})
+
+    def plot(self, ds, out_dir):
+        path = out_dir / "count.png"
+        path.write_bytes(b"png")
+        return [path]
+
+
+def test_plugin_variables_join_the_file(tmp_path):
+    plugin = _CountingAnalysis()
+    path = analyze(tiny_loaded(), open_images("digits"), tmp_path / "p.nc", analyses=[plugin],
+                   config=AnalyzeConfig(batch_size=8, limit=20, states="none"))
+    with xr.open_dataset(path) as ds:
+        assert int(ds["count_seen"]) == 20
+        np.testing.assert_array_equal(ds["count_depth"].values, [0, 2, 4, 6])
+        np.testing.assert_array_equal(ds["count_flag"].values, [1, 0])
+        assert list(ds["count_name"].values) == ["a", "bb"]
+        assert ds.attrs["analyses"] == "trajectories,count"
+        assert ds.attrs["count_config"] == "{}"
+
+
+def test_plugin_dimension_mismatch_leaves_nothing(tmp_path):
+    class Bad(_CountingAnalysis):
+        def finish(self, ctx):
+            return xr.Dataset({"bad": (("depth",), np.zeros(99), {"long_name": "x",
+                                                                   "units": "1"})})
+
+    with pytest.raises(ValueError, match="dimension 'depth'"):
+        analyze(tiny_loaded(), open_images("digits"), tmp_path / "p.nc", analyses=[Bad()],
+                config=AnalyzeConfig(batch_size=8, limit=8, states="none"))
+    assert list(tmp_path.iterdir()) == []
