@@ -278,15 +278,78 @@ def _array_layout(array: np.ndarray, path: Path) -> str:
         "or (N, C, H, W) with C in 1, 3, 4")
 
 
+class LfwSource(ImageSource):
+    """scikit-image's ``lfw_subset``: 200 greyscale 25x25 crops, 100 faces then 100 non-faces
+    (labels ``face`` / ``non-face``). Bundled with scikit-image, no download."""
+
+    kind = "lfw"
+
+    def __init__(self) -> None:
+        skdata = _skimage_data("lfw")
+        images = np.asarray(skdata.lfw_subset(), dtype=np.float32)     # (200, 25, 25)
+        labels = np.repeat([0, 1], [100, len(images) - 100])
+        super().__init__(labels, [f"lfw_subset[{i}]" for i in range(len(images))],
+                         class_names=["face", "non-face"])
+        self._images = torch.from_numpy(images[:, None])
+
+    def describe(self) -> str:
+        return f"scikit-image lfw_subset (100 faces, 100 non-faces, 25x25 grey), {len(self)} images"
+
+    def _read(self, start: int, stop: int) -> Tensor:
+        return self._images[start:stop]
+
+
+class SkimagePhotoSource(ImageSource):
+    """The natural photos bundled with scikit-image (unlabelled, various sizes)."""
+
+    kind = "skimage"
+    PHOTOS = ("astronaut", "brick", "camera", "cat", "cell", "chelsea", "clock", "coffee",
+              "coins", "colorwheel", "grass", "gravel", "hubble_deep_field",
+              "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket",
+              "text")     # those that load offline (no pooch download)
+
+    def __init__(self) -> None:
+        self._data = _skimage_data("skimage")
+        names = [n for n in self.PHOTOS if hasattr(self._data, n)]
+        super().__init__(np.full(len(names), -1), names)
+
+    def describe(self) -> str:
+        return f"scikit-image photos ({', '.join(self.names)}), {len(self)} images"
+
+    def _read(self, start: int, stop: int) -> list[Tensor]:
+        out = []
+        for name in self.names[start:stop]:
+            array = np.asarray(getattr(self._data, name)())
+            if array.ndim == 2:
+                array = array[..., None]
+            scale = 255.0 if array.dtype == np.uint8 else 1.0
+            array = array.astype(np.float32) / scale
+            out.append(torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1))
+        return out
+
+
+def _skimage_data(spec: str):
+    try:
+        import skimage.data
+    except ImportError as exc:
+        raise InputError(f"images {spec!r} need scikit-image: pip install scikit-image") from exc
+    return skimage.data
+
+
 def open_images(spec: str | os.PathLike[str] | None, *, limit: int | None = None) -> ImageSource:
     """Open an image source from a CLI-style spec.
 
-    ``"digits"`` / ``"digits:test"`` / ``"digits:train"`` / ``"digits:all"``, a folder, or a
+    ``"digits"`` / ``"digits:test"`` / ``"digits:train"`` / ``"digits:all"``, ``"lfw"``
+    (scikit-image faces / non-faces), ``"skimage"`` (scikit-image photos), a folder, or a
     ``.npy``/``.npz`` file. ``None`` means the held-out digits.
     """
     spec = "digits" if spec is None else str(spec)
     if spec == "digits" or spec.startswith("digits:"):
         source: ImageSource = DigitsSource(spec.partition(":")[2] or "test")
+    elif spec == "lfw":
+        source = LfwSource()
+    elif spec == "skimage":
+        source = SkimagePhotoSource()
     else:
         path = Path(spec)
         if path.is_dir():

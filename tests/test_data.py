@@ -126,3 +126,22 @@ def test_preprocessing_resize_crop_normalise_and_channels():
     with pytest.raises(InputError, match="smaller than the crop"):
         Preprocessing(resize=None, crop=10, mean=(0.0,), std=(1.0,), mode="L")(
             torch.zeros(1, 1, 8, 8))
+
+
+def test_lfw_subset_is_labelled_faces_then_non_faces():
+    source = open_images("lfw")
+    assert len(source) == 200 and source.class_names == ["face", "non-face"]
+    assert (source.labels[:100] == 0).all() and (source.labels[100:] == 1).all()
+    batch = next(source.batches(200))
+    assert batch.images.shape == (200, 1, 25, 25)
+    assert 0.0 <= float(batch.images.min()) and float(batch.images.max()) <= 1.0
+
+
+def test_skimage_photos_load_offline_as_rgb_in_unit_range():
+    source = open_images("skimage", limit=6)
+    assert len(source) == 6 and (source.labels == -1).all()
+    pre = Preprocessing(resize=32, crop=32, mean=(0.0,) * 3, std=(1.0,) * 3,
+                        interpolation="bilinear")
+    batch = next(source.batches(6, preprocessing=pre))
+    assert batch.images.shape == (6, 3, 32, 32)
+    assert 0.0 <= float(batch.images.min()) and float(batch.images.max()) <= 1.0 + 1e-6
