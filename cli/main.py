@@ -61,8 +61,9 @@ def _default_output(checkpoint: str | None) -> str:
 @main.command()
 @click.argument("checkpoint", required=False)
 @click.option("--images", default=None,
-              help="'digits[:test|train|all]', 'lfw', 'skimage', an image folder (sub-folders = classes) or a "
-                   ".npy/.npz array. Default: the held-out digits.")
+              help="'digits[:test|train|all]', 'lfw', 'skimage', an image folder "
+                   "(sub-folders = classes) or a .npy/.npz array. Default: the held-out "
+                   "digits.")
 @click.option("-o", "--output", default=None,
               help="NetCDF file to write [default: depthflow-demo.nc, or "
                    "<checkpoint>.depthflow.nc].")
