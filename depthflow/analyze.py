@@ -338,6 +338,44 @@ def _global_attrs(loaded: LoadedModel, source: ImageSource, preprocessing: Prepr
     return provenance(config=dataclasses.asdict(config), command=command, extra=extra)
 
 
+def build_analyses(*, phases: bool = True, phase_options: Sequence[str] = (),
+                   dynamics: str | Sequence[str] = "all", dynamics_options: Sequence[str] = (),
+                   seed: int = 0) -> list[Analysis]:
+    """The plug-ins of ``depthflow analyze`` from CLI-style choices.
+
+    ``dynamics``: ``"all"``, ``"none"`` or a comma list of
+    :data:`depthflow.dynamics.analysis.ANALYSES`; ``*_options``: ``key=value`` overrides of
+    :class:`~depthflow.phases.PhaseConfig` / :class:`~depthflow.dynamics.analysis.
+    DynamicsConfig` fields. Seeds default to ``seed``.
+    """
+    from .dynamics.analysis import ANALYSES, DynamicsAnalysis, DynamicsConfig
+    from .overrides import apply_overrides
+    from .phases import PhaseAnalysis, PhaseConfig
+
+    out: list[Analysis] = []
+    if phases:
+        cfg = apply_overrides(PhaseConfig(seed=seed), phase_options, what="phase option")
+        out.append(PhaseAnalysis(cfg))
+    elif phase_options:
+        raise ConfigError("phase options were given but phases are switched off")
+    chosen = dynamics.split(",") if isinstance(dynamics, str) else list(dynamics)
+    chosen = [c.strip() for c in chosen if c.strip()]
+    if chosen == ["all"]:
+        chosen = list(ANALYSES)
+    if chosen in ([], ["none"]):
+        if dynamics_options:
+            raise ConfigError("dynamics options were given but --dynamics is none")
+        return out
+    unknown = [c for c in chosen if c not in ANALYSES]
+    if unknown:
+        raise ConfigError(f"--dynamics: unknown analyses {unknown}; give 'all', 'none' or a "
+                          f"comma list of {', '.join(ANALYSES)}")
+    cfg = apply_overrides(DynamicsConfig(analyses=tuple(chosen), seed=seed), dynamics_options,
+                          what="dynamics option")
+    out.append(DynamicsAnalysis(cfg.validate()))
+    return out
+
+
 @dataclasses.dataclass
 class AnalysisOutputs:
     """What :func:`analyze_checkpoint` wrote."""

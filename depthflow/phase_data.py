@@ -1,0 +1,236 @@
+"""Labelled results of the phase analysis: segmentation and layer-swap Datasets, and the
+short text table of ``depthflow phases``.
+
+Variables start with ``phase_`` or ``swap_``, carry ``long_name`` and ``units``, and use the
+dimension names of :mod:`depthflow.dims`; everything is NetCDF-plain (integers for flags,
+JSON strings for thresholds).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import dims as D
+from . import segmentation as seg
+from . import swap
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .phases import PhaseConfig
+
+DEFAULT_K_MAX = 4       # PhaseConfig's default; lowered (with a note) on models this shallow
+
+SELECTION_RULE = ("k* = the smallest k whose modularity Q_k = (cut_k - mean_W * "
+                  "pairs_between_k) / total_W is within select_tolerance of the best Q over "
+                  "the optimal contiguous segmentations k = 1..k_max")
+
+
+def _attrs(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
+    return {"long_name": long_name, "units": units, **extra}
+
+
+def _merge(a, b):
+    """Merge two Datasets keeping the attributes of both (b wins on clashes)."""
+    out = a.merge(b, combine_attrs="override")
+    out.attrs = {**a.attrs, **b.attrs}
+    return out
+
+
+_VIEW_TEXT = ("paper: mean over {cls token, mean patch token}; cls: cls token; register / "
+              "patch / all: every such token is one observation")
+
+
+def segmentation_dataset(distance, config: PhaseConfig) -> Any:
+    """Max-cut and DP segmentations of a distance matrix over blocks 1..L, with metrics."""
+    import xarray as xr
+
+    cfg = config
+    w = seg.check_matrix(distance, name="distance matrix")
+    n = w.shape[0]
+    segs: list[tuple[str, seg.Segmentation]] = []
+    notes = []
+    if n > seg.MAX_EXACT_NODES:
+        notes.append(f"max-cut skipped: {n} layers exceed the exact enumeration limit of "
+                     f"{seg.MAX_EXACT_NODES}; only the contiguous (DP) segmentation is given")
+    else:
+        segs += [(f"maxcut_f{f:g}", seg.recursive_bisection(w, fraction=f,
+                                                             min_size=cfg.min_size))
+                 for f in cfg.fractions]
+    if cfg.k_max > n and cfg.k_max != DEFAULT_K_MAX:     # the default adapts to small models
+        raise ConfigError(f"k_max={cfg.k_max} is larger than the number of layers ({n})")
+    k_max = max(1, min(cfg.k_max, n // cfg.min_size))
+    if k_max < cfg.k_max:
+        notes.append(f"k_max lowered from {cfg.k_max} to {k_max}: {n} layers hold at most "
+                     f"{k_max} phases of min_size={cfg.min_size}")
+    dps = seg.optimal_segmentations(w, k_max=k_max, min_size=min(cfg.min_size, n))
+    segs += [(f"dp_k{s.k}", s) for s in dps]
+    chosen = seg.select_k(dps, tolerance=cfg.select_tolerance)
+    names = [name for name, _ in segs]
+    steps = np.arange(1, n + 1)
+    splits = max([len(s.cuts) for _, s in segs] + [1])
+    metrics = [seg.phase_metrics(w, s.labels) for _, s in segs]
+    cuts = np.full((len(segs), splits), np.nan)
+    for i, (_, s) in enumerate(segs):
+        cuts[i, :len(s.cuts)] = s.cuts
+    S = D.SEGMENTATION
+    ds = xr.Dataset(coords={
+        S: (S, names, _attrs("segmentation: maxcut_f<fraction> or dp_k<phases>", "")),
+        "phase_method": (S, [s.method for _, s in segs], _attrs(
+            "maxcut: paper's recursive max-cut bisection; dp: optimal contiguous", "")),
+        "phase_fraction": (S, [s.fraction for _, s in segs], _attrs(
+            "max-cut fraction f (eps = f * total_W); NaN for dp")),
+        D.STEP: (D.STEP, steps, _attrs("block l (its output, depth l)")),
+        D.NUM_PHASES: (D.NUM_PHASES, np.arange(1, k_max + 1), _attrs("number of phases k")),
+    })
+    ds["phase_label"] = ((S, D.STEP), np.stack([s.labels for _, s in segs]).astype(np.int32),
+                         _attrs("phase of block l's output, numbered by first block", ""))
+    ds["phase_count"] = (S, np.array([s.k for _, s in segs], np.int32),
+                         _attrs("number of phases", ""))
+    ds["phase_contiguous"] = (S, np.array([int(s.contiguous) for _, s in segs], np.int8),
+                              _attrs("1 if every phase is a run of consecutive blocks", ""))
+    ds["phase_thresholds"] = (S, [json.dumps(s.thresholds) if s.contiguous else ""
+                                  for _, s in segs], _attrs(
+        "Raptor thresholds (last block of each phase but the last), JSON; '' if not "
+        "contiguous", ""))
+    ds["phase_eps"] = (S, [s.eps for _, s in segs], _attrs(
+        "max-cut split threshold eps = f * total_W (NaN for dp)", "distance"))
+    ds["phase_split_cut"] = ((S, D.SPLIT), cuts, _attrs(
+        "cut value of each accepted max-cut bisection, in order (NaN padded)", "distance"))
+    texts = {"cut": "total distance between phases (sum over pairs i<j)",
+             "normalized_cut": "normalised cut: cut / total_W",
+             "within": "mean distance between blocks of the same phase",
+             "between": "mean distance between blocks of different phases",
+             "contrast": "phase contrast: mean between- minus mean within-phase distance",
+             "modularity": "modularity: (cut - mean distance * pairs between) / total_W"}
+    for key, text in texts.items():
+        ds[f"phase_{key}"] = (S, np.array([m[key] for m in metrics]), _attrs(
+            text, "1" if key == "normalized_cut" else "distance"))
+    ds["phase_dp_modularity"] = (D.NUM_PHASES, np.array([seg.modularity(s) for s in dps]),
+                                 _attrs("modularity of the optimal contiguous k phases "
+                                        "(the selection score)"))
+    ds["phase_selected_k"] = ((), np.int32(chosen), _attrs(
+        "selected number of phases", "", rule=SELECTION_RULE,
+        select_tolerance=cfg.select_tolerance, segmentation=f"dp_k{chosen}"))
+    ds["phase_total"] = ((), float(seg.total_weight(w)), _attrs(
+        "total_W = sum of distances over block pairs i<j", "distance"))
+    ds.attrs["phase_notes"] = "; ".join(notes)
+    return ds
+
+
+def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_layers: int = 3,
+                 seed: int = 0, device: Any = "cpu", dtype: str = "float32",
+                 segmentation: str = "") -> Any:
+    """Run the layer-swap test (:mod:`depthflow.swap`) and label the result."""
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    drawn = {f: swap.draw_trials(labels, family=f, trials=trials, max_layers=max_layers,
+                                 rng=rng) for f in swap.FAMILIES}
+    everything = [t for f in swap.FAMILIES for t in drawn[f]]
+    if not everything:
+        return xr.Dataset(attrs={"swap_skipped": "no layer of any phase can be swapped"})
+    values = swap.run_swaps(model, batches, everything, device=str(device), dtype=dtype)
+    shape = (len(swap.FAMILIES), trials)
+    targets = np.full((*shape, max_layers), -1, np.int32)
+    donors = np.full((*shape, max_layers), -1, np.int32)
+    per_trial = {k: np.full(shape, np.nan) for k in ("cosine", "r2", "accuracy", "agreement")}
+    i = 0
+    for f, family in enumerate(swap.FAMILIES):
+        for t, trial in enumerate(drawn[family]):
+            targets[f, t, :len(trial.targets)] = trial.targets
+            donors[f, t, :len(trial.donors)] = trial.donors
+            for key in per_trial:
+                per_trial[key][f, t] = values[key][i]
+            i += 1
+    F, T = D.SWAP_FAMILY, D.SWAP_TRIAL
+    ds = xr.Dataset(coords={
+        F: (F, list(swap.FAMILIES), _attrs("donor block from the same / a different phase", "")),
+        T: (T, np.arange(trials), _attrs("random swap trial")),
+        D.SWAP_SLOT: (D.SWAP_SLOT, np.arange(max_layers), _attrs("replaced layer slot")),
+        D.STATISTIC: (D.STATISTIC, list(swap.STATISTICS), _attrs(
+            "statistic over trials (std with ddof=1; qNN: quantile NN%)", "")),
+    })
+    ds["swap_target"] = ((F, T, D.SWAP_SLOT), targets, _attrs(
+        "block replaced (1-based; -1 = unused slot)", ""))
+    ds["swap_donor"] = ((F, T, D.SWAP_SLOT), donors, _attrs(
+        "block run in its place (1-based; -1 = unused slot)", ""))
+    ds["swap_num_layers"] = ((F, T), (targets >= 0).sum(-1).astype(np.int32), _attrs(
+        "number of replaced layers", ""))
+    texts = {"cosine": "mean cosine of final normed cls features, swapped vs unswapped",
+             "r2": "R^2 of final normed cls features, swapped vs unswapped",
+             "accuracy": "top-1 accuracy of the head with the swap",
+             "agreement": "share of images whose head prediction is unchanged by the swap"}
+    for key, text in texts.items():
+        if np.isnan(per_trial[key]).all():
+            continue
+        ds[f"swap_{key}"] = ((F, T), per_trial[key], _attrs(text))
+        ds[f"swap_{key}_summary"] = ((F, D.STATISTIC), np.stack(
+            [swap.summarize(row) for row in per_trial[key]]), _attrs(text + ", over trials"))
+    if values["baseline_accuracy"] == values["baseline_accuracy"]:
+        ds["swap_baseline_accuracy"] = ((), float(values["baseline_accuracy"]), _attrs(
+            "top-1 accuracy of the unswapped model on the same images"))
+    ds["swap_phase_label"] = ((D.STEP,), np.asarray(labels, np.int32), _attrs(
+        "phases the swaps draw donors from", "", segmentation=segmentation))
+    ds.attrs = {"swap_samples": int(values["samples"]), "swap_seed": int(seed),
+                "swap_segmentation": segmentation}
+    return ds
+
+
+# ------------------------------------------------------------------------------ report
+def describe_phases(ds) -> str:
+    """A short table: every segmentation with its phases, thresholds and metrics."""
+    lines = []
+    view = ds["phase_label"].attrs.get("view", "")
+    lines.append(f"segmented matrix: {ds['phase_label'].attrs.get('matrix', '')} "
+                 f"({view}), blocks 1..{ds.sizes[D.STEP]}")
+    lines.append(f"{'segmentation':<14} {'k':>2} {'contig':>6} {'ncut':>6} {'modul':>6} "
+                 f"{'contrast':>8}  phases (blocks)")
+    for name in ds[D.SEGMENTATION].values:
+        row = ds.sel({D.SEGMENTATION: name})
+        labels = row["phase_label"].values
+        phases = " | ".join(_ranges(np.flatnonzero(labels == p) + 1)
+                            for p in range(int(labels.max()) + 1))
+        lines.append(f"{name:<14} {int(row['phase_count']):>2} "
+                     f"{'yes' if int(row['phase_contiguous']) else 'no':>6} "
+                     f"{float(row['phase_normalized_cut']):6.3f} "
+                     f"{float(row['phase_modularity']):6.3f} "
+                     f"{float(row['phase_contrast']):8.4f}  {phases}")
+    k = int(ds["phase_selected_k"])
+    lines.append(f"selected k = {k}: smallest k within "
+                 f"{ds['phase_selected_k'].attrs.get('select_tolerance')} of the best "
+                 "modularity of the contiguous segmentations")
+    if ds.attrs.get("phase_notes"):
+        lines.append(f"note: {ds.attrs['phase_notes']}")
+    if "swap_cosine_summary" in ds:
+        lines.append(f"layer swap ({ds.attrs.get('swap_segmentation', '')}, "
+                     f"{ds.sizes[D.SWAP_TRIAL]} trials per family, "
+                     f"{ds.attrs.get('swap_samples', '?')} images): mean +- std [q10, q90]")
+        for key in ("cosine", "r2", "accuracy", "agreement"):
+            if f"swap_{key}_summary" not in ds:
+                continue
+            for family in ds[D.SWAP_FAMILY].values:
+                s = ds[f"swap_{key}_summary"].sel({D.SWAP_FAMILY: family})
+                g = {k: float(s.sel({D.STATISTIC: k})) for k in ("mean", "std", "q10", "q90")}
+                lines.append(f"  {key:<9} {family:<9} {g['mean']:7.3f} +- {g['std']:.3f} "
+                             f"[{g['q10']:.3f}, {g['q90']:.3f}]")
+        if "swap_baseline_accuracy" in ds:
+            lines.append(f"  unswapped accuracy {float(ds['swap_baseline_accuracy']):.3f}")
+    elif ds.attrs.get("swap_skipped"):
+        lines.append(f"layer swap: skipped ({ds.attrs['swap_skipped']})")
+    return "\n".join(lines)
+
+
+def _ranges(blocks: np.ndarray) -> str:
+    """``[1,2,3,5]`` -> ``"1-3,5"``."""
+    parts, start = [], None
+    for i, b in enumerate(blocks):
+        if start is None:
+            start = b
+        if i + 1 == len(blocks) or blocks[i + 1] != b + 1:
+            parts.append(f"{start}-{b}" if b != start else f"{b}")
+            start = None
+    return ",".join(parts)

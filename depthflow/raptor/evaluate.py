@@ -1,0 +1,231 @@
+"""Fidelity of a fitted Raptor to its teacher, as the paper measures it and more.
+
+Per depth ``l = 0..L`` (the Raptor rolled out from the teacher's ``a_0``):
+
+* ``r2_paper``: the official code's R^2, ``1 - mean((x - x~)^2) / (var(x~) + 1e-6)``, one
+  scalar over all entries with the variance of the PREDICTION ``x~`` (kept to compare with
+  the paper);
+* ``r2``: the standard R^2, the same with the variance of the teacher ``x`` and no epsilon;
+* both also per token kind, and the mean cosine between teacher and Raptor tokens per kind.
+
+Task fidelity: the teacher's head applied to the teacher's and to the Raptor's final states
+(or, for a teacher without a head, a logistic-regression probe fitted on teacher features of
+the probe images and applied to both), accuracy and the ratio Raptor / teacher.
+Everything streams batch by batch (float64 accumulators).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import dims as D
+from ..data import ImageSource
+from ..preprocessing import Preprocessing
+from ..vit import ViT
+from .model import Raptor
+from .teacher import teacher_states
+
+PAPER_EPS = 1e-6
+GROUPS = ("all", *D.TOKEN_KINDS)
+
+
+class FidelityAccumulator:
+    """Streaming sums for R^2 (both forms), MSE and cosine per depth and token group."""
+
+    def __init__(self, depth: int, kinds: list[str]) -> None:
+        self.groups = [g for g in GROUPS if g == "all" or g in kinds]
+        self.index = {g: torch.tensor([i for i, k in enumerate(kinds) if g in ("all", k)])
+                      for g in self.groups}
+        shape = (depth + 1, len(self.groups))
+        self.sums = {name: torch.zeros(shape, dtype=torch.float64)
+                     for name in ("n", "x", "x2", "p", "p2", "sse", "cos", "tokens")}
+
+    @torch.no_grad()
+    def update(self, teacher: Tensor, pred: Tensor) -> None:
+        """``teacher``, ``pred``: ``(B, L+1, T, D)``."""
+        x, p = teacher.double().cpu(), pred.double().cpu()
+        cos = torch.nn.functional.cosine_similarity(x, p, dim=-1, eps=1e-8)   # (B, L+1, T)
+        for g, group in enumerate(self.groups):
+            xi, pi = x[:, :, self.index[group]], p[:, :, self.index[group]]
+            s = self.sums
+            s["n"][:, g] += xi[:, 0].numel()
+            s["x"][:, g] += xi.sum(dim=(0, 2, 3))
+            s["x2"][:, g] += xi.square().sum(dim=(0, 2, 3))
+            s["p"][:, g] += pi.sum(dim=(0, 2, 3))
+            s["p2"][:, g] += pi.square().sum(dim=(0, 2, 3))
+            s["sse"][:, g] += (xi - pi).square().sum(dim=(0, 2, 3))
+            s["cos"][:, g] += cos[:, :, self.index[group]].sum(dim=(0, 2))
+            s["tokens"][:, g] += cos[:, 0, self.index[group]].numel()
+
+    def result(self) -> dict[str, np.ndarray]:
+        s = {k: v.numpy() for k, v in self.sums.items()}
+        n = np.maximum(s["n"], 1)
+        mse = s["sse"] / n
+        var_x = s["x2"] / n - (s["x"] / n) ** 2
+        var_p = s["p2"] / n - (s["p"] / n) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(var_x > 0, 1.0 - mse / var_x, np.nan)
+        return {"mse": mse, "r2": r2, "r2_paper": 1.0 - mse / (var_p + PAPER_EPS),
+                "cosine": s["cos"] / np.maximum(s["tokens"], 1)}
+
+
+@dataclasses.dataclass
+class Fidelity:
+    """Per-depth fidelity arrays ``(L+1, group)`` and task numbers."""
+
+    groups: list[str]
+    arrays: dict[str, np.ndarray]
+    num_samples: int
+    task: str                       # "head" | "linear-probe" | "none"
+    teacher_accuracy: float = float("nan")
+    raptor_accuracy: float = float("nan")
+    agreement: float = float("nan")
+
+    @property
+    def accuracy_ratio(self) -> float:
+        return self.raptor_accuracy / self.teacher_accuracy if self.teacher_accuracy else \
+            float("nan")
+
+    def last(self, name: str = "r2", group: str = "all") -> float:
+        return float(self.arrays[name][-1, self.groups.index(group)])
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers (JSON-ready)."""
+        out: dict[str, Any] = {
+            "num_samples": self.num_samples, "task": self.task,
+            "teacher_accuracy": self.teacher_accuracy, "raptor_accuracy": self.raptor_accuracy,
+            "accuracy_ratio": self.accuracy_ratio, "agreement": self.agreement,
+            "last_layer_r2": self.last("r2"), "last_layer_r2_paper": self.last("r2_paper"),
+        }
+        for name in ("r2", "r2_paper", "cosine"):
+            out[f"{name}_by_depth"] = {g: [_num(v) for v in self.arrays[name][:, i]]
+                                       for i, g in enumerate(self.groups)}
+        return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}
+
+    def to_dataset(self, raptor: Raptor, *, attrs: dict[str, Any] | None = None):
+        """Labelled ``xr.Dataset`` with dims ``depth`` and ``group``."""
+        import xarray as xr
+
+        texts = {
+            "r2": "standard R^2 of Raptor vs teacher state: 1 - MSE / var(teacher), all "
+                  "entries", "r2_paper": "R^2 as in the official Raptor code: 1 - MSE / "
+                  "(var(prediction) + 1e-6)", "mse": "mean squared error Raptor vs teacher",
+            "cosine": "mean cosine between Raptor and teacher tokens"}
+        units = {"mse": "activation units^2"}
+        data = {name: (("depth", "group"), self.arrays[name],
+                       {"long_name": text, "units": units.get(name, "1")})
+                for name, text in texts.items()}
+        blocks = [-1] + [raptor.block_for(layer) for layer in range(1, raptor.depth + 1)]
+        data["block"] = (("depth",), np.array(blocks, dtype=np.int32),
+                         {"long_name": "Raptor block producing this depth (-1: embedding)",
+                          "units": ""})
+        ds = xr.Dataset(data, coords={
+            D.DEPTH: (D.DEPTH, np.arange(raptor.depth + 1), {
+                "long_name": "depth (0 = embedded input, l = after layer l)", "units": "1"}),
+            "group": ("group", list(self.groups), {
+                "long_name": "token group (all tokens or one token kind)", "units": ""})})
+        ds.attrs.update({k: v for k, v in self.summary().items() if not k.endswith("_depth")})
+        ds.attrs.update(attrs or {})
+        return ds
+
+
+def _num(v: Any) -> Any:
+    v = float(v)
+    return None if v != v else v
+
+
+def _features(model: ViT, state: Tensor) -> Tensor:
+    """Normed cls token of a final state (the readout without a head)."""
+    return model.norm(state)[..., 0, :]
+
+
+@torch.no_grad()
+def evaluate_fidelity(raptor: Raptor, teacher: ViT, source: ImageSource, *,
+                      preprocessing: Preprocessing | None, batch_size: int = 256,
+                      device: str | torch.device = "cpu",
+                      probe_source: ImageSource | None = None,
+                      probe_limit: int = 5000) -> Fidelity:
+    """Roll the Raptor out from the teacher's embedding on ``source`` and compare."""
+    raptor.eval()
+    teacher.eval()
+    dev = torch.device(device)
+    probe = None
+    if teacher.head is None and probe_source is not None:
+        probe = _fit_probe(teacher, probe_source, preprocessing=preprocessing,
+                           batch_size=batch_size, device=dev, limit=probe_limit)
+    acc = None
+    labels_t, pred_t, pred_r = [], [], []
+    for batch in source.batches(batch_size, preprocessing=preprocessing):
+        states = teacher_states(teacher, batch.images.to(dev))
+        traj = [states[:, 0]]
+        for layer in range(1, raptor.depth + 1):
+            traj.append(raptor.step(layer, traj[-1]))
+        pred = torch.stack(traj, dim=1)
+        if acc is None:
+            kinds = teacher.token_kinds(*batch.images.shape[-2:])
+            acc = FidelityAccumulator(raptor.depth, kinds)
+        acc.update(states, pred)
+        if teacher.head is not None:
+            pred_t.append(teacher.readout(states[:, -1]).argmax(-1).cpu())
+            pred_r.append(raptor.readout(pred[:, -1]).argmax(-1).cpu())
+        elif probe is not None:
+            pred_t.append(torch.from_numpy(probe.predict(
+                _features(teacher, states[:, -1]).cpu().double().numpy())))
+            pred_r.append(torch.from_numpy(probe.predict(
+                _features(teacher, pred[:, -1]).cpu().double().numpy())))
+        labels_t.append(batch.labels)
+    if acc is None:
+        from ..errors import InputError
+        raise InputError("no evaluation images")
+    labels = torch.cat(labels_t)
+    fid = Fidelity(acc.groups, acc.result(), len(labels),
+                   task="head" if teacher.head is not None else
+                   ("linear-probe" if probe is not None else "none"))
+    if pred_t:
+        t, r = torch.cat(pred_t), torch.cat(pred_r)
+        known = labels >= 0
+        fid.agreement = float((t == r).double().mean())
+        if known.any():
+            fid.teacher_accuracy = float((t[known] == labels[known]).double().mean())
+            fid.raptor_accuracy = float((r[known] == labels[known]).double().mean())
+    return fid
+
+
+def _fit_probe(teacher: ViT, source: ImageSource, *, preprocessing, batch_size: int,
+               device: torch.device, limit: int):
+    """Logistic regression on the teacher's normed final cls features."""
+    from sklearn.linear_model import LogisticRegression
+
+    feats, labels = [], []
+    seen = 0
+    for batch in source.batches(batch_size, preprocessing=preprocessing):
+        out = teacher.rollout(teacher.embed(batch.images.to(device)))
+        feats.append(_features(teacher, out).cpu().double().numpy())
+        labels.append(batch.labels.numpy())
+        seen += len(batch.labels)
+        if seen >= limit:
+            break
+    x, y = np.concatenate(feats)[:limit], np.concatenate(labels)[:limit]
+    keep = y >= 0
+    if len(np.unique(y[keep])) < 2:
+        return None
+    return LogisticRegression(max_iter=2000).fit(x[keep], y[keep])
+
+
+@torch.no_grad()
+def quick_r2(raptor: Raptor, states: Tensor) -> Tensor:
+    """Standard R^2 per depth ``(L+1,)`` on one batch of teacher states (on device)."""
+    x = states[:, 0]
+    preds = [x]
+    for layer in range(1, raptor.depth + 1):
+        x = raptor.step(layer, x)
+        preds.append(x)
+    pred = torch.stack(preds, dim=1)
+    mse = (pred - states).square().mean(dim=(0, 2, 3))
+    var = states.var(dim=(0, 2, 3), unbiased=False)
+    return 1.0 - mse / var.clamp_min(1e-12)

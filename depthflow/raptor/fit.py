@@ -1,0 +1,339 @@
+"""Fit a Raptor surrogate to a ViT teacher: options, orchestration, outputs.
+
+:func:`fit_raptor` takes a loaded teacher and image sources and writes a directory::
+
+    model.safetensors, config.json   the surrogate (see :mod:`depthflow.raptor.io`)
+    training_state.pt                resume record (``resume=True`` continues exactly)
+    fit_config.json                  every option, the thresholds used, the run's inputs
+    evaluation.json, evaluation.nc   fidelity (see :mod:`depthflow.raptor.evaluate`)
+    log.csv, fit.log, curves.png     loss / R^2 curves and readable logs
+
+:func:`fit_checkpoint` does the same from a checkpoint path and image specs (what
+``depthflow fit`` calls), and resumes a directory from its own record.
+
+Several processes: ``torchrun --nproc-per-node N -m depthflow.cli.fit ...``; every rank
+takes ``batch_size / N`` images of each global batch, rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoints import LoadedModel
+from ..data import ImageSource
+from ..errors import ConfigError, InputError
+from ..provenance import provenance
+from .distributed import DistInfo, barrier, broadcast_object, setup, teardown
+from .evaluate import Fidelity, evaluate_fidelity
+from .io import CONFIG_FILE, MODEL_FILE, load_state, write_json
+from .config import RESUMABLE_CHANGES, FitConfig
+from .model import build_raptor, check_thresholds
+from .outputs import plot_curves, prepare_output, write_log_csv
+from .train import FitError, Trainer, log
+
+FIT_CONFIG_FILE = "fit_config.json"
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit_raptor` produced."""
+
+    directory: Path
+    steps: int
+    complete: bool
+    thresholds: tuple[int, ...]
+    fidelity: Fidelity | None
+    config: FitConfig
+    rows: list[dict[str, Any]]
+
+
+def resolve_thresholds(loaded: LoadedModel, source: ImageSource, config: FitConfig, *,
+                       progress: bool = False) -> tuple[int, ...]:
+    """``config.thresholds`` checked against the teacher, else max-cut on ``source``."""
+    depth = loaded.config.depth
+    if config.k > depth:
+        raise ConfigError(f"k={config.k} is larger than the teacher depth {depth}; "
+                          f"choose k in 1..{depth}")
+    if config.thresholds is not None:
+        return check_thresholds(config.thresholds, depth, k=config.k)
+    if config.k == 1:
+        return ()
+    try:
+        from ..phases import suggest_thresholds
+    except ImportError as exc:
+        raise ConfigError("no thresholds given and depthflow.phases (max-cut segmentation) "
+                          "is not available; pass --thresholds") from exc
+    found = suggest_thresholds(loaded, source, k=config.k, limit=config.threshold_images,
+                               batch_size=config.eval_batch_size, device=config.device,
+                               progress=progress)
+    return check_thresholds(found, depth, k=config.k)
+
+
+def check_images(loaded: LoadedModel, images, source: ImageSource) -> None:
+    """The teacher must accept the (preprocessed) images and know their classes."""
+    sample = images(torch.arange(1))
+    try:
+        with torch.no_grad():
+            loaded.model.embed(sample.to(next(loaded.model.parameters()).device))
+    except InputError as exc:
+        raise InputError(f"images {source.describe()} do not match the teacher "
+                         f"{loaded.source}: {str(exc).splitlines()[0]}") from exc
+    check_labels(loaded, source)
+
+
+def check_labels(loaded: LoadedModel, source: ImageSource) -> None:
+    classes = loaded.config.num_classes
+    top = int(source.labels.max()) if len(source) else -1
+    if loaded.model.head is not None and top >= classes:
+        raise InputError(
+            f"images {source.describe()} have labels up to {top} but the teacher's head has "
+            f"{classes} classes; give images labelled like the teacher's training data (or "
+            "unlabelled ones)")
+
+
+def fit_raptor(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[str], *,
+               config: FitConfig | None = None, eval_source: ImageSource | None = None,
+               overwrite: bool = False, resume: bool = False, progress: bool = False,
+               stop_after: int | None = None, command: Sequence[str] | None = None,
+               run: dict[str, Any] | None = None) -> FitResult:
+    """Fit a Raptor to ``loaded`` on ``source``, evaluate on ``eval_source``, write ``output``.
+
+    Parameters
+    ----------
+    loaded
+        The teacher.
+    source, eval_source
+        Training images; held-out images for the evaluation (None: the training images,
+        recorded as in-sample).
+    output
+        Directory for every output (must be new or empty unless ``overwrite``/``resume``).
+    config
+        A :class:`FitConfig`; with ``resume`` the saved one is used and ``config`` may only
+        differ in :data:`RESUMABLE_CHANGES`.
+    stop_after
+        Stop after this many steps in all, leaving a resumable directory (no evaluation).
+    run
+        Free-form record of the inputs (checkpoint path, image specs), kept for ``resume``.
+
+    Raises
+    ------
+    ConfigError, InputError, OutputError, FitError
+        Bad options or thresholds, images the teacher cannot take, unwritable output, NaN
+        loss (the last good checkpoint stays).
+    """
+    config = (config or FitConfig()).validate()
+    dist, device_name = setup(config.device)
+    try:
+        return _fit(loaded, source, output, config=config, eval_source=eval_source,
+                    overwrite=overwrite, resume=resume, progress=progress,
+                    stop_after=stop_after, command=command, run=run or {}, dist=dist,
+                    device_name=device_name)
+    finally:
+        teardown(dist)
+
+
+def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, progress,
+         stop_after, command, run, dist: DistInfo, device_name: str) -> FitResult:
+    from ..analyze import model_preprocessing
+    from .data import IndexedImages
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    if config.thresholds is not None or config.k > loaded.config.depth:
+        resolve_thresholds(loaded, source, config)          # bad options cost nothing
+    preprocessing = model_preprocessing(loaded)
+    images = IndexedImages(source, preprocessing)
+    check_images(loaded, images, source)
+    if eval_source is not None:
+        check_labels(loaded, eval_source)
+    state = None
+    error = None
+    if dist.main:
+        try:
+            prepare_output(output, overwrite=overwrite, resume=resume, create=False)
+            if resume:
+                state = load_state(output)
+                config = _resumed_config(state, config)
+            elif config.thresholds is None:           # max-cut phases of the training images
+                config = config.replace(thresholds=resolve_thresholds(
+                    loaded, source, config, progress=progress))
+            prepare_output(output, overwrite=overwrite, resume=resume)
+        except Exception as exc:                      # every rank must stop, not hang
+            error = exc
+    if broadcast_object(error is not None, dist):
+        if error is not None:
+            raise error
+        raise FitError("rank 0 failed to prepare the output; see its message")
+    directory = Path(output)
+    config = broadcast_object(config, dist)
+    if resume and not dist.main:                      # a shared file system, as torchrun's
+        state = load_state(directory)
+    device = torch.device(device_name)
+    teacher = loaded.model.to(device=device, dtype=torch.float32).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher.set_attention(config.attention)
+    if config.batch_size % dist.world:
+        raise ConfigError(f"batch_size={config.batch_size} must be divisible by the "
+                          f"{dist.world} processes")
+    _setup_logging(directory if dist.main else None, resume=resume)
+    raptor = build_raptor(teacher, config.raptor_config(), seed=config.seed, init=config.init)
+    raptor = raptor.to(device).train().set_attention(config.attention)
+    if config.compile:
+        for block in raptor.blocks:
+            block.compile()
+    probe = _probe_states(teacher, eval_source or source, preprocessing, config, device) \
+        if dist.main else None
+    record = {"teacher": loaded.provenance(), "images": source.describe(),
+              "eval_images": (eval_source or source).describe(), "run": run,
+              "thresholds": list(config.thresholds)}
+
+    def save_info() -> dict[str, Any]:
+        return {"fit": config.to_json(), "teacher_source": loaded.source,
+                "teacher_sha256": loaded.sha256 or "", "teacher_info": loaded.info,
+                "thresholds": list(config.thresholds)}
+
+    trainer = Trainer(raptor, teacher, images, config, directory=directory, dist=dist,
+                      device=device, save_info=save_info, preprocessing=preprocessing,
+                      probe_states=probe, progress=progress)
+    if dist.main:
+        write_json(directory / FIT_CONFIG_FILE,
+                   {"config": config.to_dict(), **record,
+                    "provenance": provenance(config=config.to_dict(), command=command)})
+    if state is not None:
+        trainer.load_state_dict(state)
+        log.info("resumed at step %d of %d", trainer.step, trainer.total)
+    else:
+        log.info("fitting k=%d Raptor (thresholds %s, counts %s) to %s on %s; %d steps",
+                 config.k, list(config.thresholds), raptor.counts, loaded.source,
+                 source.describe(), trainer.total)
+        trainer.checkpoint()                          # early write check; step-0 restart point
+    complete = trainer.run(stop_after=stop_after)
+    fidelity = None
+    if dist.main:
+        write_log_csv(directory, trainer.rows)
+        plot_curves(directory, trainer.rows, config)
+    if complete and dist.main:
+        fidelity = _evaluate(raptor, teacher, eval_source or source, source, config,
+                             preprocessing, device, directory, loaded, record, command)
+    barrier(dist)
+    return FitResult(directory, trainer.step, complete, tuple(config.thresholds), fidelity,
+                     config, trainer.rows)
+
+
+def _resumed_config(state: dict[str, Any], config: FitConfig) -> FitConfig:
+    saved = FitConfig.from_dict(json.loads(state["config"]))
+    if config == FitConfig().validate() or config == saved:
+        return saved
+    mine, theirs = config.to_dict(), saved.to_dict()
+    if config.thresholds is None:
+        mine["thresholds"] = theirs["thresholds"]
+    differ = sorted(k for k in mine if mine[k] != theirs[k] and k not in RESUMABLE_CHANGES)
+    if differ:
+        raise ConfigError(
+            f"cannot resume with different options {differ} (saved "
+            f"{ {k: theirs[k] for k in differ} }); resume with the saved options")
+    return saved.replace(**{k: getattr(config, k) for k in RESUMABLE_CHANGES})
+
+
+def _setup_logging(directory: Path | None, *, resume: bool) -> None:
+    for handler in list(log.handlers):
+        if getattr(handler, "_depthflow_fit", False):
+            log.removeHandler(handler)
+            handler.close()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if directory is not None:
+        handler = logging.FileHandler(directory / "fit.log", mode="a" if resume else "w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        handler._depthflow_fit = True
+        log.addHandler(handler)
+
+
+def _probe_states(teacher, source: ImageSource, preprocessing, config: FitConfig,
+                  device) -> torch.Tensor:
+    """Teacher states of the first held-out batch, for the R^2 curve during training."""
+    from .teacher import teacher_states
+    batch = next(source.batches(config.eval_batch_size, preprocessing=preprocessing))
+    return teacher_states(teacher, batch.images.to(device))
+
+
+def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing, device,
+              directory, loaded, record, command) -> Fidelity:
+    from ..netcdf import write_dataset
+    raptor.eval().set_attention(config.attention)
+    fidelity = evaluate_fidelity(raptor, teacher, eval_source, preprocessing=preprocessing,
+                                 batch_size=config.eval_batch_size, device=device,
+                                 probe_source=train_source)
+    summary = {**fidelity.summary(), "in_sample": eval_source is train_source,
+               "eval_images": eval_source.describe(), "thresholds": list(config.thresholds),
+               "counts": list(raptor.counts), "k": config.k}
+    write_json(directory / "evaluation.json", summary)
+    attrs = provenance(config=config.to_dict(), command=command,
+                       extra={**loaded.provenance(), "title": "Raptor fidelity",
+                              "raptor": raptor.raptor_cfg.to_json(),
+                              "images": eval_source.describe(),
+                              "in_sample": int(eval_source is train_source)})
+    write_dataset(fidelity.to_dataset(raptor, attrs=attrs), directory / "evaluation.nc",
+                  overwrite=True)
+    log.info("evaluation on %s: teacher acc %.4f, raptor acc %.4f (ratio %.4f), last-layer "
+             "R2 %.4f (paper form %.4f)", eval_source.describe(), fidelity.teacher_accuracy,
+             fidelity.raptor_accuracy, fidelity.accuracy_ratio, fidelity.last("r2"),
+             fidelity.last("r2_paper"))
+    return fidelity
+
+
+def fit_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | os.PathLike[str],
+                   *, images: str | None = None, limit: int | None = None,
+                   eval_images: str | None = None,
+                   arch: str | None = None, config: FitConfig | None = None,
+                   overwrite: bool = False, resume: bool = False, progress: bool = False,
+                   stop_after: int | None = None,
+                   command: Sequence[str] | None = None) -> FitResult:
+    """Load the teacher and images from specs and call :func:`fit_raptor`.
+
+    ``images`` defaults to ``"digits:train"`` (its first ``limit`` only, when given);
+    ``eval_images`` to ``"digits:test"`` when the
+    training images are the digits, else the training images (in-sample). With ``resume``,
+    the checkpoint and image specs recorded in ``output`` are used when not given.
+    """
+    from ..checkpoints import load_model
+    from ..data import open_images
+
+    if resume:
+        saved = _read_run(output)
+        checkpoint = checkpoint if checkpoint is not None else saved.get("checkpoint")
+        images = images or saved.get("images")
+        eval_images = eval_images or saved.get("eval_images")
+        arch = arch or saved.get("arch")
+        limit = limit or saved.get("limit")
+    images = images or "digits:train"
+    if eval_images is None and str(images).startswith("digits"):
+        eval_images = "digits:test"
+    loaded = load_model(checkpoint, arch=arch)
+    source = open_images(images, limit=limit)
+    eval_source = open_images(eval_images) if eval_images else None
+    run = {"checkpoint": None if checkpoint is None else str(checkpoint),
+           "images": str(images), "limit": limit, "eval_images": eval_images, "arch": arch}
+    return fit_raptor(loaded, source, output, config=config, eval_source=eval_source,
+                      overwrite=overwrite, resume=resume, progress=progress,
+                      stop_after=stop_after, command=command, run=run)
+
+
+def _read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(directory) / FIT_CONFIG_FILE
+    try:
+        return json.loads(path.read_text()).get("run", {})
+    except (OSError, ValueError):
+        return {}
+
+
+__all__ = ["FitConfig", "FitResult", "fit_raptor", "fit_checkpoint", "resolve_thresholds",
+           "FitError", "CONFIG_FILE", "MODEL_FILE"]

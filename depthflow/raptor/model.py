@@ -1,0 +1,351 @@
+"""The Raptor block and the block-recurrent surrogate (SCIENCE.md section 3).
+
+A :class:`Raptor` has ``k`` blocks ``B_1..B_k``; block ``j`` produces the teacher layers of
+segment ``j``, i.e. it is applied ``n_j`` times with ``sum n_j = L``. The routing comes from
+thresholds: ``[7]`` on 12 layers gives counts ``(7, 5)`` (block 0 makes layers 1-7, block 1
+layers 8-12). The surrogate reuses the teacher's patch embedding, cls/register tokens,
+position embedding, final norm and head (frozen), so it exposes the same depth interface as
+:class:`depthflow.vit.ViT`: ``embed``, ``step(layer, state)``, ``rollout``, ``iter_states``,
+``trajectory``, ``readout``. ``step`` is a pure function of a ``(..., T, D)`` state, so
+``torch.func.jvp``/``vjp``/``vmap`` apply in math attention.
+
+Every ingredient of the recipe has a switch (:class:`RaptorConfig`) so that the paper's
+ablation ladder can be run: MLP kind, LayerScale, depth conditioning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..vit import MLP_KINDS, Block, ViT, ViTConfig
+
+ROUTINGS = ("thresholds",)
+
+
+def counts_from_thresholds(thresholds: Sequence[int], depth: int) -> tuple[int, ...]:
+    """Repetition counts of the blocks: ``[7]`` on 12 layers -> ``(7, 5)``.
+
+    Uses :func:`depthflow.segmentation.counts_from_thresholds` when available; the rule is
+    the same either way: thresholds are the last layer of every segment but the final one,
+    strictly increasing in ``1..depth-1``.
+    """
+    thresholds = check_thresholds(thresholds, depth)
+    try:
+        from ..segmentation import counts_from_thresholds as shared
+    except ImportError:
+        shared = None
+    if shared is not None:
+        return tuple(int(c) for c in shared(list(thresholds), depth))
+    edges = (0, *thresholds, depth)
+    return tuple(b - a for a, b in zip(edges[:-1], edges[1:]))
+
+
+def check_thresholds(thresholds: Sequence[int], depth: int, *,
+                     k: int | None = None) -> tuple[int, ...]:
+    """Validate thresholds against the teacher depth (and ``k`` when given)."""
+    try:
+        values = tuple(int(t) for t in thresholds)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"thresholds must be integers, got {thresholds!r}") from exc
+    if any(float(t) != v for t, v in zip(thresholds, values)):
+        raise ConfigError(f"thresholds must be integers, got {list(thresholds)!r}")
+    if any(b <= a for a, b in zip(values[:-1], values[1:])) or \
+            any(not 1 <= t <= depth - 1 for t in values):
+        raise ConfigError(
+            f"thresholds {list(values)} do not partition layers 1..{depth}: expected strictly "
+            f"increasing integers in 1..{depth - 1} (the last layer of every segment but the "
+            f"final one), e.g. [{depth // 2}] for k=2")
+    if k is not None and len(values) != k - 1:
+        raise ConfigError(
+            f"k={k} needs {k - 1} threshold(s), got {len(values)} ({list(values)}); "
+            f"give k-1 thresholds or set k={len(values) + 1}")
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class RaptorConfig:
+    """Architecture of a Raptor surrogate (everything but the teacher's own config).
+
+    Parameters
+    ----------
+    thresholds
+        Last teacher layer of every segment but the final one (``k - 1`` values).
+    mlp
+        ``"swiglu"`` (every released Raptor: ``Linear D -> 2H``, ``silu(x1) * x2``,
+        ``Linear H -> D``) or ``"gelu"``.
+    mlp_hidden_dim
+        MLP width H; ``None`` means ``4 D`` for SwiGLU (the paper's) and the teacher's width
+        for GELU.
+    layerscale, layerscale_init
+        LayerScale on both residual branches, initialised to ``layerscale_init`` (1e-5).
+    depth_conditioning
+        ``S = W2 silu(W1 t + b1) + b2 + 1`` with ``t`` the raw target-layer index, split
+        into ``(s1, s2, s3)``: ``x += s1 ls1(attn)``, ``x += s2 ls2(mlp)``, ``out = s3 x``.
+        Off: ``S = 1`` (an autonomous block).
+    cond_hidden, cond_init_std
+        Width of ``W1`` (16) and the standard deviation of ``W2``'s init (1e-4; ``b2 = 0``).
+    """
+
+    thresholds: tuple[int, ...]
+    mlp: str = "swiglu"
+    mlp_hidden_dim: int | None = None
+    layerscale: bool = True
+    layerscale_init: float = 1e-5
+    depth_conditioning: bool = True
+    cond_hidden: int = 16
+    cond_init_std: float = 1e-4
+    routing: str = "thresholds"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(int(t) for t in self.thresholds))
+        if self.mlp not in MLP_KINDS:
+            raise ConfigError(f"RaptorConfig.mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
+        if self.mlp_hidden_dim is not None and self.mlp_hidden_dim < 1:
+            raise ConfigError(f"RaptorConfig.mlp_hidden_dim must be >= 1, got "
+                              f"{self.mlp_hidden_dim}")
+        if self.cond_hidden < 1 or self.cond_init_std < 0 or self.layerscale_init < 0:
+            raise ConfigError("RaptorConfig.cond_hidden must be >= 1 and cond_init_std, "
+                              "layerscale_init >= 0")
+        if self.routing not in ROUTINGS:
+            raise ConfigError(f"RaptorConfig.routing must be one of {ROUTINGS}, "
+                              f"got {self.routing!r}")
+
+    @property
+    def k(self) -> int:
+        return len(self.thresholds) + 1
+
+    def block_config(self, teacher: ViTConfig) -> ViTConfig:
+        """The ViTConfig of one Raptor block (teacher width, heads and biases)."""
+        hidden = self.mlp_hidden_dim
+        if hidden is None:
+            hidden = 4 * teacher.embed_dim if self.mlp == "swiglu" else teacher.mlp_hidden_dim
+        return teacher.replace(mlp=self.mlp, mlp_hidden_dim=hidden, layerscale=self.layerscale)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["thresholds"] = list(self.thresholds)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RaptorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown Raptor config keys {unknown}; expected a subset of "
+                              f"{sorted(known)}")
+        return cls(**dict(data))
+
+
+class DepthScale(nn.Module):
+    """``S(t) = W2 silu(W1 t + b1) + b2 + 1``, split into three ``(D,)`` scales."""
+
+    def __init__(self, dim: int, *, hidden: int = 16, init_std: float = 1e-4) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(1, hidden)
+        self.fc2 = nn.Linear(hidden, 3 * dim)
+        with torch.no_grad():
+            self.fc2.weight.normal_(0.0, init_std)
+            self.fc2.bias.zero_()
+
+    def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``t``: raw layer indices of shape ``(...,)``; returns three ``(..., 1, D)``."""
+        s = self.fc2(F.silu(self.fc1(t[..., None]))) + 1.0      # (..., 3D)
+        s1, s2, s3 = s[..., None, :].chunk(3, dim=-1)          # (..., 1, D) each
+        return s1, s2, s3
+
+
+class RaptorBlock(Block):
+    """A pre-LN ViT block with optional depth conditioning.
+
+    Parameter names are the teacher's (``attn.qkv.weight``, ``ls1.gamma``...), plus
+    ``scale.fc1/fc2`` for the conditioning, so a teacher block loads into it directly.
+    """
+
+    def __init__(self, cfg: ViTConfig, *, layerscale_init: float = 1e-5,
+                 depth_conditioning: bool = True, cond_hidden: int = 16,
+                 cond_init_std: float = 1e-4) -> None:
+        super().__init__(cfg)
+        if cfg.layerscale:
+            with torch.no_grad():
+                self.ls1.gamma.fill_(layerscale_init)
+                self.ls2.gamma.fill_(layerscale_init)
+        self.scale = (DepthScale(cfg.embed_dim, hidden=cond_hidden, init_std=cond_init_std)
+                      if depth_conditioning else None)
+
+    def forward(self, x: Tensor, t: Tensor | float | None = None,  # type: ignore[override]
+                attention: str | None = None) -> Tensor:
+        """One application at target layer ``t`` (scalar, or ``(B,)`` per sample)."""
+        impl = attention or self.attention
+        attn = self.ls1(self.attn(self.norm1(x), impl))
+        if self.scale is None or t is None:
+            x = x + attn
+            return x + self.ls2(self.mlp(self.norm2(x)))
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        if t.ndim == 1:                                 # per-sample layer index (B,)
+            t = t.reshape(t.shape + (1,) * (x.ndim - 3))
+        s1, s2, s3 = self.scale(t)
+        x = x + s1 * attn
+        x = x + s2 * self.ls2(self.mlp(self.norm2(x)))
+        return s3 * x
+
+
+class Raptor(ViT):
+    """A block-recurrent surrogate of a ViT teacher: ``k`` blocks over ``L`` layers.
+
+    ``cfg`` is the teacher's :class:`~depthflow.vit.ViTConfig` (``depth = L``) and
+    ``raptor_cfg`` the :class:`RaptorConfig`. ``blocks`` holds the ``k`` Raptor blocks;
+    :meth:`block_for` gives the block that makes a layer, and ``step(layer, state)``
+    applies it with depth conditioning ``t = layer``. The embedding, final norm and head are
+    the teacher's (load them with :meth:`adopt_teacher`; they are frozen).
+    """
+
+    def __init__(self, cfg: ViTConfig, raptor_cfg: RaptorConfig) -> None:
+        super().__init__(cfg.replace(depth=1))          # embedding, norm, head (+1 spare block)
+        self.cfg = cfg
+        self.raptor_cfg = raptor_cfg
+        self.counts = counts_from_thresholds(raptor_cfg.thresholds, cfg.depth)
+        self._route = [j for j, n in enumerate(self.counts) for _ in range(n)]
+        block_cfg = raptor_cfg.block_config(cfg)
+        self.blocks = nn.ModuleList(
+            RaptorBlock(block_cfg, layerscale_init=raptor_cfg.layerscale_init,
+                        depth_conditioning=raptor_cfg.depth_conditioning,
+                        cond_hidden=raptor_cfg.cond_hidden,
+                        cond_init_std=raptor_cfg.cond_init_std)
+            for _ in range(raptor_cfg.k))
+        for p in self.teacher_parameters():
+            p.requires_grad_(False)
+
+    # ----------------------------------------------------------------- routing
+    @property
+    def k(self) -> int:
+        return self.raptor_cfg.k
+
+    def block_for(self, layer: int) -> int:
+        """0-based index of the block that produces teacher layer ``layer`` (1-based).
+
+        With thresholds ``[7]`` on 12 layers, layers 1-7 -> 0 and 8-12 -> 1.
+        """
+        if not 1 <= layer <= self.cfg.depth:
+            raise ConfigError(f"layer must be in 1..{self.cfg.depth}, got {layer}")
+        return self._route[layer - 1]
+
+    def segments(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` depths of every block: block j maps depth start -> stop."""
+        edges = (0, *self.raptor_cfg.thresholds, self.cfg.depth)
+        return list(zip(edges[:-1], edges[1:]))
+
+    # ----------------------------------------------------------------- parameters
+    def teacher_parameters(self) -> Iterator[nn.Parameter]:
+        """The reused (frozen) teacher parameters: embedding, tokens, norm, head."""
+        for name, p in self.named_parameters():
+            if not name.startswith("blocks."):
+                yield p
+
+    def block_parameters(self) -> Iterator[nn.Parameter]:
+        return self.blocks.parameters()
+
+    @torch.no_grad()
+    def adopt_teacher(self, teacher: ViT) -> Raptor:
+        """Copy the teacher's embedding, tokens, position embedding, final norm and head."""
+        if teacher.cfg != self.cfg:
+            raise ConfigError("adopt_teacher: the teacher's ViTConfig differs from the "
+                              "Raptor's; build the Raptor with Raptor(teacher.cfg, ...)")
+        own = {k: v for k, v in teacher.state_dict().items() if not k.startswith("blocks.")}
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        if unexpected or any(not k.startswith("blocks.") for k in missing):
+            raise ConfigError(f"adopt_teacher: unexpected {unexpected}, missing {missing}")
+        return self
+
+    @torch.no_grad()
+    def init_blocks_from_teacher(self, teacher: ViT, layers: Sequence[int]) -> Raptor:
+        """Initialise block j with teacher block ``layers[j]`` (1-based); conditioning = 1.
+
+        Needs the same block architecture as the teacher (MLP kind and width, LayerScale).
+        With ``k = L`` and ``layers = 1..L`` the surrogate reproduces the teacher exactly.
+        """
+        if len(layers) != self.k:
+            raise ConfigError(f"need one teacher layer per block ({self.k}), got {len(layers)}")
+        for block, layer in zip(self.blocks, layers):
+            source = teacher.blocks[int(layer) - 1].state_dict()
+            missing, unexpected = block.load_state_dict(source, strict=False)
+            if unexpected or any(not k.startswith("scale.") for k in missing):
+                raise ConfigError(
+                    "init_blocks_from_teacher: the Raptor block architecture differs from the "
+                    f"teacher's (missing {missing[:3]}, unexpected {unexpected[:3]}); use the "
+                    "teacher's MLP kind, width and LayerScale")
+            if block.scale is not None:                # S = 1 exactly
+                block.scale.fc2.weight.zero_()
+                block.scale.fc2.bias.zero_()
+        return self
+
+    # ----------------------------------------------------------------- depth interface
+    def step(self, layer: int, state: Tensor) -> Tensor:
+        """Apply the block routed to ``layer`` (1-based) with conditioning ``t = layer``."""
+        return self.blocks[self.block_for(layer)](state, float(layer))
+
+    def rollout(self, state: Tensor, *, start: int = 0, stop: int | None = None) -> Tensor:
+        stop = self.cfg.depth if stop is None else stop
+        if not 0 <= start <= stop <= self.cfg.depth:
+            raise ConfigError(f"need 0 <= start <= stop <= {self.cfg.depth}, got {start}, {stop}")
+        for layer in range(start + 1, stop + 1):
+            state = self.step(layer, state)
+        return state
+
+    def iter_states(self, images: Tensor) -> Iterator[tuple[int, Tensor]]:
+        state = self.embed(images)
+        yield 0, state
+        for layer in range(1, self.cfg.depth + 1):
+            state = self.step(layer, state)
+            yield layer, state
+
+    def set_drop_path(self, rate: float) -> Raptor:
+        raise ConfigError("a Raptor surrogate has no stochastic depth")
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, counts={self.counts}, teacher_depth={self.cfg.depth}"
+
+
+def build_raptor(teacher: ViT, raptor_cfg: RaptorConfig, *, seed: int = 0,
+                 init: str = "random") -> Raptor:
+    """A fresh Raptor for ``teacher``: random blocks (trunc-normal 0.02, seeded) or ``init=
+    "teacher"`` (block j starts as the teacher's middle layer of its segment)."""
+    check_thresholds(raptor_cfg.thresholds, teacher.cfg.depth)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        raptor = Raptor(teacher.cfg, raptor_cfg)
+    _init_blocks(raptor, seed=seed, layerscale_init=raptor_cfg.layerscale_init)
+    raptor.adopt_teacher(teacher)
+    if init == "teacher":
+        mids = [(a + b + 1) // 2 for a, b in raptor.segments()]
+        raptor.init_blocks_from_teacher(teacher, mids)
+    elif init != "random":
+        raise ConfigError(f"init must be 'random' or 'teacher', got {init!r}")
+    return raptor.to(next(teacher.parameters()).dtype)
+
+
+@torch.no_grad()
+def _init_blocks(raptor: Raptor, *, seed: int, layerscale_init: float) -> None:
+    """Truncated normal (std 0.02) matrices, zero biases, unit norms, as DINOv2/timm."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in raptor.blocks.named_parameters():
+        if name.endswith("gamma"):
+            p.fill_(layerscale_init)
+        elif ".scale." in name:
+            continue                                    # DepthScale keeps its own init
+        elif ".norm" in name:
+            p.fill_(1.0 if name.endswith("weight") else 0.0)
+        elif name.endswith("bias"):
+            p.zero_()
+        else:
+            p.copy_((torch.randn(p.shape, generator=gen) * 0.02).clamp_(-0.04, 0.04))

@@ -1,0 +1,93 @@
+"""Files of a fit beside the checkpoint: the output directory, ``log.csv``, ``curves.png``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError
+from ..io import atomic_path
+from .io import STATE_FILE
+
+
+def prepare_output(directory: str | os.PathLike[str], *, overwrite: bool,
+                   resume: bool, create: bool = True) -> Path:
+    """Check (and with ``create``, make) the output directory before any work is done."""
+    path = Path(directory)
+    if resume:
+        if not (path / STATE_FILE).is_file():
+            raise OutputError(f"nothing to resume in {str(path)!r}: no {STATE_FILE}")
+    elif path.exists():
+        if not path.is_dir():
+            raise OutputError(f"output {str(path)!r} exists and is not a directory")
+        if any(path.iterdir()) and not overwrite:
+            raise OutputError(
+                f"output directory {str(path)!r} exists and is not empty; pass --overwrite "
+                "to replace it or --resume to continue it")
+    else:
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputError(f"output directory {str(parent)!r} does not exist; create it "
+                              "first")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputError(f"output directory {str(parent)!r} is not writable")
+        if not create:
+            return path
+        try:
+            path.mkdir()
+        except OSError as exc:
+            raise OutputError(f"cannot create output directory {str(path)!r}: "
+                              f"{exc.strerror or exc}") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {str(path)!r} is not writable")
+    return path
+
+
+def write_log_csv(directory: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    fields = sorted({k for row in rows for k in row},
+                    key=["step", "stage", "lr", "tf_ratio", "loss", "r2_last", "r2_mean",
+                         "time_s"].index)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(directory / "log.csv", overwrite=True) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def plot_curves(directory: Path, rows: list[dict[str, Any]], config) -> None:
+    """``curves.png``: training loss (log) and held-out R^2 of the last layer vs step."""
+    from ..plots import _pyplot
+
+    if not rows:
+        return
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [r["step"] for r in rows]
+    ax1.plot(steps, [r["loss"] for r in rows], color="tab:blue")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss")
+    ax1.set_title("loss")
+    r2 = [(r["step"], r["r2_last"], r["r2_mean"]) for r in rows if "r2_last" in r]
+    if r2:
+        ax2.plot([s for s, _, _ in r2], [v for _, v, _ in r2], marker="o", ms=3,
+                 label="last layer")
+        ax2.plot([s for s, _, _ in r2], [v for _, _, v in r2], marker="o", ms=3,
+                 label="mean over layers")
+        ax2.legend(fontsize=8)
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("standard R^2 (held-out batch)")
+    ax2.set_title("fidelity")
+    for ax in (ax1, ax2):
+        if 0 < config.stage1_steps < steps[-1]:
+            ax.axvline(config.stage1_steps, color="grey", ls=":", lw=1)
+    fig.tight_layout()
+    with atomic_path(directory / "curves.png", overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

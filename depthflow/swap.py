@@ -1,0 +1,178 @@
+"""Layer-swap test: are layers interchangeable inside a phase and not across phases?
+
+A trial replaces 1..``max_layers`` distinct layers l (blocks, 1-based) by another block m,
+run at position l: in the *same* family m is drawn from l's phase (m != l), in the
+*different* family from another phase. Every trial is run on the same images and
+compared with the unswapped model:
+
+* ``cosine``: mean over images of the cosine between the final normed cls tokens
+  (``model.norm(a_L)[cls]``, the feature a head reads) of the swapped and unswapped model;
+* ``r2``: ``1 - sum (x - x~)^2 / sum (x - mean x)^2`` over images and features of the same
+  features (variance from the unswapped model: the standard R^2);
+* ``accuracy``: top-1 accuracy of the model's head on labelled images (head and labels);
+* ``agreement``: share of images whose head prediction is unchanged (head only).
+
+Trials are drawn once from ``seed`` (numpy) before any image is read. Each batch's
+unswapped trajectory is kept, so a trial only runs the blocks from its first swapped layer
+on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+from .trajectory import compute_context, resolve_device, resolve_dtype
+
+FAMILIES = ("same", "different")
+QUANTILES = (0.1, 0.5, 0.9)
+STATISTICS = ("mean", "std", "min", "q10", "q50", "q90", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class SwapTrial:
+    """Blocks ``targets`` (1-based) are replaced by blocks ``donors`` (same order)."""
+
+    family: str
+    targets: tuple[int, ...]
+    donors: tuple[int, ...]
+
+    def schedule(self, depth: int) -> list[int]:
+        """Block run at each position 1..depth."""
+        run = list(range(1, depth + 1))
+        for t, d in zip(self.targets, self.donors):
+            run[t - 1] = d
+        return run
+
+
+def draw_trials(labels: Sequence[int], *, family: str, trials: int, max_layers: int = 3,
+                rng: np.random.Generator) -> list[SwapTrial]:
+    """Random swaps for a phase labelling of blocks 1..L (``labels[l-1]`` = phase of l).
+
+    The number of swapped layers is uniform in 1..``max_layers`` (capped by the eligible
+    layers). Returns ``[]`` when no swap of this family exists (e.g. ``different`` with
+    one phase, ``same`` with only single-layer phases).
+    """
+    if family not in FAMILIES:
+        raise ConfigError(f"swap family must be one of {FAMILIES}, got {family!r}")
+    if isinstance(max_layers, bool) or not isinstance(max_layers, int) or max_layers < 1:
+        raise ConfigError(f"swap max_layers must be an integer >= 1, got {max_layers!r}")
+    lab = np.asarray(labels)
+    layers = np.arange(1, len(lab) + 1)
+    donors = {int(n): layers[(lab == lab[n - 1]) & (layers != n)] if family == "same"
+              else layers[lab != lab[n - 1]] for n in layers}
+    eligible = np.array([n for n in layers if len(donors[int(n)])])
+    if not len(eligible):
+        return []
+    out = []
+    for _ in range(trials):
+        count = int(rng.integers(1, min(max_layers, len(eligible)) + 1))
+        targets = np.sort(rng.choice(eligible, size=count, replace=False))
+        chosen = tuple(int(rng.choice(donors[int(t)])) for t in targets)
+        out.append(SwapTrial(family, tuple(int(t) for t in targets), chosen))
+    return out
+
+
+class _TrialStats:
+    """Streaming sums of one trial's comparison with the unswapped model."""
+
+    def __init__(self) -> None:
+        self.cos = 0.0
+        self.sq_err = 0.0
+        self.correct = 0
+        self.agree = 0
+
+
+def _cls_features(model, state: Tensor) -> Tensor:
+    return model.norm(state)[:, 0].double()
+
+
+def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu",
+              dtype: str = "float32") -> dict[str, np.ndarray | float | int]:
+    """Run every trial on every batch (iterable of :class:`~depthflow.data.Batch`).
+
+    Returns per-trial arrays ``cosine``, ``r2``, ``accuracy`` and ``agreement`` (NaN where
+    undefined) plus ``baseline_accuracy``, ``samples`` and ``labelled``.
+    """
+    dev, tdtype = resolve_device(device), resolve_dtype(dtype)
+    out_dtype = torch.float64 if tdtype == torch.float64 else torch.float32
+    model = model.to(device=dev, dtype=out_dtype).eval()
+    depth = model.cfg.depth
+    stats = [_TrialStats() for _ in trials]
+    has_head = model.head is not None
+    n = labelled = base_correct = 0
+    ref_sum = ref_sq = shift = None
+    with torch.inference_mode(), compute_context(dev, tdtype):
+        for batch in batches:
+            images = batch.images.to(device=dev, dtype=out_dtype)
+            states = [s for _, s in model.iter_states(images)]      # depth 0..L
+            ref = _cls_features(model, states[-1])                  # (B, D)
+            labels = batch.labels.to(dev)
+            keep = labels >= 0
+            ref_pred = model.readout(states[-1]).argmax(-1) if has_head else None
+            if has_head:
+                base_correct += int((ref_pred[keep] == labels[keep]).sum())
+            for trial, st in zip(trials, stats):
+                start = min(trial.targets) - 1
+                state = states[start]
+                for pos, block in enumerate(trial.schedule(depth)[start:], start=start + 1):
+                    state = model.step(block, state)
+                feats = _cls_features(model, state)
+                st.cos += float(torch.nn.functional.cosine_similarity(
+                    feats, ref, dim=-1, eps=1e-8).clamp(-1, 1).sum())
+                st.sq_err += float((feats - ref).square().sum())
+                if has_head:
+                    pred = model.readout(state).argmax(-1)
+                    st.correct += int((pred[keep] == labels[keep]).sum())
+                    st.agree += int((pred == ref_pred).sum())
+            if shift is None:                 # shifted sums: an accurate variance
+                shift = ref.mean(0)
+                ref_sum, ref_sq = torch.zeros_like(shift), torch.zeros_like(shift)
+            ref_sum += (ref - shift).sum(0)
+            ref_sq += (ref - shift).square().sum(0)
+            n += len(images)
+            labelled += int(keep.sum())
+    if n == 0:
+        raise ConfigError("the layer-swap test got no images")
+    variance = float((ref_sq - ref_sum.square() / n).sum())
+    nan = float("nan")
+    return {
+        "cosine": np.array([s.cos / n for s in stats]),
+        "r2": np.array([1.0 - s.sq_err / variance if variance > 0 else nan for s in stats]),
+        "accuracy": np.array([s.correct / labelled if has_head and labelled else nan
+                              for s in stats]),
+        "agreement": np.array([s.agree / n if has_head else nan for s in stats]),
+        "baseline_accuracy": base_correct / labelled if has_head and labelled else nan,
+        "samples": n,
+        "labelled": labelled,
+    }
+
+
+def summarize(values: np.ndarray) -> np.ndarray:
+    """``STATISTICS`` of finite values (NaN when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return np.full(len(STATISTICS), np.nan)
+    q = np.quantile(v, QUANTILES)
+    return np.array([v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0, v.min(), *q, v.max()])
+
+
+def limited_batches(source, *, samples: int | None, batch_size: int, preprocessing):
+    """The first ``samples`` images of ``source`` (all when None), without changing it."""
+    seen = 0
+    for batch in source.batches(batch_size, preprocessing=preprocessing):
+        if samples is not None and seen + len(batch.labels) > samples:
+            keep = samples - seen
+            batch = dataclasses.replace(batch, images=batch.images[:keep],
+                                        labels=batch.labels[:keep], names=batch.names[:keep])
+        if len(batch.labels):
+            yield batch
+        seen += len(batch.labels)
+        if samples is not None and seen >= samples:
+            return
