@@ -35,6 +35,9 @@ def safe_attr(value: Any) -> Any:
         return int(value)
     if isinstance(value, (str, int, float, np.integer, np.floating)):
         return value
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.size and \
+            value.dtype.kind in "iuf":
+        return value                       # e.g. flag_values, in the variable's own type
     if isinstance(value, (list, tuple)) and value and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         return np.asarray(value)

@@ -52,7 +52,50 @@ def describe(path: str | os.PathLike[str]) -> str:
             lines.append(f"  {name:32s} ({', '.join(var.dims)})  "
                          f"{var.attrs.get('long_name', '')}")
         lines += _curves(ds)
+        if "phase_label" in ds:
+            from .phases import describe_phases
+
+            lines += ["phases:", *("  " + line for line in describe_phases(ds).splitlines())]
+        lines += _dynamics(ds)
     return "\n".join(lines)
+
+
+def _dynamics(ds) -> list[str]:
+    """Headline numbers of the dynamics analyses (means over the kept trajectories)."""
+    out = []
+    n = D.DYN_SAMPLE
+    if "dyn_spectral_radius" in ds:
+        rho = ds["dyn_spectral_radius"].mean(n).dropna(D.STEP)
+        out.append("  tangent spectral radius, layer: " + ", ".join(
+            f"{int(t)}: {float(v):.3f}" for t, v in zip(rho[D.STEP].values, rho.values)))
+    if "dyn_lyap_exponent_depth" in ds:
+        out.append("  Lyapunov exponents along the trajectory (top): "
+                   + _fmt(ds["dyn_lyap_exponent_depth"].mean(n).values[:4]))
+    if "dyn_lyap_frozen_exponent" in ds:
+        top = ds["dyn_lyap_frozen_exponent"].mean(n).isel({D.EXPONENT: 0})
+        out.append("  top Lyapunov exponent of frozen layer: " + ", ".join(
+            f"{int(t)}: {float(v):+.4f}" for t, v in zip(top[D.FROZEN_LAYER].values,
+                                                         top.values)))
+    for pre, what in (("dyn_fp_", "full state"), ("dyn_fpt_", "one token")):
+        if f"{pre}status" not in ds:
+            continue
+        meanings = str(ds[f"{pre}status"].attrs.get("flag_meanings", "")).split()
+        counts = np.bincount(ds[f"{pre}status"].values.astype(int), minlength=len(meanings))
+        radius = ds[f"{pre}spectral_radius"].values if f"{pre}spectral_radius" in ds else []
+        out.append(f"  fixed points (layer {ds.attrs.get(f'{pre}layer', '?')}, {what}): "
+                   + ", ".join(f"{m} {c}" for m, c in zip(meanings, counts) if c)
+                   + f"; {len(radius)} unique, spectral radius " + _fmt(radius[:4]))
+    if "dyn_basin_fraction" in ds:
+        frac = np.sort(ds["dyn_basin_fraction"].values)[::-1]
+        out.append(f"  basins (layer {ds.attrs.get('dyn_basin_layer', '?')}): {len(frac)}, "
+                   f"largest fractions " + _fmt(frac[:4]))
+    if "dyn_recovery_ratio" in ds and "direction" in ds["dyn_recovery_ratio"].dims:
+        ratio = ds["dyn_recovery_ratio"].mean([n, "draw", "perturb_angle"])
+        for direction in ratio["direction"].values:
+            r = ratio.sel(direction=direction).mean("inject_depth")
+            out.append(f"  recovery ratio final/injected angle ({direction}): " + ", ".join(
+                f"{k} {float(v):.2f}" for k, v in zip(r[D.KIND].values, r.values)))
+    return ["dynamics (means over the kept trajectories):", *out] if out else []
 
 
 def _curves(ds) -> list[str]:

@@ -45,6 +45,8 @@ def test_analyze_and_info(tmp_path, ckpt):
     info = run("info", out)
     assert info.exit_code == 0
     assert "gamma" in info.output and "num_samples" in info.output
+    assert "selected k" in info.output and "tangent spectral radius" in info.output
+    assert "recovery ratio" in info.output
     # existing results are kept without --overwrite, replaced with it
     before = out.read_bytes()
     cheap = ("--no-phases", "--dynamics", "none")

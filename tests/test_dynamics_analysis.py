@@ -85,3 +85,17 @@ def test_config_validation():
         DynamicsConfig(analyses=("lyapunov", "chaos")).validate()
     with pytest.raises(ConfigError, match="samples"):
         DynamicsConfig(samples=0).validate()
+
+
+def test_status_flags_are_cf_integer_attributes(tmp_path):
+    from depthflow.dynamics.fixed_points import FixedPointStatus
+    from depthflow.netcdf import write_dataset
+
+    ds = xr.Dataset({"s": (("i",), np.array([0, 2], np.int8), {
+        "long_name": "status", "units": "",
+        "flag_values": np.array([int(s) for s in FixedPointStatus], np.int8),
+        "flag_meanings": " ".join(s.name.lower() for s in FixedPointStatus)})})
+    write_dataset(ds, tmp_path / "f.nc")
+    with xr.open_dataset(tmp_path / "f.nc") as back:
+        assert list(back["s"].attrs["flag_values"]) == [int(s) for s in FixedPointStatus]
+        assert len(back["s"].attrs["flag_meanings"].split()) == len(FixedPointStatus)

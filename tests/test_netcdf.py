@@ -35,6 +35,8 @@ def test_safe_attr():
     assert json.loads(safe_attr({"b": [1, "x"]})) == {"b": [1, "x"]}
     np.testing.assert_array_equal(safe_attr([1, 2.5]), [1.0, 2.5])
     assert json.loads(safe_attr(["a", "b"])) == ["a", "b"]
+    flags = safe_attr(np.arange(3, dtype=np.int8))        # CF flag_values keep their type
+    assert flags.dtype == np.int8 and list(flags) == [0, 1, 2]
 
 
 def _schema(w):

@@ -67,6 +67,7 @@ class DynamicsConfig:
     fixed_point_samples: int = 1               # samples whose directions seed the search
     fixed_point_starts: int = 2                # per sample: the direction + perturbed copies
     fixed_point_max_iter: int = 20
+    fixed_point_token: int = 0                 # token of the one-token scope (0 = cls)
     basin_layer: int = -1
     basin_starts: int = 4                      # per sample: the real direction + perturbed
     basin_perturbation: float = 0.5            # rad, rotation of the perturbed starts
@@ -205,7 +206,8 @@ class DynamicsAnalysis:
             parts.append(self._lyapunov(F, states))
             bar.step("lyapunov")
         if "fixed_points" in cfg.analyses:
-            parts.append(self._fixed_points(F, states))
+            parts.append(self._fixed_points(F, states, scope="state"))
+            parts.append(self._fixed_points(F, states, scope="token"))
             bar.step("fixed points")
         if "basins" in cfg.analyses:
             parts.append(self._basins(F, states, labels, kinds_of, ctx))
@@ -316,7 +318,9 @@ class DynamicsAnalysis:
             ds = xr.merge([ds, fz], combine_attrs="no_conflicts")
         return ds
 
-    def _fixed_points(self, F, states) -> xr.Dataset:
+    def _fixed_points(self, F, states, *, scope: str) -> xr.Dataset:
+        """Fixed points of the frozen layer's sphere map: the full state (``dyn_fp_*``) or
+        one token moving with the others frozen at their data state (``dyn_fpt_*``)."""
         from .fixed_points import find_fixed_points, starts_from
 
         cfg, L = self.config, F.depths[-1]
@@ -325,15 +329,22 @@ class DynamicsAnalysis:
         starts = starts_from(states[:cfg.fixed_point_samples, t - 1],
                              perturb=cfg.fixed_point_starts - 1,
                              angle=0.2, seed=cfg.seed)
-        res = find_fixed_points(g, starts, scope="state", max_iter=cfg.fixed_point_max_iter,
-                                k=min(cfg.k, starts.shape[-2] * (starts.shape[-1] - 1) - 2),
+        moving = starts.shape[-2] if scope == "state" else 1
+        token = min(cfg.fixed_point_token, starts.shape[-2] - 1)
+        res = find_fixed_points(g, starts, scope=scope, token=token,
+                                max_iter=cfg.fixed_point_max_iter,
+                                k=min(cfg.k, moving * (starts.shape[-1] - 1) - 2),
                                 seed=cfg.seed)
         ds = res.to_dataset(points=False)
-        ds = ds.rename({name: f"dyn_fp_{name}" for name in ds.data_vars})
-        if D.START in ds.dims:
-            ds = ds.rename({D.START: D.FP_START})
-        attrs = {f"dyn_fp_{key}": value for key, value in ds.attrs.items()}
-        attrs["dyn_fp_layer"] = t
+        pre, start_dim, point_dim = (("dyn_fp_", D.FP_START, D.FIXED_POINT) if scope == "state"
+                                     else ("dyn_fpt_", "fpt_start", "fpt_point"))
+        ds = ds.rename({name: f"{pre}{name}" for name in ds.data_vars})
+        ds = ds.rename({d: new for d, new in ((D.START, start_dim), (D.FIXED_POINT, point_dim))
+                        if d in ds.dims})
+        attrs = {f"{pre}{key}": value for key, value in ds.attrs.items()}
+        attrs[f"{pre}layer"] = t
+        if scope == "token":
+            attrs[f"{pre}moving_token"] = token
         ds.attrs = attrs
         return ds
 
