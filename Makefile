@@ -40,6 +40,9 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) studies/bench_extraction.py
+	$(PY) studies/bench_phases.py
+	$(PY) studies/bench_dynamics.py
+	$(PY) studies/bench_raptor.py
 
 clean:
 	rm -rf $(VENV) depthflow-demo.nc depthflow-demo-figures

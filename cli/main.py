@@ -70,8 +70,7 @@ def _default_output(checkpoint: str | None) -> str:
 @click.option("--figures", default=None,
               help="Directory for PNG figures [default: <output stem>-figures].")
 @click.option("--no-figures", is_flag=True, help="Write no figures.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float64"]),
-              default="float32", show_default=True, help="Compute dtype.")
+@options.dtype
 @click.option("--states", type=click.Choice(["none", "cls", "all"]), default="cls",
               show_default=True, help="Which raw states to keep (compressed) besides summaries.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,

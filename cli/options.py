@@ -17,3 +17,5 @@ arch = click.option("--arch", default=None,
                     help="Architecture override: preset (e.g. dinov2_vits14_reg4), JSON, or "
                          "key=value,... (e.g. num_heads=6).")
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+dtype = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float64"]),
+                     default="float32", show_default=True, help="Compute dtype.")

@@ -40,8 +40,7 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--figure", "figure", default=None,
               help="Directory for the heatmaps with phase boundaries.")
 @click.option("-o", "--output", default=None, help="Also write the result as NetCDF.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float64"]),
-              default="float32", show_default=True, help="Compute dtype.")
+@options.dtype
 @options.arch
 @options.batch_size
 @options.device

@@ -27,6 +27,8 @@ def _save(fig, path: Path, dpi: int) -> Path:
 def fig_spectra(ds, plt):
     """Tangent eigenvalues of every layer in the complex plane, spectral radius per layer."""
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.2))
+    # only the layers whose spectra were computed (the file's step axis holds all L)
+    ds = ds.isel({D.STEP: ds["dyn_spectral_radius"].notnull().any(D.DYN_SAMPLE).values})
     steps = ds[D.STEP].values
     cmap = plt.get_cmap("viridis")
     for j, t in enumerate(steps):

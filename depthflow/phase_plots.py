@@ -45,6 +45,10 @@ def _heatmap(ax, matrix, depths, title: str, *, cmap: str = "viridis"):
     lo, hi = depths[0], depths[-1]
     im = ax.imshow(matrix, origin="upper", cmap=cmap, extent=(lo - 0.5, hi + 0.5, hi + 0.5,
                                                                lo - 0.5))
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (ax.xaxis, ax.yaxis):          # depths are integers
+        axis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("depth j")
     ax.set_ylabel("depth i")
