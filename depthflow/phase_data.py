@@ -162,8 +162,9 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
         "number of replaced layers", ""))
     texts = {"cosine": "mean cosine of final normed cls features, swapped vs unswapped",
              "r2": "R^2 of final normed cls features, swapped vs unswapped",
-             "accuracy": "top-1 accuracy of the head with the swap",
-             "agreement": "share of images whose head prediction is unchanged by the swap"}
+             "accuracy": f"top-1 accuracy of the {values['scorer']} with the swap",
+             "agreement": f"share of images whose {values['scorer']} prediction is unchanged "
+                          "by the swap"}
     for key, text in texts.items():
         if np.isnan(per_trial[key]).all():
             continue
@@ -172,11 +173,15 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
             [swap.summarize(row) for row in per_trial[key]]), _attrs(text + ", over trials"))
     if values["baseline_accuracy"] == values["baseline_accuracy"]:
         ds["swap_baseline_accuracy"] = ((), float(values["baseline_accuracy"]), _attrs(
-            "top-1 accuracy of the unswapped model on the same images"))
+            f"top-1 accuracy of the unswapped model's {values['scorer']} on the same images",
+            scorer=values["scorer"]))
     ds["swap_phase_label"] = ((D.STEP,), np.asarray(labels, np.int32), _attrs(
         "phases the swaps draw donors from", "", segmentation=segmentation))
     ds.attrs = {"swap_samples": int(values["samples"]), "swap_seed": int(seed),
-                "swap_segmentation": segmentation}
+                "swap_segmentation": segmentation, "swap_scorer": values["scorer"],
+                "swap_scorer_note": "head: the model's own head; probe: logistic regression "
+                "on the unswapped normed cls features, cross-fitted on two halves of the "
+                "images; none: no labels"}
     return ds
 
 
@@ -218,7 +223,8 @@ def describe_phases(ds) -> str:
                 lines.append(f"  {key:<9} {family:<9} {g['mean']:7.3f} +- {g['std']:.3f} "
                              f"[{g['q10']:.3f}, {g['q90']:.3f}]")
         if "swap_baseline_accuracy" in ds:
-            lines.append(f"  unswapped accuracy {float(ds['swap_baseline_accuracy']):.3f}")
+            lines.append(f"  unswapped accuracy {float(ds['swap_baseline_accuracy']):.3f} "
+                         f"({ds.attrs.get('swap_scorer', 'head')})")
     elif ds.attrs.get("swap_skipped"):
         lines.append(f"layer swap: skipped ({ds.attrs['swap_skipped']})")
     return "\n".join(lines)

@@ -9,8 +9,11 @@ compared with the unswapped model:
   (``model.norm(a_L)[cls]``, the feature a head reads) of the swapped and unswapped model;
 * ``r2``: ``1 - sum (x - x~)^2 / sum (x - mean x)^2`` over images and features of the same
   features (variance from the unswapped model: the standard R^2);
-* ``accuracy``: top-1 accuracy of the model's head on labelled images (head and labels);
-* ``agreement``: share of images whose head prediction is unchanged (head only).
+* ``accuracy``: top-1 accuracy of the model's head on labelled images; a model without a
+  head gets a linear probe instead (logistic regression on the standardised unswapped
+  features, cross-fitted on two halves of the images: every image is scored by the probe
+  fitted on the other half), applied unchanged to the swapped features;
+* ``agreement``: share of images whose head (or probe) prediction is unchanged.
 
 Trials are drawn once from ``seed`` (numpy) before any image is read. Each batch's
 unswapped trajectory is kept, so a trial only runs the blocks from its first swapped layer
@@ -92,12 +95,40 @@ def _cls_features(model, state: Tensor) -> Tensor:
     return model.norm(state)[:, 0].double()
 
 
+def _probe_scores(ref: np.ndarray, swapped: list[np.ndarray], labels: np.ndarray,
+                  seed: int = 0) -> tuple[float, np.ndarray, np.ndarray]:
+    """Cross-fitted linear-probe accuracy of the unswapped features and, with the same two
+    probes, accuracy and agreement of each trial's features (labelled images only)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    half = np.arange(len(labels)) % 2
+    base_pred = np.empty(len(labels), dtype=np.int64)
+    pred = np.empty((len(swapped), len(labels)), dtype=np.int64)
+    for part in (0, 1):
+        fit, score = half != part, half == part
+        if len(np.unique(labels[fit])) < 2:
+            return float("nan"), np.full(len(swapped), np.nan), np.full(len(swapped), np.nan)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000,
+                                                                   random_state=seed))
+        probe.fit(ref[fit], labels[fit])
+        base_pred[score] = probe.predict(ref[score])
+        for i, feats in enumerate(swapped):
+            pred[i, score] = probe.predict(feats[score])
+    accuracy = (pred == labels).mean(1)
+    agreement = (pred == base_pred).mean(1)
+    return float((base_pred == labels).mean()), accuracy, agreement
+
+
 def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu",
-              dtype: str = "float32") -> dict[str, np.ndarray | float | int]:
+              dtype: str = "float32", probe: bool = True) -> dict[str, np.ndarray | float | int]:
     """Run every trial on every batch (iterable of :class:`~depthflow.data.Batch`).
 
     Returns per-trial arrays ``cosine``, ``r2``, ``accuracy`` and ``agreement`` (NaN where
-    undefined) plus ``baseline_accuracy``, ``samples`` and ``labelled``.
+    undefined) plus ``baseline_accuracy``, ``samples``, ``labelled`` and ``scorer``
+    (``"head"``, ``"probe"`` or ``"none"``). Without a head, ``probe`` fits the
+    cross-fitted linear probe described above on labelled images (two classes at least).
     """
     dev, tdtype = resolve_device(device), resolve_dtype(dtype)
     out_dtype = torch.float64 if tdtype == torch.float64 else torch.float32
@@ -107,6 +138,10 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
     has_head = model.head is not None
     n = labelled = base_correct = 0
     ref_sum = ref_sq = shift = None
+    keep_feats = probe and not has_head           # for the probe: labelled features
+    probe_ref: list[Tensor] = []
+    probe_swapped: list[list[Tensor]] = [[] for _ in trials]
+    probe_labels: list[Tensor] = []
     with torch.inference_mode(), compute_context(dev, tdtype):
         for batch in batches:
             images = batch.images.to(device=dev, dtype=out_dtype)
@@ -117,7 +152,7 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
             ref_pred = model.readout(states[-1]).argmax(-1) if has_head else None
             if has_head:
                 base_correct += int((ref_pred[keep] == labels[keep]).sum())
-            for trial, st in zip(trials, stats):
+            for i, (trial, st) in enumerate(zip(trials, stats)):
                 start = min(trial.targets) - 1
                 state = states[start]
                 for pos, block in enumerate(trial.schedule(depth)[start:], start=start + 1):
@@ -130,26 +165,42 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
                     pred = model.readout(state).argmax(-1)
                     st.correct += int((pred[keep] == labels[keep]).sum())
                     st.agree += int((pred == ref_pred).sum())
+                elif keep_feats:
+                    probe_swapped[i].append(feats[keep].float().cpu())
             if shift is None:                 # shifted sums: an accurate variance
                 shift = ref.mean(0)
                 ref_sum, ref_sq = torch.zeros_like(shift), torch.zeros_like(shift)
             ref_sum += (ref - shift).sum(0)
             ref_sq += (ref - shift).square().sum(0)
+            if keep_feats:
+                probe_ref.append(ref[keep].float().cpu())
+                probe_labels.append(labels[keep].cpu())
             n += len(images)
             labelled += int(keep.sum())
     if n == 0:
         raise ConfigError("the layer-swap test got no images")
     variance = float((ref_sq - ref_sum.square() / n).sum())
     nan = float("nan")
+    accuracy = np.array([s.correct / labelled if has_head and labelled else nan
+                         for s in stats])
+    agreement = np.array([s.agree / n if has_head else nan for s in stats])
+    baseline = base_correct / labelled if has_head and labelled else nan
+    scorer = "head" if has_head else "none"
+    if keep_feats and labelled >= 4 and trials:
+        y = torch.cat(probe_labels).numpy()
+        if len(np.unique(y)) >= 2:
+            baseline, accuracy, agreement = _probe_scores(
+                torch.cat(probe_ref).numpy(), [torch.cat(f).numpy() for f in probe_swapped], y)
+            scorer = "probe" if baseline == baseline else "none"
     return {
         "cosine": np.array([s.cos / n for s in stats]),
         "r2": np.array([1.0 - s.sq_err / variance if variance > 0 else nan for s in stats]),
-        "accuracy": np.array([s.correct / labelled if has_head and labelled else nan
-                              for s in stats]),
-        "agreement": np.array([s.agree / n if has_head else nan for s in stats]),
-        "baseline_accuracy": base_correct / labelled if has_head and labelled else nan,
+        "accuracy": accuracy,
+        "agreement": agreement,
+        "baseline_accuracy": baseline,
         "samples": n,
         "labelled": labelled,
+        "scorer": scorer,
     }
 
 

@@ -100,3 +100,27 @@ def test_summarize():
     assert stats["mean"] == 2.0 and stats["std"] == 1.0 and stats["q50"] == 2.0
     assert stats["min"] == 1.0 and stats["max"] == 3.0
     assert np.isnan(swap.summarize(np.array([np.nan]))).all()
+
+
+def test_headless_models_are_scored_by_a_cross_fitted_probe(one_thread):
+    model = tiny_vit(2, dtype=torch.float64, depth=4, num_classes=0)
+    identity = swap.SwapTrial("same", (2,), (2,))         # runs the unswapped model
+    changed = swap.SwapTrial("different", (2, 4), (3, 1))
+    batches = list(swap.limited_batches(open_images("digits"), samples=60, batch_size=20,
+                                        preprocessing=DIGITS_PRE))
+    out = swap.run_swaps(model, batches, [identity, changed], dtype="float64")
+    assert out["scorer"] == "probe"
+    # the probe sees identical features for the identity trial: same predictions
+    assert out["agreement"][0] == 1.0
+    assert out["accuracy"][0] == pytest.approx(out["baseline_accuracy"])
+    assert 0.0 <= out["accuracy"][1] <= 1.0 and out["agreement"][1] < 1.0
+
+
+def test_unlabelled_headless_models_have_no_accuracy(one_thread):
+    model = tiny_vit(2, dtype=torch.float64, depth=4, num_classes=0)
+    batches = [b for b in _batches()]
+    for b in batches:
+        b.labels[:] = -1
+    out = swap.run_swaps(model, batches, [swap.SwapTrial("same", (2,), (1,))],
+                         dtype="float64")
+    assert out["scorer"] == "none" and np.isnan(out["accuracy"]).all()
