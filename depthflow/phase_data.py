@@ -123,7 +123,8 @@ def segmentation_dataset(distance, config: PhaseConfig) -> Any:
 
 def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_layers: int = 3,
                  seed: int = 0, device: Any = "cpu", dtype: str = "float32",
-                 segmentation: str = "") -> Any:
+                 segmentation: str = "", progress: bool = False,
+                 total: int | None = None) -> Any:
     """Run the layer-swap test (:mod:`depthflow.swap`) and label the result."""
     import xarray as xr
 
@@ -133,7 +134,8 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
     everything = [t for f in swap.FAMILIES for t in drawn[f]]
     if not everything:
         return xr.Dataset(attrs={"swap_skipped": "no layer of any phase can be swapped"})
-    values = swap.run_swaps(model, batches, everything, device=str(device), dtype=dtype)
+    values = swap.run_swaps(model, batches, everything, device=str(device), dtype=dtype,
+                            progress=progress, total=total)
     shape = (len(swap.FAMILIES), trials)
     targets = np.full((*shape, max_layers), -1, np.int32)
     donors = np.full((*shape, max_layers), -1, np.int32)

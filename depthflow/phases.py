@@ -212,7 +212,9 @@ class PhaseAnalysis:
                                        preprocessing=ctx.preprocessing)
         return swap_dataset(ctx.loaded.model, batches, labels, trials=cfg.swap_trials,
                             max_layers=cfg.swap_max_layers, seed=seed, device=ctx.device,
-                            dtype=ctx.dtype, segmentation=name)
+                            dtype=ctx.dtype, segmentation=name,
+                            progress=bool(getattr(ctx, "progress", False)),
+                            total=min(len(ctx.source), cfg.swap_samples or len(ctx.source)))
 
     def plot(self, ds, out_dir: Path) -> list[Path]:
         """Heatmaps with phase boundaries (and the swap results) as PNGs in ``out_dir``."""

@@ -122,13 +122,15 @@ def _probe_scores(ref: np.ndarray, swapped: list[np.ndarray], labels: np.ndarray
 
 
 def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu",
-              dtype: str = "float32", probe: bool = True) -> dict[str, np.ndarray | float | int]:
+              dtype: str = "float32", probe: bool = True, progress: bool = False,
+              total: int | None = None) -> dict[str, np.ndarray | float | int]:
     """Run every trial on every batch (iterable of :class:`~depthflow.data.Batch`).
 
     Returns per-trial arrays ``cosine``, ``r2``, ``accuracy`` and ``agreement`` (NaN where
     undefined) plus ``baseline_accuracy``, ``samples``, ``labelled`` and ``scorer``
     (``"head"``, ``"probe"`` or ``"none"``). Without a head, ``probe`` fits the
     cross-fitted linear probe described above on labelled images (two classes at least).
+    ``progress`` shows a bar over the images (``total`` of them, when known).
     """
     dev, tdtype = resolve_device(device), resolve_dtype(dtype)
     out_dtype = torch.float64 if tdtype == torch.float64 else torch.float32
@@ -142,6 +144,11 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
     probe_ref: list[Tensor] = []
     probe_swapped: list[list[Tensor]] = [[] for _ in trials]
     probe_labels: list[Tensor] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, unit="img", desc=f"layer swaps ({len(trials)} trials)",
+                   leave=False)
     with torch.inference_mode(), compute_context(dev, tdtype):
         for batch in batches:
             images = batch.images.to(device=dev, dtype=out_dtype)
@@ -177,6 +184,10 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
                 probe_labels.append(labels[keep].cpu())
             n += len(images)
             labelled += int(keep.sum())
+            if bar is not None:
+                bar.update(len(images))
+    if bar is not None:
+        bar.close()
     if n == 0:
         raise ConfigError("the layer-swap test got no images")
     variance = float((ref_sq - ref_sum.square() / n).sum())
