@@ -279,18 +279,21 @@ def _array_layout(array: np.ndarray, path: Path) -> str:
 
 
 class LfwSource(ImageSource):
-    """scikit-image's ``lfw_subset``: 200 greyscale 25x25 crops, 100 faces then 100 non-faces
-    (labels ``face`` / ``non-face``). Bundled with scikit-image, no download."""
+    """scikit-image's ``lfw_subset``: 200 greyscale 25x25 crops, 100 faces and 100 non-faces
+    (labels ``face`` / ``non-face``), interleaved face, non-face, ... so that the first N
+    images (``--limit``, swap samples) hold both classes. Bundled with scikit-image."""
 
     kind = "lfw"
 
     def __init__(self) -> None:
         skdata = _skimage_data("lfw")
         images = np.asarray(skdata.lfw_subset(), dtype=np.float32)     # (200, 25, 25)
-        labels = np.repeat([0, 1], [100, len(images) - 100])
-        super().__init__(labels, [f"lfw_subset[{i}]" for i in range(len(images))],
+        half = len(images) // 2                  # the file holds 100 faces, then non-faces
+        order = np.stack([np.arange(half), np.arange(half, 2 * half)], 1).ravel()
+        labels = (order >= half).astype(np.int64)
+        super().__init__(labels, [f"lfw_subset[{i}]" for i in order],
                          class_names=["face", "non-face"])
-        self._images = torch.from_numpy(images[:, None])
+        self._images = torch.from_numpy(images[order][:, None])
 
     def describe(self) -> str:
         return f"scikit-image lfw_subset (100 faces, 100 non-faces, 25x25 grey), {len(self)} images"

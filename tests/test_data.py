@@ -131,7 +131,8 @@ def test_preprocessing_resize_crop_normalise_and_channels():
 def test_lfw_subset_is_labelled_faces_then_non_faces():
     source = open_images("lfw")
     assert len(source) == 200 and source.class_names == ["face", "non-face"]
-    assert (source.labels[:100] == 0).all() and (source.labels[100:] == 1).all()
+    assert (source.labels[0::2] == 0).all() and (source.labels[1::2] == 1).all()
+    assert source.names[:3] == ["lfw_subset[0]", "lfw_subset[100]", "lfw_subset[1]"]
     batch = next(source.batches(200))
     assert batch.images.shape == (200, 1, 25, 25)
     assert 0.0 <= float(batch.images.min()) and float(batch.images.max()) <= 1.0
