@@ -11,8 +11,8 @@ compared with the unswapped model:
   features (variance from the unswapped model: the standard R^2);
 * ``accuracy``: top-1 accuracy of the model's head on labelled images; a model without a
   head gets a linear probe instead (logistic regression on the standardised unswapped
-  features, cross-fitted on two halves of the images: every image is scored by the probe
-  fitted on the other half), applied unchanged to the swapped features;
+  features, cross-fitted on two class-stratified halves of the images: every image is
+  scored by the probe fitted on the other half), applied unchanged to the swapped features;
 * ``agreement``: share of images whose head (or probe) prediction is unchanged.
 
 Trials are drawn once from ``seed`` (numpy) before any image is read. Each batch's
@@ -103,7 +103,10 @@ def _probe_scores(ref: np.ndarray, swapped: list[np.ndarray], labels: np.ndarray
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    half = np.arange(len(labels)) % 2
+    half = np.empty(len(labels), dtype=np.int64)      # stratified: alternate within a class
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        half[idx] = np.arange(len(idx)) % 2
     base_pred = np.empty(len(labels), dtype=np.int64)
     pred = np.empty((len(swapped), len(labels)), dtype=np.int64)
     for part in (0, 1):

@@ -124,3 +124,12 @@ def test_unlabelled_headless_models_have_no_accuracy(one_thread):
     out = swap.run_swaps(model, batches, [swap.SwapTrial("same", (2,), (1,))],
                          dtype="float64")
     assert out["scorer"] == "none" and np.isnan(out["accuracy"]).all()
+
+
+def test_probe_halves_are_stratified_even_for_alternating_labels():
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1], 20)                       # class = index parity
+    ref = rng.normal(size=(40, 3)) + labels[:, None] * 3.0
+    base, acc, agree = swap._probe_scores(ref, [ref, ref[::-1].copy()], labels)
+    assert base == 1.0 and acc[0] == 1.0 and agree[0] == 1.0
+    assert acc[1] < 0.5                                 # reversed features: wrong classes
