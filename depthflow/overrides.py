@@ -9,7 +9,7 @@ or ``None``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -74,3 +74,13 @@ def apply_overrides(config: T, pairs: Iterable[str], *, what: str = "option") ->
         changes[key] = (None if text.strip().lower() == "none"
                         else parse_value(text, like, key))
     return dataclasses.replace(config, **changes)
+
+
+def known_keys(cls: type, data: Mapping[str, Any], *, what: str) -> dict[str, Any]:
+    """``data`` as a dict when every key is a field of dataclass ``cls``; otherwise a
+    :class:`ConfigError` naming the unknown ``what`` and the known ones (``from_dict``)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}; expected a subset of {sorted(known)}")
+    return dict(data)

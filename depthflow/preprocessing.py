@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import ConfigError, InputError
+from .overrides import known_keys
 
 MODES = ("RGB", "L")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -72,11 +73,7 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown preprocessing keys {unknown}; expected {sorted(known)}")
-        return cls(**dict(data))
+        return cls(**known_keys(cls, data, what="preprocessing keys"))
 
     def __call__(self, images: Tensor) -> Tensor:
         """Apply to a float batch ``(B, C, H, W)`` with values in [0, 1]."""

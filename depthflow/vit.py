@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError, InputError
+from .overrides import known_keys
 
 ATTENTION_IMPLS = ("sdpa", "math")
 MLP_KINDS = ("gelu", "swiglu")
@@ -100,12 +101,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ViTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown ViT architecture keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**dict(data))
+        return cls(**known_keys(cls, data, what="ViT architecture keys"))
 
     def replace(self, **changes: Any) -> ViTConfig:
         return self.from_dict({**self.to_dict(), **changes})

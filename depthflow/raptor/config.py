@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..errors import ConfigError
+from ..overrides import known_keys
 from ..trajectory import resolve_device
 from .model import RaptorConfig
 from .schedules import TF_MODES
@@ -139,11 +140,7 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown fit options {unknown}")
-        return cls(**data)
+        return cls(**known_keys(cls, data, what="fit options"))
 
     def replace(self, **changes: Any) -> FitConfig:
         return dataclasses.replace(self, **changes)

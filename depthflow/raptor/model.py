@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..overrides import known_keys
 from ..vit import MLP_KINDS, Block, ViT, ViTConfig
 
 ROUTINGS = ("thresholds",)
@@ -139,12 +140,7 @@ class RaptorConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RaptorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown Raptor config keys {unknown}; expected a subset of "
-                              f"{sorted(known)}")
-        return cls(**dict(data))
+        return cls(**known_keys(cls, data, what="Raptor config keys"))
 
 
 class DepthScale(nn.Module):
