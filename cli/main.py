@@ -89,12 +89,7 @@ def _default_output(checkpoint: str | None) -> str:
 @click.option("--dynamics-set", "dynamics_options", multiple=True, metavar="KEY=VALUE",
               help="Dynamics budget, e.g. samples=4, k=16, lyapunov_steps=200 (repeatable; see "
                    "depthflow.dynamics.analysis.DynamicsConfig).")
-@options.arch
-@options.batch_size
-@options.device
-@options.seed
-@options.overwrite
-@options.quiet
+@options.model_run
 @one_line_errors
 def analyze(checkpoint, images, output, figures, no_figures, dtype, states, limit,
             image_ranks, phases, phase_options, dynamics, dynamics_options, arch, batch_size,

@@ -19,3 +19,11 @@ arch = click.option("--arch", default=None,
 quiet = click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 dtype = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float64"]),
                      default="float32", show_default=True, help="Compute dtype.")
+
+
+def model_run(func):
+    """The options every command that runs a model over images shares (``--arch`` ...
+    ``--quiet``), in this order."""
+    for option in reversed((arch, batch_size, device, seed, overwrite, quiet)):
+        func = option(func)
+    return func

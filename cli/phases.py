@@ -41,12 +41,7 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Directory for the heatmaps with phase boundaries.")
 @click.option("-o", "--output", default=None, help="Also write the result as NetCDF.")
 @options.dtype
-@options.arch
-@options.batch_size
-@options.device
-@options.seed
-@options.overwrite
-@options.quiet
+@options.model_run
 @one_line_errors
 def phases(checkpoint, images, limit, metric, view, fractions, k_max, min_size, swap_trials,
            swap_samples, figure, output, dtype, arch, batch_size, device, seed, overwrite,
