@@ -15,13 +15,16 @@ Constructors (wrap, never subclass)::
     sphere(F, norms)                 # F_hat(u) = F(r u) / ||F(r u)|| per token
 
 Anything with ``depth`` and ``step(layer, state)`` is a model here: the depthflow ViT and a
-fitted Raptor surrogate plug in unchanged. Models are switched to the plain-math attention,
-because forward-mode AD has no rule for fused attention kernels.
+fitted Raptor surrogate plug in unchanged. A model map never changes the model it wraps: it
+asks ``step`` for the plain-math attention on every call (forward-mode AD has no rule for
+fused attention kernels) and refuses a model in training mode (stochastic depth and dropout
+would make the map random). Definitions: ``docs/methods.md``.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,7 +34,7 @@ from torch import Tensor
 from torch.func import jvp as _jvp
 from torch.func import vjp as _vjp
 
-from .errors import ConfigError, InputError
+from depthflow.errors import ConfigError, InputError
 
 __all__ = [
     "DepthMap", "ModelMap", "FunctionMap", "ComposedMap", "FrozenMap", "SphereMap",
@@ -67,6 +70,12 @@ class DepthMap(abc.ABC):
     @property
     def autonomous(self) -> bool:
         return self.depths is None
+
+    @property
+    def on_sphere(self) -> bool:
+        """Whether the map acts on unit token directions (a :class:`SphereMap`, possibly
+        frozen or composed)."""
+        return False
 
     @abc.abstractmethod
     def _apply(self, t: int | None, x: Tensor) -> Tensor:
@@ -121,15 +130,19 @@ class ModelMap(DepthMap):
         if not hasattr(model, "step") or not hasattr(model, "depth"):
             raise ConfigError(f"a model map needs an object with 'depth' and "
                               f"'step(layer, state)', got {type(model).__name__}")
+        if getattr(model, "training", False):
+            raise ConfigError(f"a model map needs a model in eval mode (stochastic depth and "
+                              f"dropout make a training-mode model random); call "
+                              f"{type(model).__name__}.eval() first")
         self.model = model
-        if hasattr(model, "set_attention"):
-            model.set_attention(attention)
-        if hasattr(model, "eval"):
-            model.eval()
+        self.attention = attention
+        self._ask = "attention" in inspect.signature(model.step).parameters
         self.depths = tuple(range(1, int(model.depth) + 1))
         self.name = f"{type(model).__name__} layers 1..{model.depth}"
 
     def _apply(self, t: int | None, x: Tensor) -> Tensor:
+        if self._ask:
+            return self.model.step(t, x, attention=self.attention)
         return self.model.step(t, x)
 
     def describe(self) -> dict[str, Any]:
@@ -171,6 +184,10 @@ class ComposedMap(DepthMap):
         self.base, self.start, self.stop, self.steps = base, start, stop, steps
         self.name = f"{base.name} composed {start + 1}..{stop}"
 
+    @property
+    def on_sphere(self) -> bool:
+        return self.base.on_sphere
+
     def _apply(self, t: int | None, x: Tensor) -> Tensor:
         for s in self.steps:
             x = self.base._apply(s, x)
@@ -188,6 +205,10 @@ class FrozenMap(DepthMap):
         self.base = base
         self.t = base.check_depth(t)
         self.name = f"{base.name} frozen at t={t}"
+
+    @property
+    def on_sphere(self) -> bool:
+        return self.base.on_sphere
 
     def _apply(self, t: int | None, x: Tensor) -> Tensor:
         return self.base._apply(self.t, x)
@@ -215,6 +236,10 @@ class SphereMap(DepthMap):
         self.base, self.norms, self.source = base, norms, source
         self.depths = base.depths
         self.name = f"sphere({base.name})"
+
+    @property
+    def on_sphere(self) -> bool:
+        return True
 
     def _apply(self, t: int | None, u: Tensor) -> Tensor:
         r = self.norms.to(device=u.device, dtype=u.dtype).unsqueeze(-1)     # (..., T, 1)

@@ -1,4 +1,5 @@
-"""Readable summaries of result files (``depthflow info``)."""
+"""Readable summaries of result files (``depthflow info``): provenance, the root group's
+curves, and a short block per analysis group."""
 
 from __future__ import annotations
 
@@ -8,22 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dims as D
-from .errors import InputError
-
-
-def open_result(path: str | os.PathLike[str]):
-    """Open a depthflow NetCDF file with plain xarray, as a clear error if impossible."""
-    import xarray as xr
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"result file {str(p)!r} not found")
-    try:
-        return xr.open_dataset(p)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{str(p)!r} is not a readable NetCDF file: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+from depthflow import vocabulary as D
+from depthflow.io.results import open_result
+from depthflow.phases.datasets import describe_phases
 
 
 def _fmt(values) -> str:
@@ -31,66 +19,89 @@ def _fmt(values) -> str:
 
 
 def describe(path: str | os.PathLike[str]) -> str:
-    """A few screens of text: provenance, dimensions, variables and headline curves."""
-    ds = open_result(path)
-    with ds:
-        a = ds.attrs
+    """A few screens of text: provenance, groups, variables and headline curves."""
+    with open_result(path) as tree:
+        ds = tree.to_dataset(inherit=False)
+        a = tree.attrs
         lines = [f"{path}: {a.get('title', 'NetCDF file')}"]
         for key in ("checkpoint", "checkpoint_format", "checkpoint_sha256", "images",
                     "num_samples", "compute_dtype", "device", "head_accuracy", "history",
                     "depthflow_version", "torch_version"):
             if key in a:
                 lines.append(f"  {key:18s} {a[key]}")
-        if "architecture" in a:
-            arch = json.loads(a["architecture"])
-            lines.append("  architecture       " + ", ".join(
-                f"{k}={arch[k]}" for k in ("depth", "embed_dim", "num_heads", "patch_size",
-                                           "num_register_tokens", "mlp") if k in arch))
-        lines.append("dimensions: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
-        lines.append("variables:")
+        lines += _architecture(a)
+        lines.append("groups: " + ", ".join(["/", *(n.path for n in tree.subtree
+                                                    if n is not tree)]))
+        lines.append("root dimensions: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
+        lines.append("root variables:")
         for name, var in ds.data_vars.items():
             lines.append(f"  {name:32s} ({', '.join(var.dims)})  "
                          f"{var.attrs.get('long_name', '')}")
         lines += _curves(ds)
-        if "phase_label" in ds:
-            from .phases import describe_phases
-
-            lines += ["phases:", *("  " + line for line in describe_phases(ds).splitlines())]
-        lines += _dynamics(ds)
+        if "phases" in tree.children:
+            lines += ["phases:", *("  " + line for line in
+                                   describe_phases(tree["phases"]).splitlines())]
+        if "dynamics" in tree.children:
+            lines += _dynamics(tree["dynamics"])
     return "\n".join(lines)
 
 
-def _dynamics(ds) -> list[str]:
-    """Headline numbers of the dynamics analyses (means over the kept trajectories)."""
+def _architecture(a) -> list[str]:
+    """The architecture line: a Raptor's own (k blocks and thresholds) when the file was
+    written from a Raptor, else the ViT's."""
+    if "architecture" not in a:
+        return []
+    arch = json.loads(a["architecture"])
+    line = "  architecture       " + ", ".join(
+        f"{k}={arch[k]}" for k in ("depth", "embed_dim", "num_heads", "patch_size",
+                                   "num_register_tokens", "mlp") if k in arch)
+    info = a.get("model_info")
+    raptor = None
+    if info:
+        try:
+            raptor = json.loads(json.loads(info).get("raptor") or "null")
+        except (TypeError, ValueError, AttributeError):
+            raptor = None
+    if raptor:
+        return [f"  raptor             k={len(raptor['thresholds']) + 1} blocks, thresholds "
+                f"{raptor['thresholds']}, mlp={raptor.get('mlp')} (teacher: "
+                f"{line.strip().removeprefix('architecture').strip()})"]
+    return [line]
+
+
+def _dynamics(node) -> list[str]:
+    """Headline numbers of the dynamics groups (means over the kept trajectories)."""
     out = []
-    n = D.DYN_SAMPLE
-    if "dyn_spectral_radius" in ds:
-        rho = ds["dyn_spectral_radius"].mean(n).dropna(D.STEP)
+    n = D.SUBSAMPLE
+    if "spectra" in node.children:
+        sp = node["spectra"].to_dataset()
+        rho = sp["spectral_radius"].mean(n)
         out.append("  tangent spectral radius, layer: " + ", ".join(
-            f"{int(t)}: {float(v):.3f}" for t, v in zip(rho[D.STEP].values, rho.values)))
-    if "dyn_lyap_exponent_depth" in ds:
+            f"{int(t)}: {float(v):.3f}" for t, v in zip(rho[D.LAYER].values, rho.values)))
+    if "lyapunov" in node.children:
         out.append("  Lyapunov exponents along the trajectory (top): "
-                   + _fmt(ds["dyn_lyap_exponent_depth"].mean(n).values[:4]))
-    if "dyn_lyap_frozen_exponent" in ds:
-        top = ds["dyn_lyap_frozen_exponent"].mean(n).isel({D.EXPONENT: 0})
+                   + _fmt(node["lyapunov"]["exponents"].mean(n).values[:4]))
+    if "lyapunov_frozen" in node.children:
+        top = node["lyapunov_frozen"]["exponents"].mean(n).isel({D.EXPONENT: 0})
         out.append("  top Lyapunov exponent of frozen layer: " + ", ".join(
             f"{int(t)}: {float(v):+.4f}" for t, v in zip(top[D.FROZEN_LAYER].values,
                                                          top.values)))
-    for pre, what in (("dyn_fp_", "full state"), ("dyn_fpt_", "one token")):
-        if f"{pre}status" not in ds:
+    for group, what in (("fixed_points", "full state"), ("fixed_points_token", "one token")):
+        if group not in node.children:
             continue
-        meanings = str(ds[f"{pre}status"].attrs.get("flag_meanings", "")).split()
-        counts = np.bincount(ds[f"{pre}status"].values.astype(int), minlength=len(meanings))
-        radius = ds[f"{pre}spectral_radius"].values if f"{pre}spectral_radius" in ds else []
-        out.append(f"  fixed points (layer {ds.attrs.get(f'{pre}layer', '?')}, {what}): "
+        fp = node[group]
+        meanings = str(fp["status"].attrs.get("flag_meanings", "")).split()
+        counts = np.bincount(fp["status"].values.astype(int), minlength=len(meanings))
+        radius = fp["spectral_radius"].values if "spectral_radius" in fp else []
+        out.append(f"  fixed points (layer {fp.attrs.get('layer', '?')}, {what}): "
                    + ", ".join(f"{m} {c}" for m, c in zip(meanings, counts) if c)
                    + f"; {len(radius)} unique, spectral radius " + _fmt(radius[:4]))
-    if "dyn_basin_fraction" in ds:
-        frac = np.sort(ds["dyn_basin_fraction"].values)[::-1]
-        out.append(f"  basins (layer {ds.attrs.get('dyn_basin_layer', '?')}): {len(frac)}, "
+    if "basins" in node.children:
+        frac = np.sort(node["basins"]["fraction"].values)[::-1]
+        out.append(f"  basins (layer {node['basins'].attrs.get('layer', '?')}): {len(frac)}, "
                    f"largest fractions " + _fmt(frac[:4]))
-    if "dyn_recovery_ratio" in ds and "direction" in ds["dyn_recovery_ratio"].dims:
-        ratio = ds["dyn_recovery_ratio"].mean([n, "draw", "perturb_angle"])
+    if "recovery" in node.children:
+        ratio = node["recovery"]["ratio"].mean([n, "draw", "perturb_angle"])
         for direction in ratio["direction"].values:
             r = ratio.sel(direction=direction).mean("inject_depth")
             out.append(f"  recovery ratio final/injected angle ({direction}): " + ", ".join(

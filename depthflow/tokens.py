@@ -24,7 +24,21 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from depthflow.vocabulary import TOKEN_KINDS
+
 EPS = 1e-12
+
+
+def token_groups(token_kinds: Sequence[str]) -> dict[str, Tensor]:
+    """Token indices of each token kind present, in :data:`TOKEN_KINDS` order.
+
+    ``token_kinds`` names the kind of every token position (``"cls"``, ``"register"``,
+    ``"patch"``, or a kind of its own); kinds outside :data:`TOKEN_KINDS` follow, sorted.
+    """
+    kinds = list(token_kinds)
+    order = [k for k in TOKEN_KINDS if k in kinds] + sorted(set(kinds) - set(TOKEN_KINDS))
+    return {kind: torch.tensor([i for i, k in enumerate(kinds) if k == kind],
+                               dtype=torch.long) for kind in order}
 
 
 @contextlib.contextmanager

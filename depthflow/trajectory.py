@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from ._memory import pin_mmap_threshold
-from .data import Batch, ImageSource
-from .errors import ConfigError
-from .preprocessing import Preprocessing
-from .vit import ViT
+from depthflow._memory import pin_mmap_threshold
+from depthflow.images import Batch, ImageSource
+from depthflow.errors import ConfigError
+from depthflow.models.preprocessing import Preprocessing
+from depthflow.models.vit import ViT
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 

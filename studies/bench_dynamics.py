@@ -18,7 +18,7 @@ import warnings
 import torch
 
 from depthflow import maps
-from depthflow.checkpoints import load_model
+from depthflow.loader import load_model
 from depthflow.dynamics import eigvals, find_fixed_points, restrict_token, starts_from
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -154,7 +154,7 @@ def bench_fixed_points(tols=(1e-2, 1e-6), max_steps: int = 3000) -> list[dict]:
 def _digits(n: int):
     """The embedded digits ViT (float64) and ``n`` held-out digits, normalised as it
     expects, ``(n, 1, 8, 8)``."""
-    from depthflow.data import load_digits_arrays
+    from depthflow.images import load_digits_arrays
 
     loaded = load_model(None)
     pre = loaded.preprocessing

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthflow.analyze import AnalyzeConfig, analyze, auto_batch_size
-from depthflow.checkpoints import LoadedModel, load_model
-from depthflow.data import open_images
-from depthflow.preprocessing import Preprocessing
-from depthflow.vit import ViT, ViTConfig
+from depthflow.analysis.run import AnalyzeConfig, analyze, auto_batch_size
+from depthflow.models.checkpoints import LoadedModel
+from depthflow.loader import load_model
+from depthflow.images import open_images
+from depthflow.models.preprocessing import Preprocessing
+from depthflow.models.vit import ViT, ViTConfig
 
 VIT_S = ViTConfig(embed_dim=384, depth=12, num_heads=6, patch_size=14, img_size=112,
                   mlp_hidden_dim=1536, num_register_tokens=0)

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from depthflow import segmentation as seg
-from depthflow.similarity import LinearCKAAccumulator, linear_cka_gram
+from depthflow.phases import segmentation as seg
+from depthflow.phases.similarity import LinearCKAAccumulator, linear_cka_gram
 
 
 def parse_args(argv=None):

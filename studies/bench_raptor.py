@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from depthflow.raptor.model import DepthScale, RaptorBlock  # noqa: E402
-from depthflow.vit import LayerScale, SwiGLUMlp, ViTConfig  # noqa: E402
+from depthflow.models.vit import LayerScale, SwiGLUMlp, ViTConfig  # noqa: E402
 
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 

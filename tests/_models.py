@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from depthflow.checkpoints import LoadedModel, save_checkpoint
-from depthflow.preprocessing import Preprocessing
-from depthflow.vit import ViT, ViTConfig
+from depthflow.models.checkpoints import LoadedModel, save_checkpoint
+from depthflow.models.preprocessing import Preprocessing
+from depthflow.models.vit import ViT, ViTConfig
 
 DIGITS_PRE = Preprocessing(resize=8, crop=8, mean=(0.3,), std=(0.4,), interpolation="bilinear",
                            mode="L")

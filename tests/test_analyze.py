@@ -8,10 +8,10 @@ import torch
 import xarray as xr
 
 from depthflow import tokens
-from depthflow.analyze import AnalyzeConfig, analyze
-from depthflow.data import open_images
+from depthflow.analysis.run import AnalyzeConfig, analyze
+from depthflow.images import open_images
 from depthflow.errors import ConfigError, OutputError
-from depthflow.preprocessing import Preprocessing
+from depthflow.models.preprocessing import Preprocessing
 
 from _models import DIGITS_PRE, tiny_loaded
 
@@ -101,10 +101,10 @@ def test_guards(tmp_path):
 
 
 def test_automatic_batch_size_bounds_state_memory(tmp_path):
-    from depthflow.analyze import auto_batch_size
-    from depthflow.checkpoints import LoadedModel
-    from depthflow.preprocessing import dinov2_preprocessing
-    from depthflow.vit import ViT, ViTConfig
+    from depthflow.analysis.run import auto_batch_size
+    from depthflow.models.checkpoints import LoadedModel
+    from depthflow.models.preprocessing import dinov2_preprocessing
+    from depthflow.models.vit import ViT, ViTConfig
 
     loaded = tiny_loaded()
     per_image = 4 * 19 * 32 * 4                      # (L+1) * T * D float32
@@ -123,13 +123,15 @@ class _CountingAnalysis:
     """A plug-in that counts the samples it saw and adds variables of every kind."""
 
     name = "count"
+    group = "count"
 
     def __init__(self):
         self.seen = 0
 
     def update(self, tb, ctx):
         self.seen += tb.states.shape[0]
-        assert ctx.token_kinds[0] == "cls" and ctx.kinds == ["cls", "register", "patch"]
+        assert ctx.layout.token_kinds[0] == "cls"
+        assert ctx.layout.kinds == ["cls", "register", "patch"]
 
     def finish(self, ctx):
         depth = ctx.loaded.config.depth
@@ -153,13 +155,15 @@ def test_plugin_variables_join_the_file(tmp_path):
     plugin = _CountingAnalysis()
     path = analyze(tiny_loaded(), open_images("digits"), tmp_path / "p.nc", analyses=[plugin],
                    config=AnalyzeConfig(batch_size=8, limit=20, states="none"))
-    with xr.open_dataset(path) as ds:
+    with xr.open_dataset(path, group="count") as ds:
         assert int(ds["count_seen"]) == 20
         np.testing.assert_array_equal(ds["count_depth"].values, [0, 2, 4, 6])
         np.testing.assert_array_equal(ds["count_flag"].values, [1, 0])
         assert list(ds["count_name"].values) == ["a", "bb"]
-        assert ds.attrs["analyses"] == "trajectories,count"
         assert ds.attrs["count_config"] == "{}"
+    with xr.open_dataset(path) as root:
+        assert root.attrs["analyses"] == "trajectories,count"
+        assert "count_seen" not in root
 
 
 def test_plugin_dimension_mismatch_leaves_nothing(tmp_path):

@@ -107,7 +107,7 @@ def test_weights_of_unknown_architecture(tmp_path):
 
 
 def test_nan_weights(tmp_path):
-    from depthflow.checkpoints import save_checkpoint
+    from depthflow.models.checkpoints import save_checkpoint
 
     model = tiny_vit()
     with torch.no_grad():

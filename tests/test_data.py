@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from depthflow.data import (ArraySource, FolderSource, digits_split, load_digits_arrays,
+from depthflow.images import (ArraySource, FolderSource, digits_split, load_digits_arrays,
                             open_images)
 from depthflow.errors import ConfigError, InputError
-from depthflow.preprocessing import Preprocessing
+from depthflow.models.preprocessing import Preprocessing
 
 from _models import DIGITS_PRE
 

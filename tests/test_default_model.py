@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthflow.checkpoints import load_depthflow
-from depthflow.data import load_digits_arrays
+from depthflow.models.checkpoints import load_depthflow
+from depthflow.images import load_digits_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 ASSET = REPO / "depthflow" / "assets" / "digits_vit.safetensors"
@@ -93,7 +93,8 @@ def test_study_config_matches_checkpoint(loaded):
 
 
 def test_is_the_default_of_load_model(loaded):
-    from depthflow.checkpoints import default_model_path, load_model
+    from depthflow.models.checkpoints import default_model_path
+    from depthflow.loader import load_model
 
     assert default_model_path() == ASSET.resolve()
     assert load_model().sha256 == loaded.sha256

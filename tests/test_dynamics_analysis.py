@@ -89,7 +89,7 @@ def test_config_validation():
 
 def test_status_flags_are_cf_integer_attributes(tmp_path):
     from depthflow.dynamics.fixed_points import FixedPointStatus
-    from depthflow.netcdf import write_dataset
+    from depthflow.io.netcdf import write_dataset
 
     ds = xr.Dataset({"s": (("i",), np.array([0, 2], np.int8), {
         "long_name": "status", "units": "",

@@ -34,7 +34,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from depthflow.checkpoints import from_module, load_model
+from depthflow.models.checkpoints import from_module
+
+from depthflow.loader import load_model
 from depthflow.errors import ArchitectureError
 
 from _models import randomize_parameters

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from depthflow.errors import OutputError
-from depthflow.netcdf import StreamingWriter, safe_attr, write_dataset
+from depthflow.io.netcdf import StreamingWriter, safe_attr, write_dataset
 
 values = arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 4)),
                 elements=st.floats(-1e6, 1e6, width=32))

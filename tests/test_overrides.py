@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from depthflow.errors import ConfigError
-from depthflow.overrides import apply_overrides
+from depthflow.config import apply_overrides
 
 
 @dataclasses.dataclass

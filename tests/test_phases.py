@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -11,14 +9,16 @@ import xarray as xr
 from _models import DIGITS_PRE, tiny_loaded
 from click.testing import CliRunner
 
-from depthflow import dims as D
-from depthflow.analyze import AnalyzeConfig, analyze
+from depthflow import vocabulary as D
+from depthflow.analysis.context import AnalysisContext, TokenLayout
+from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.cli.main import main
-from depthflow.data import open_images
 from depthflow.errors import ConfigError, InputError
-from depthflow.netcdf import write_dataset
-from depthflow.phases import (PhaseAnalysis, PhaseConfig, describe_phases, phase_dataset,
-                              phase_dataset_from_file, suggest_thresholds)
+from depthflow.images import open_images
+from depthflow.io.netcdf import write_tree
+from depthflow.phases.analysis import (PhaseAnalysis, PhaseConfig, phase_tree,
+                                       phase_tree_from_file, suggest_thresholds)
+from depthflow.phases.datasets import describe_phases
 from depthflow.trajectory import iter_trajectories
 
 SMALL = dict(swap_trials=3, swap_samples=10, cka_views=("paper", "cls"))
@@ -26,12 +26,11 @@ DIM_NAMES = {v for k, v in vars(D).items() if k.isupper() and isinstance(v, str)
 
 
 def context(loaded, source, token_kinds):
-    kinds = [k for k in D.TOKEN_KINDS if k in token_kinds]
-    return types.SimpleNamespace(
-        loaded=loaded, source=source, preprocessing=DIGITS_PRE, device=torch.device("cpu"),
-        dtype="float32", batch_size=8, progress=False, seed=3, token_kinds=token_kinds,
-        kinds=kinds, groups=[torch.tensor([i for i, t in enumerate(token_kinds) if t == k])
-                             for k in kinds])
+    return AnalysisContext(layout=TokenLayout(tuple(token_kinds), 8, 8), loaded=loaded,
+                           source=source, preprocessing=DIGITS_PRE, batch_size=8, seed=3)
+
+
+NO_MODEL = AnalysisContext(layout=TokenLayout((), 0, 0))
 
 
 @pytest.fixture(scope="module")
@@ -47,33 +46,40 @@ def result(one_thread):
 
 
 def test_plugin_dataset_contract(result):
-    _, ds = result
-    assert {"phase_cosine_distance", "phase_mse", "phase_cka", "phase_cka_debiased",
-            "phase_label", "phase_normalized_cut", "phase_contrast", "phase_modularity",
-            "phase_selected_k", "swap_cosine", "swap_accuracy", "swap_r2"} <= set(ds.data_vars)
-    for name, var in ds.data_vars.items():
-        assert name.startswith(("phase_", "swap_")), name
+    _, tree = result
+    ds = tree.to_dataset()
+    sw = tree["swap"].to_dataset(inherit=False)         # its own variables only
+    assert {"cosine_distance", "mse", "cka", "cka_debiased", "phase", "normalized_cut",
+            "contrast", "modularity", "selected_k"} <= set(ds.data_vars)
+    assert {"cosine", "accuracy", "r2"} <= set(sw.data_vars)
+    for name, var in [*ds.data_vars.items(), *sw.data_vars.items()]:
+        assert not name.startswith(("phase_", "swap_")), name          # plain names
         assert "long_name" in var.attrs and "units" in var.attrs, name
         assert set(var.dims) <= DIM_NAMES, (name, var.dims)
     assert list(ds[D.VIEW].values) == ["paper", "cls", "register", "patch", "all"]
     assert list(ds[D.SEGMENTATION].values) == ["maxcut_f0.2", "maxcut_f0.1", "maxcut_f0.09",
                                                "dp_k1", "dp_k2"]
-    labels = ds["phase_label"].values
+    labels = ds["phase"].values
     assert labels.shape == (5, 5) and (labels.min(1) == 0).all()
-    assert ds.sizes[D.DEPTH_I] == 6 and ds.sizes[D.SWAP_TRIAL] == 3
-    assert ds.attrs["phase_notes"].startswith("k_max lowered from 4 to 2")
-    cos = ds["phase_cosine_distance"].values
+    assert ds.sizes[D.DEPTH_I] == 6 and sw.sizes[D.SWAP_TRIAL] == 3
+    assert ds.attrs["notes"].startswith("k_max lowered from 4 to 2")
+    cos = ds["cosine_distance"].values
     np.testing.assert_array_equal(cos, cos.transpose(0, 2, 1))
 
 
 def test_netcdf_round_trip_and_plots(result, tmp_path):
-    analysis, ds = result
-    path = write_dataset(ds, tmp_path / "phases.nc")
-    with xr.open_dataset(path) as back:
-        for name in ds.data_vars:
-            np.testing.assert_array_equal(back[name].values, ds[name].values)
+    analysis, node = result
+    tree = xr.DataTree(children={"phases": node})
+    path = write_tree(tree, tmp_path / "phases.nc")
+    with xr.open_datatree(path) as back:
+        for group in ("phases", "phases/swap"):
+            for name, var in tree[group].to_dataset().data_vars.items():
+                np.testing.assert_array_equal(back[group][name].values, var.values)
+        with xr.open_dataset(path, group="phases/swap") as plain:      # plain xarray
+            assert "cosine" in plain
+        (tmp_path / "figures").mkdir()
         figures = analysis.plot(back, tmp_path / "figures")
-        assert "maxcut_f0.2" in describe_phases(back)
+        assert "maxcut_f0.2" in describe_phases(back["phases"])
     assert [p.name for p in figures] == ["phase_matrices.png", "phase_segmentations.png",
                                          "phase_swap.png"]
     assert all(p.stat().st_size > 1000 for p in figures)
@@ -90,13 +96,13 @@ def test_planted_phases_through_the_plugin():
     analysis = PhaseAnalysis(PhaseConfig(swap_trials=0))
     analysis.update_states(states[:9], kinds)
     analysis.update_states(states[9:], kinds)
-    ds = analysis.finish(types.SimpleNamespace(loaded=None, source=None))
+    ds = analysis.finish(NO_MODEL).to_dataset()
     for name in ds[D.SEGMENTATION].values:
         row = ds.sel({D.SEGMENTATION: name})
-        if int(row["phase_count"]) == 2:
-            assert str(row["phase_thresholds"].values) == "[3]"
-    assert int(ds["phase_selected_k"]) == 2
-    assert float(ds["phase_contrast"].sel({D.SEGMENTATION: "dp_k2"})) > 0.5
+        if int(row["count"]) == 2:
+            assert str(row["thresholds"].values) == "[3]"
+    assert int(ds["selected_k"]) == 2
+    assert float(ds["contrast"].sel({D.SEGMENTATION: "dp_k2"})) > 0.5
 
 
 def test_trajectory_file_gives_the_same_matrices(tmp_path, one_thread):
@@ -104,14 +110,15 @@ def test_trajectory_file_gives_the_same_matrices(tmp_path, one_thread):
     config = PhaseConfig(swap_trials=0)
     path = analyze(loaded, open_images("digits", limit=12), tmp_path / "a.nc",
                    config=AnalyzeConfig(states="all", batch_size=5))
-    from_file = phase_dataset_from_file(path, config=config, batch_size=5)
-    live = phase_dataset(loaded, open_images("digits", limit=12), config=config, batch_size=5)
-    for name in ("phase_cosine_distance", "phase_mse", "phase_cka", "phase_label"):
+    from_file = phase_tree_from_file(path, config=config, batch_size=5)["phases"]
+    live = phase_tree(loaded, open_images("digits", limit=12), config=config,
+                      batch_size=5)["phases"]
+    for name in ("cosine_distance", "mse", "cka", "phase"):
         np.testing.assert_allclose(from_file[name].values, live[name].values, atol=1e-6)
-    assert "swap_cosine" not in from_file
+    assert "swap" not in from_file.children
     no_states = analyze(loaded, open_images("digits", limit=4), tmp_path / "b.nc")
     with pytest.raises(InputError, match="--states all"):
-        phase_dataset_from_file(no_states)
+        phase_tree_from_file(no_states)
 
 
 def test_suggest_thresholds(one_thread):
@@ -138,14 +145,14 @@ def test_suggest_thresholds(one_thread):
 ])
 def test_bad_config(changes, message):
     with pytest.raises(ConfigError, match=message):
-        PhaseConfig(**changes).validate()
+        PhaseConfig(**changes)
 
 
 def test_k_larger_than_layers():
     analysis = PhaseAnalysis(PhaseConfig(k_max=9, swap_trials=0))
     analysis.update_states(torch.randn(4, 7, 3, 4), ["cls", "patch", "patch"])
     with pytest.raises(ConfigError, match="k_max=9 is larger than the number of layers"):
-        analysis.finish(types.SimpleNamespace(loaded=None, source=None))
+        analysis.finish(NO_MODEL)
 
 
 def test_cli_quick_look(tmp_path, one_thread):
@@ -156,12 +163,15 @@ def test_cli_quick_look(tmp_path, one_thread):
     res = runner.invoke(main, [*args, "-o", str(out)])
     assert res.exit_code == 0, res.output
     assert out.exists()
-    res = runner.invoke(main, [*args[:-1], "--swap-trials", "0", "--metric", "cka"])
+    res = runner.invoke(main, [*args[:-1], "--swap-trials", "0", "--segment-metric", "cka",
+                               "--segment-view", "cls"])
     assert res.exit_code == 0, res.output
-    assert "phase_cka (cls)" in res.output and "dp_k4" in res.output
-    for bad, message in [(["--fractions", "0,0.2"], "Error: fractions must be in (0, 1)"),
-                         (["--k-max", "13"], "Error: k_max=13 is larger than the number"),
-                         (["-o", str(out)], "exists; pass --overwrite")]:
+    assert "cka (cls)" in res.output and "dp_k4" in res.output
+    for bad, message, code in [
+            (["--fractions", "0,0.2"], "Error: fractions must be in (0, 1)", 2),
+            (["--k-max", "13"], "Error: k_max=13 is larger than the number", 2),
+            (["-o", str(out)], "exists; pass --overwrite", 1)]:
         res = runner.invoke(main, [*args, *bad])
-        assert res.exit_code == 1 and message in res.output, res.output
+        assert res.exit_code == code and message in res.output, res.output
         assert "Traceback" not in res.output
+        assert res.output.strip().count("\n") == 0                   # one line

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthflow.data import open_images
+from depthflow.images import open_images
 from depthflow.errors import ConfigError, InputError, OutputError
 from depthflow.raptor import FitConfig, FitError, RaptorConfig, build_raptor, fit_raptor
 from depthflow.raptor.data import batch_indices
@@ -224,8 +224,8 @@ def test_bad_inputs_fail_early_and_keep_existing_output(tmp_path, data):
 
 
 def test_images_that_do_not_match_the_teacher(tmp_path, data):
-    from depthflow.checkpoints import LoadedModel
-    from depthflow.preprocessing import Preprocessing
+    from depthflow.models.checkpoints import LoadedModel
+    from depthflow.models.preprocessing import Preprocessing
 
     odd = LoadedModel(tiny_vit(depth=3), source="odd", format="test",
                       preprocessing=Preprocessing(resize=7, crop=7, mean=(0.3,), std=(0.4,),

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depthflow.checkpoints import load_model
+from depthflow.loader import load_model
 from depthflow.errors import ConfigError
 from depthflow.raptor import (Raptor, RaptorConfig, build_raptor, check_thresholds,
                               counts_from_thresholds, load_raptor, save_raptor)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from depthflow import segmentation as seg
+from depthflow.phases import segmentation as seg
 from depthflow.errors import ConfigError, InputError
 
 

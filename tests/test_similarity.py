@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from depthflow import similarity as sim
+from depthflow.phases import similarity as sim
 from depthflow.errors import ConfigError, InputError
 
 KINDS = ["cls", "register", "register"] + ["patch"] * 5      # T = 8

@@ -7,8 +7,8 @@ import pytest
 import torch
 from _models import DIGITS_PRE, tiny_vit
 
-from depthflow import swap
-from depthflow.data import open_images
+from depthflow.phases import swap
+from depthflow.images import open_images
 from depthflow.errors import ConfigError
 
 LABELS = [0, 0, 0, 1, 1, 2]
@@ -46,13 +46,13 @@ def test_draw_trials_impossible_and_bad_input():
 
 
 def _batches(n: int = 12):
-    return list(swap.limited_batches(open_images("digits"), samples=n, batch_size=5,
+    return list(open_images("digits").head(n).batches(5,
                                      preprocessing=DIGITS_PRE))
 
 
 def test_limited_batches_trims_without_changing_the_source():
     source = open_images("digits")
-    batches = list(swap.limited_batches(source, samples=12, batch_size=5,
+    batches = list(source.head(12).batches(5,
                                         preprocessing=DIGITS_PRE))
     assert [len(b.labels) for b in batches] == [5, 5, 2]
     assert len(source) > 12
@@ -106,7 +106,7 @@ def test_headless_models_are_scored_by_a_cross_fitted_probe(one_thread):
     model = tiny_vit(2, dtype=torch.float64, depth=4, num_classes=0)
     identity = swap.SwapTrial("same", (2,), (2,))         # runs the unswapped model
     changed = swap.SwapTrial("different", (2, 4), (3, 1))
-    batches = list(swap.limited_batches(open_images("digits"), samples=60, batch_size=20,
+    batches = list(open_images("digits").head(60).batches(20,
                                         preprocessing=DIGITS_PRE))
     out = swap.run_swaps(model, batches, [identity, changed], dtype="float64")
     assert out["scorer"] == "probe"

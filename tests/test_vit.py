@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from depthflow import tokens
 from depthflow.errors import ConfigError, InputError
-from depthflow.vit import ViT, ViTConfig, swiglu_hidden_dim
+from depthflow.models.vit import ViT, ViTConfig, swiglu_hidden_dim
 
 from _models import tiny_config, tiny_vit
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from depthflow import zoo
-from depthflow.checkpoints import load_depthflow, read_safetensors
+from depthflow.models import zoo
+from depthflow.models.checkpoints import load_depthflow, read_safetensors
 from depthflow.errors import CheckpointError
-from depthflow.io import sha256_file
+from depthflow.io.files import sha256_file
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

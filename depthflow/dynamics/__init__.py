@@ -1,13 +1,13 @@
 """Dynamics of depth maps: spectra, fixed points, oracles (and, from part B, Lyapunov
 spectra, basins and perturbation recovery). Public names are re-exported here."""
 
-from .fixed_points import (FixedPointResult, FixedPointStatus, find_fixed_points,
+from depthflow.dynamics.fixed_points import (FixedPointResult, FixedPointStatus, find_fixed_points,
                            restrict_token, starts_from)
-from .spectra import SpectrumResult, TangentOperator, eigvals, singular_values, token_jacobians
-from . import oracles
-from .basins import BASIN_STATUS, BasinResult, basins_fractions, random_directions
-from .lyapunov import LYAP_STATUS, LyapunovResult, is_sphere_map, lyapunov_spectrum
-from .recovery import RecoveryResult, perturbation_recovery
+from depthflow.dynamics.spectra import SpectrumResult, TangentOperator, eigvals, singular_values, token_jacobians
+from depthflow.dynamics import oracles
+from depthflow.dynamics.basins import BASIN_STATUS, BasinResult, basins_fractions, random_directions
+from depthflow.dynamics.lyapunov import LYAP_STATUS, LyapunovResult, is_sphere_map, lyapunov_spectrum
+from depthflow.dynamics.recovery import RecoveryResult, perturbation_recovery
 
 __all__ = [
     "FixedPointResult", "FixedPointStatus", "find_fixed_points", "restrict_token",

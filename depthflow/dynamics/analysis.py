@@ -1,5 +1,6 @@
-"""The dynamics plugin of ``depthflow analyze``: spectra, Lyapunov exponents, fixed points,
-basins and perturbation recovery of a model's layers, as one ``xr.Dataset`` (``dyn_*``).
+"""The dynamics plug-in of ``depthflow analyze``: spectra, Lyapunov exponents, fixed points,
+basins and perturbation recovery of a model's layers, as the ``dynamics`` group of the
+result file (one child group per analysis).
 
 :class:`DynamicsAnalysis` keeps the trajectories of the first ``samples`` streamed images
 (detached, on the CPU) and in :meth:`~DynamicsAnalysis.finish` treats the layers as maps on
@@ -22,6 +23,7 @@ DINOv2-S (``T = 257``, ``D = 384``) with a reduced budget.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -33,12 +35,14 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .. import dims as D
-from .. import maps
-from ..errors import ConfigError
-from .basins import basins_fractions
-from .lyapunov import lyapunov_spectrum
-from .recovery import DIRECTIONS, perturbation_recovery
+from depthflow import vocabulary as D
+from depthflow import maps
+from depthflow.config import Options
+from depthflow.errors import ConfigError
+from depthflow.vocabulary import attrs
+from depthflow.dynamics.basins import basins_fractions
+from depthflow.dynamics.lyapunov import lyapunov_spectrum
+from depthflow.dynamics.recovery import DIRECTIONS, perturbation_recovery
 
 __all__ = ["DynamicsConfig", "DynamicsAnalysis", "ANALYSES", "trajectory_sphere_map"]
 
@@ -47,9 +51,11 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclasses.dataclass
-class DynamicsConfig:
+class DynamicsConfig(Options):
     """What the dynamics plugin computes and its budget (layers are 1-based blocks; ``None``
     picks the default named in each comment; negative layers count from the last)."""
+
+    _what = "dynamics option"
 
     analyses: tuple[str, ...] = ANALYSES
     samples: int = 8                           # trajectories kept (first streamed images)
@@ -97,13 +103,6 @@ class DynamicsConfig:
                               f"{self.recovery_directions}")
         return self
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-
-def _a(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"long_name": long_name, "units": units, **extra}
-
 
 def _layer(t: int, L: int, what: str) -> int:
     layer = L + 1 + t if t < 0 else t
@@ -131,12 +130,15 @@ class DynamicsAnalysis:
     """``depthflow analyze`` plugin: ``update`` per streamed batch, ``finish`` once."""
 
     name = "dynamics"
+    group = "dynamics"
 
     def __init__(self, config: DynamicsConfig | None = None) -> None:
-        self.config = (config or DynamicsConfig()).validate()
+        self.config = config or DynamicsConfig()
         self._states: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
+        self._names: list[list[str]] = []
         self._kept = 0
+        self._root_attrs: dict[str, Any] = {}
 
     def update(self, tb, ctx) -> None:
         """Keep the trajectories of the first ``samples`` images (detached, CPU)."""
@@ -146,71 +148,73 @@ class DynamicsAnalysis:
         states = tb.states[:need].detach().to("cpu").clone()
         self._states.append(states)
         self._labels.append(torch.as_tensor(tb.batch.labels)[:need].clone())
+        self._names.append(list(tb.batch.names[:need]))
         self._kept += states.shape[0]
 
     # ------------------------------------------------------------------ finish
-    def finish(self, ctx) -> xr.Dataset:
+    def finish(self, ctx) -> xr.DataTree:
         if not self._states:
             raise ConfigError("the dynamics analysis saw no trajectories")
         cfg = self.config
         model = ctx.loaded.model
-        attention = getattr(model, "attention", None)
-        param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-        old_dtype = None if param is None else param.dtype
         dtype = DTYPES[cfg.dtype]
-        device = torch.device(getattr(ctx, "device", "cpu"))
+        device = torch.device(ctx.device)
+        work = model
         if hasattr(model, "to"):
-            model.to(device=device, dtype=dtype)
-        try:
-            F = maps.from_model(model)
-            states = torch.cat(self._states).to(device=device, dtype=dtype)
-            labels = torch.cat(self._labels)
-            parts = self._run(F, states, labels, ctx)
-        finally:
-            if hasattr(model, "to") and old_dtype is not None:
-                model.to(dtype=old_dtype)
-            if attention is not None and hasattr(model, "set_attention"):
-                model.set_attention(attention)
-        ds = xr.merge(parts, combine_attrs="no_conflicts", compat="override", join="outer")
+            param = next(iter(model.parameters()), None)
+            if param is not None and (param.dtype != dtype or param.device != device):
+                work = copy.deepcopy(model).to(device=device, dtype=dtype)
+        F = maps.from_model(work)
+        states = torch.cat(self._states).to(device=device, dtype=dtype)
+        labels = torch.cat(self._labels)
+        names = [n for batch in self._names for n in batch]
+        groups = self._run(F, states, labels, ctx)
         # the kept trajectories are the first N samples of the run: their own dimension,
-        # whose coordinate is the index on the result file's ``sample`` dimension
-        ds = ds.rename({D.SAMPLE: D.DYN_SAMPLE})
-        ds[D.DYN_SAMPLE].attrs.update(_a("index (on the sample dimension) of a trajectory "
-                                         "kept for the dynamics analyses", ""))
-        ds.attrs["dyn_config"] = cfg.to_json()
-        ds.attrs["dyn_analyses"] = ",".join(cfg.analyses)
-        return ds
+        # labelled with their global index, label and name
+        keep = {D.SAMPLE_INDEX: (D.SUBSAMPLE, np.arange(len(names)), attrs(
+                    "index on the root group's sample dimension", "")),
+                D.LABEL: (D.SUBSAMPLE, labels.numpy().astype(np.int32), attrs(
+                    "class label index (-1 = unknown)", "")),
+                D.SAMPLE_NAME: (D.SUBSAMPLE, names, attrs("image name", ""))}
+        children = {}
+        for name, ds in groups.items():
+            if D.SAMPLE in ds.dims:
+                ds = ds.rename({D.SAMPLE: D.SUBSAMPLE})
+                ds = ds.drop_vars(D.SUBSAMPLE, errors="ignore").assign_coords(keep)
+            children[name] = xr.DataTree(ds)
+        root = xr.Dataset(attrs={"config": cfg.to_json(), "analyses": ",".join(cfg.analyses),
+                                 **self._root_attrs})
+        return xr.DataTree(root, children=children)
 
-    def _run(self, F, states, labels, ctx) -> list[xr.Dataset]:
+    def _run(self, F, states, labels, ctx) -> dict[str, xr.Dataset]:
         cfg, L = self.config, F.depths[-1]
         N, _, T, Dm = states.shape
-        kinds_of = list(getattr(ctx, "token_kinds", None) or ["all"] * T)
-        bar = _Progress(bool(getattr(ctx, "progress", False)), len(cfg.analyses))
+        kinds_of = list(ctx.layout.token_kinds or ["all"] * T)
+        bar = _Progress(ctx.progress, len(cfg.analyses))
         norms = states.norm(dim=-1)                                 # (N, L+1, T)
-        parts = [xr.Dataset(
-            {"dyn_reference_norm": ((D.SAMPLE, D.DEPTH, D.TOKEN), norms.double().cpu().numpy(),
-                                    _a("token norms r of the kept trajectories: reference "
-                                       "norms of the sphere maps", "activation units")),
-             "dyn_label": ((D.SAMPLE,), labels.numpy().astype(np.int32),
-                           _a("class label of the kept sample (-1 = unknown)", ""))},
-            coords={D.SAMPLE: np.arange(N), D.DEPTH: np.arange(L + 1)},
-            attrs={"dyn_sphere_wrapper": json.dumps({
+        out = {"trajectories": xr.Dataset(
+            {"reference_norm": ((D.SAMPLE, D.DEPTH, D.TOKEN), norms.double().cpu().numpy(),
+                                attrs("token norms r of the kept trajectories: reference "
+                                      "norms of the sphere maps", "activation units"))},
+            attrs={"sphere_wrapper": json.dumps({
                 "wrapper": "F_hat_t(u) = F_t(r u) / ||F_t(r u)|| per token",
                 "layer_maps": "r = per-sample token norms of the trajectory at depth t-1",
                 "frozen_maps": "r = mean token norms over kept samples at depth t-1",
-                "map": F.describe()}, sort_keys=True)})]
+                "map": F.describe()}, sort_keys=True)})}
         if "spectra" in cfg.analyses:
-            parts.append(self._spectra(F, states, kinds_of))
+            out["spectra"] = self._spectra(F, states, kinds_of)
             bar.step("spectra")
         if "lyapunov" in cfg.analyses:
-            parts.append(self._lyapunov(F, states))
+            out["lyapunov"], frozen = self._lyapunov(F, states)
+            if frozen is not None:
+                out["lyapunov_frozen"] = frozen
             bar.step("lyapunov")
         if "fixed_points" in cfg.analyses:
-            parts.append(self._fixed_points(F, states, scope="state"))
-            parts.append(self._fixed_points(F, states, scope="token"))
+            out["fixed_points"] = self._fixed_points(F, states, scope="state")
+            out["fixed_points_token"] = self._fixed_points(F, states, scope="token")
             bar.step("fixed points")
         if "basins" in cfg.analyses:
-            parts.append(self._basins(F, states, labels, kinds_of, ctx))
+            out["basins"] = self._basins(F, states, labels, kinds_of, ctx)
             bar.step("basins")
         if "recovery" in cfg.analyses:
             depths = cfg.recovery_depths or tuple(sorted({max(1, L // 4), L // 2,
@@ -220,20 +224,18 @@ class DynamicsAnalysis:
                                         direction=cfg.recovery_directions,
                                         n_directions=cfg.recovery_draws, token_kinds=kinds_of,
                                         seed=cfg.seed)
-            ds = res.to_dataset(prefix="dyn_recovery_").assign_coords(
-                {D.SAMPLE: np.arange(N)})
-            parts.append(ds)
+            out["recovery"] = res.to_dataset(prefix="")
             bar.step("recovery")
         bar.close()
-        parts[0].attrs["dyn_seconds"] = json.dumps(bar.seconds)
-        return parts
+        self._root_attrs["seconds"] = json.dumps(bar.seconds)
+        return out
 
     def _frozen(self, F, states, t: int) -> maps.DepthMap:
         return maps.sphere(maps.frozen(F, t), maps.norms_from_states(states[:, t - 1]),
                            source=f"mean token norms of the kept trajectories at depth {t - 1}")
 
     def _spectra(self, F, states, kinds_of) -> xr.Dataset:
-        from .spectra import eigvals, token_jacobians
+        from depthflow.dynamics.spectra import eigvals, token_jacobians
 
         cfg, L = self.config, F.depths[-1]
         default = sorted({max(1, L // 4), max(1, L // 2), max(1, (3 * L) // 4), L})
@@ -263,43 +265,37 @@ class DynamicsAnalysis:
                         idx = [i for i, kk in enumerate(kinds_of) if kk == kd]
                         block_rho[s, j, m] = float(rho[idx].mean())
         radius = np.abs(ev).max(-1)
-        v = {"dyn_eig_real": ((D.SAMPLE, D.STEP, D.EIG), ev.real, _a(
+        v = {"eig_real": ((D.SAMPLE, D.LAYER, D.EIG), ev.real, attrs(
                  "real part of the top eigenvalues of the tangent Jacobian of layer t on the "
                  "sphere at the sample's state")),
-             "dyn_eig_imag": ((D.SAMPLE, D.STEP, D.EIG), ev.imag, _a(
+             "eig_imag": ((D.SAMPLE, D.LAYER, D.EIG), ev.imag, attrs(
                  "imaginary part of the top tangent Jacobian eigenvalues")),
-             "dyn_spectral_radius": ((D.SAMPLE, D.STEP), radius, _a(
+             "spectral_radius": ((D.SAMPLE, D.LAYER), radius, attrs(
                  "spectral radius of the tangent Jacobian of layer t (< 1: contracting)")),
-             "dyn_eig_status": ((D.SAMPLE, D.STEP), conv, _a(
+             "eig_status": ((D.SAMPLE, D.LAYER), conv, attrs(
                  "eigensolver status", "", flag_values=np.array([0, 1, 2], np.int8),
                  flag_meanings="converged not_converged not_computed"))}
         if blocks:
-            v["dyn_token_block_radius"] = ((D.SAMPLE, D.STEP, D.KIND), block_rho, _a(
+            v["token_block_radius"] = ((D.SAMPLE, D.LAYER, D.KIND), block_rho, attrs(
                 "spectral radius of the per-token tangent block dF_i/du_i (other tokens "
                 "fixed), mean over tokens of a kind"))
-        coords = {D.SAMPLE: np.arange(N), D.STEP: np.asarray(layers), D.EIG: np.arange(k)}
+        coords = {D.LAYER: (D.LAYER, np.asarray(layers), attrs("block l (1-based)")),
+                  D.EIG: np.arange(k)}
         if blocks:
             coords[D.KIND] = kinds
         return xr.Dataset(v, coords=coords)
 
-    def _lyapunov(self, F, states) -> xr.Dataset:
+    def _lyapunov(self, F, states) -> tuple[xr.Dataset, xr.Dataset | None]:
         cfg, L = self.config, F.depths[-1]
-        N = states.shape[0]
         T, Dm = states.shape[-2:]
         k = min(cfg.k, T * (Dm - 1))
         u0 = states[:, 0] / states[:, 0].norm(dim=-1, keepdim=True)
         res = lyapunov_spectrum(trajectory_sphere_map(F, states), u0, k=k, tangent=True,
                                 seed=cfg.seed)
-        ds = res.to_dataset(prefix="dyn_lyap_")
-        ds = ds.rename({"dyn_lyap_exponent": "dyn_lyap_exponent_depth",
-                        "dyn_lyap_running": "dyn_lyap_running_depth",
-                        "dyn_lyap_stretch": "dyn_lyap_stretch_depth",
-                        "dyn_lyap_change": "dyn_lyap_change_depth",
-                        "dyn_lyap_status": "dyn_lyap_status_depth"})
-        ds["dyn_lyap_exponent_depth"].attrs["long_name"] = (
+        ds = _plain(res.to_dataset(prefix="lyapunov_"))
+        ds["exponents"].attrs["long_name"] = (
             "finite-time Lyapunov exponent along the real trajectory through all layers "
             "(sphere maps at the trajectory norms): mean log|R_jj| per layer")
-        ds = ds.assign_coords({D.SAMPLE: np.arange(N)})
         frozen = []
         layers = [_layer(t, L, "lyapunov_layers") for t in cfg.lyapunov_layers]
         for t in layers:
@@ -307,21 +303,20 @@ class DynamicsAnalysis:
             u = states[:, t - 1] / states[:, t - 1].norm(dim=-1, keepdim=True)
             r = lyapunov_spectrum(g, u, k=k, steps=cfg.lyapunov_steps,
                                   transient=cfg.lyapunov_transient, seed=cfg.seed)
-            frozen.append(r.to_dataset(prefix="dyn_lyap_frozen_").assign_coords(
-                {D.SAMPLE: np.arange(N)}).drop_vars(D.ITERATION))
-        if frozen:
-            fz = xr.concat(frozen, dim=D.FROZEN_LAYER, combine_attrs="override")
-            fz = fz.assign_coords({D.FROZEN_LAYER: (D.FROZEN_LAYER, layers, _a(
-                "layer t iterated as an autonomous sphere map"))})
-            fz.attrs["dyn_lyap_frozen_map"] = json.dumps(
-                {"maps": [self._frozen(F, states, t).describe() for t in layers]})
-            ds = xr.merge([ds, fz], combine_attrs="no_conflicts")
-        return ds
+            frozen.append(_plain(r.to_dataset(prefix="lyapunov_")).drop_vars(D.ITERATION))
+        if not frozen:
+            return ds, None
+        fz = xr.concat(frozen, dim=D.FROZEN_LAYER, combine_attrs="override")
+        fz = fz.assign_coords({D.FROZEN_LAYER: (D.FROZEN_LAYER, layers, attrs(
+            "layer t iterated as an autonomous sphere map"))})
+        fz.attrs["map"] = json.dumps(
+            {"maps": [self._frozen(F, states, t).describe() for t in layers]})
+        return ds, fz
 
     def _fixed_points(self, F, states, *, scope: str) -> xr.Dataset:
         """Fixed points of the frozen layer's sphere map: the full state (``dyn_fp_*``) or
         one token moving with the others frozen at their data state (``dyn_fpt_*``)."""
-        from .fixed_points import find_fixed_points, starts_from
+        from depthflow.dynamics.fixed_points import find_fixed_points, starts_from
 
         cfg, L = self.config, F.depths[-1]
         t = _layer(cfg.fixed_point_layer, L, "fixed_point_layer")
@@ -336,20 +331,13 @@ class DynamicsAnalysis:
                                 k=min(cfg.k, moving * (starts.shape[-1] - 1) - 2),
                                 seed=cfg.seed)
         ds = res.to_dataset(points=False)
-        pre, start_dim, point_dim = (("dyn_fp_", D.FP_START, D.FIXED_POINT) if scope == "state"
-                                     else ("dyn_fpt_", "fpt_start", "fpt_point"))
-        ds = ds.rename({name: f"{pre}{name}" for name in ds.data_vars})
-        ds = ds.rename({d: new for d, new in ((D.START, start_dim), (D.FIXED_POINT, point_dim))
-                        if d in ds.dims})
-        attrs = {f"{pre}{key}": value for key, value in ds.attrs.items()}
-        attrs[f"{pre}layer"] = t
+        ds.attrs["layer"] = t
         if scope == "token":
-            attrs[f"{pre}moving_token"] = token
-        ds.attrs = attrs
+            ds.attrs["moving_token"] = token
         return ds
 
     def _basins(self, F, states, labels, kinds_of, ctx) -> xr.Dataset:
-        from .fixed_points import starts_from
+        from depthflow.dynamics.fixed_points import starts_from
 
         cfg, L = self.config, F.depths[-1]
         t = _layer(cfg.basin_layer, L, "basin_layer")
@@ -360,22 +348,34 @@ class DynamicsAnalysis:
         start_labels = labels.repeat(cfg.basin_starts)        # starts_from: copies in blocks
         res = basins_fractions(g, starts, steps=cfg.basin_steps, tol_angle=cfg.basin_tol,
                                labels=start_labels, token_kinds=kinds_of, scope="token")
-        ds = res.to_dataset(prefix="dyn_basin_")
-        names = list(getattr(getattr(ctx, "source", None), "class_names", []) or [])
+        ds = _plain(res.to_dataset(prefix="basin_"), "basin_", {"basin_attractor": "attractors"})
+        names = list(ctx.source.class_names) if ctx.source is not None else []
         if names and D.CLASS in ds.dims:
             ds = ds.reindex({D.CLASS: np.arange(len(names))}).assign_coords(
                 {D.CLASS: names})
-        ds = ds.assign_coords({"dyn_basin_start_sample": (
+        ds = ds.assign_coords({"start_sample": (
             D.BASIN_START, np.tile(np.arange(N), cfg.basin_starts),
-            _a("kept sample the start was taken from", ""))})
-        ds.attrs["dyn_basin_layer"] = t
+            attrs("kept sample the start was taken from", ""))})
+        ds.attrs["layer"] = t
         return ds
 
     # ------------------------------------------------------------------ figures
-    def plot(self, ds: xr.Dataset, out_dir: Path) -> list[Path]:
-        from ..dynamics_plots import plot_dynamics
+    def plot(self, tree: xr.DataTree, out_dir: Path) -> list[Path]:
+        from depthflow.plots.dynamics import plot_dynamics
 
-        return plot_dynamics(ds, Path(out_dir))
+        return plot_dynamics(tree[self.group], Path(out_dir))
+
+
+def _plain(ds: xr.Dataset, prefix: str = "lyapunov_",
+           special: dict[str, str] | None = None) -> xr.Dataset:
+    """Plain names for datasets whose variables would clash with their own dimensions
+    (the Lyapunov ``exponent``, the basins' ``attractor``)."""
+    special = special or {"lyapunov_exponent": "exponents"}
+    names = {n: special.get(n, n.removeprefix(prefix)) for n in ds.variables
+             if n.startswith(prefix)}
+    ds = ds.rename(names)
+    ds.attrs = {k.removeprefix(prefix): v for k, v in ds.attrs.items()}
+    return ds
 
 
 class _Progress:

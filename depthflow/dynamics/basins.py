@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import dims as D
-from ..errors import ConfigError, InputError
-from ..maps import DepthMap, check_states, require_autonomous
-from ..tokens import angle
-from .lyapunov import is_sphere_map
+from depthflow import vocabulary as D
+from depthflow.errors import ConfigError, InputError
+from depthflow.maps import DepthMap, check_states, require_autonomous
+from depthflow.tokens import angle
+from depthflow.dynamics.lyapunov import is_sphere_map
 
 __all__ = ["BasinResult", "basins_fractions", "random_directions", "BASIN_STATUS"]
 

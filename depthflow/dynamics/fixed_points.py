@@ -25,13 +25,13 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from .. import dims
-from ..errors import ConfigError, InputError
-from ..maps import DepthMap, FunctionMap, SphereMap, check_states, require_autonomous
-from ..maps import tangent_project
-from . import _newton
-from ._newton import Problem, solve
-from .spectra import eigvals
+from depthflow import vocabulary as dims
+from depthflow.errors import ConfigError, InputError
+from depthflow.maps import DepthMap, FunctionMap, SphereMap, check_states, require_autonomous
+from depthflow.maps import tangent_project
+from depthflow.dynamics import _newton
+from depthflow.dynamics._newton import Problem, solve
+from depthflow.dynamics.spectra import eigvals
 
 __all__ = ["FixedPointStatus", "FixedPointResult", "find_fixed_points", "starts_from",
            "restrict_token"]

@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from .. import dims as D
-from ..errors import ConfigError
-from ..maps import ComposedMap, DepthMap, FrozenMap, SphereMap, check_states, tangent_project
+from depthflow import vocabulary as D
+from depthflow.errors import ConfigError
+from depthflow.maps import ComposedMap, DepthMap, FrozenMap, SphereMap, check_states, tangent_project
 
 __all__ = ["LyapunovResult", "lyapunov_spectrum", "is_sphere_map", "LYAP_STATUS"]
 

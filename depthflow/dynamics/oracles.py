@@ -29,8 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..maps import DepthMap, from_function, sphere
+from depthflow.errors import ConfigError
+from depthflow.maps import DepthMap, from_function, sphere
 
 __all__ = ["Oracle", "linear", "rotation", "non_normal", "power", "two_attractors",
            "linear_family", "random_orthogonal", "symmetric_matrix"]

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import dims as D
-from ..errors import ConfigError
-from ..maps import DepthMap, check_states, sphere, tangent_project
-from ..tokens import angle
+from depthflow import vocabulary as D
+from depthflow.errors import ConfigError
+from depthflow.maps import DepthMap, check_states, sphere, tangent_project
+from depthflow.tokens import angle
 
 __all__ = ["RecoveryResult", "perturbation_recovery", "DIRECTIONS"]
 

@@ -33,10 +33,10 @@ import xarray as xr
 from torch import Tensor
 from torch.func import jacfwd, jacrev, linearize, vmap
 
-from .. import dims
-from ..errors import ConfigError, InputError
-from ..maps import DepthMap, SphereMap, check_states, tangent_project
-from . import _linalg
+from depthflow import vocabulary as dims
+from depthflow.errors import ConfigError, InputError
+from depthflow.maps import DepthMap, SphereMap, check_states, tangent_project
+from depthflow.dynamics import _linalg
 
 __all__ = ["SpectrumResult", "token_jacobians", "eigvals", "singular_values",
            "TangentOperator", "METHODS"]

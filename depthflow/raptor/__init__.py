@@ -1,24 +1,24 @@
 """Raptor: block-recurrent surrogates of ViTs (SCIENCE.md section 3).
 
 ``k`` recurrent blocks trained to reproduce EVERY teacher layer. Build and fit with
-:func:`fit_raptor` / :func:`fit_checkpoint` (``depthflow fit``), load with
-:func:`load_raptor` (or :func:`depthflow.checkpoints.load_model`), measure with
+:func:`fit_raptor` (``depthflow fit`` calls :func:`depthflow.workflows.fit_checkpoint`),
+load with :func:`load_raptor` (or :func:`depthflow.load_model`), measure with
 :func:`evaluate_fidelity`. A :class:`Raptor` is a depth model like the ViT:
 ``step(layer, state)`` applies block :meth:`Raptor.block_for` ``(layer)`` at depth ``t =
 layer``, so ``depthflow.maps.from_model(raptor)`` is the non-autonomous map and one block at
 frozen ``t`` an autonomous one.
 """
 
-from .evaluate import Fidelity, evaluate_fidelity
-from .fit import FitConfig, FitResult, fit_checkpoint, fit_raptor
-from .io import load_raptor, save_raptor
-from .model import (Raptor, RaptorBlock, RaptorConfig, build_raptor, check_thresholds,
+from depthflow.raptor.evaluate import Fidelity, evaluate_fidelity
+from depthflow.raptor.fit import FitConfig, FitResult, fit_raptor
+from depthflow.raptor.io import load_raptor, save_raptor
+from depthflow.raptor.model import (Raptor, RaptorBlock, RaptorConfig, build_raptor, check_thresholds,
                     counts_from_thresholds)
-from .train import FitError, FitInterrupted
+from depthflow.raptor.train import FitError, FitInterrupted
 
 __all__ = [
     "Raptor", "RaptorBlock", "RaptorConfig", "build_raptor", "check_thresholds",
-    "counts_from_thresholds", "FitConfig", "FitResult", "fit_raptor", "fit_checkpoint",
+    "counts_from_thresholds", "FitConfig", "FitResult", "fit_raptor",
     "load_raptor", "save_raptor", "Fidelity", "evaluate_fidelity", "FitError",
     "FitInterrupted",
 ]

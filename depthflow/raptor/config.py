@@ -6,11 +6,11 @@ import dataclasses
 import json
 from typing import Any
 
-from ..errors import ConfigError
-from ..overrides import known_keys
-from ..trajectory import resolve_device
-from .model import RaptorConfig
-from .schedules import TF_MODES
+from depthflow.errors import ConfigError
+from depthflow.config import Options, check_choice, check_int, check_number
+from depthflow.trajectory import resolve_device
+from depthflow.raptor.model import RaptorConfig
+from depthflow.raptor.schedules import TF_MODES
 
 DTYPES = ("float32", "bfloat16")
 # Options that may change on resume without changing the result (beyond float rounding).
@@ -19,7 +19,7 @@ RESUMABLE_CHANGES = ("device", "log_every", "checkpoint_every", "eval_every", "n
 
 
 @dataclasses.dataclass(frozen=True)
-class FitConfig:
+class FitConfig(Options):
     """Every option of a Raptor fit; the paper's value in brackets where it differs.
 
     Defaults are the paper's recipe scaled for small models, so that the embedded digits ViT
@@ -42,6 +42,50 @@ class FitConfig:
     (torch.compile the blocks; pays on GPU), logging/checkpoint/eval intervals, the teacher
     cache (``cache_dir``, ``cache_gb``), ``threshold_images`` for max-cut, ``num_threads``.
     """
+
+    _what = "fit option"
+    _help = {
+        "k": "Number of Raptor blocks.",
+        "thresholds": "Last layer of every phase but the final one, e.g. 7,10 for k=3 "
+                      "(none: max-cut phases of the training images).",
+        "mlp": "Raptor block MLP: swiglu or gelu.",
+        "mlp_hidden_dim": "MLP width (none: 4 x width for SwiGLU, the teacher's for GELU).",
+        "layerscale_init": "LayerScale initial value.",
+        "depth_conditioning": "Depth-conditioned scales S(t) (off: autonomous blocks).",
+        "cond_hidden": "Width of the depth-conditioning MLP.",
+        "cond_init_std": "Std of the depth-conditioning output layer's initial weights.",
+        "init": "Block init: random (paper) or teacher (the teacher's mid-phase layer).",
+        "stage1_steps": "Stage 1 steps (each block on its own segment).",
+        "stage2_steps": "Stage 2 steps (all blocks chained, autoregressive).",
+        "batch_size": "Global batch (split over DDP processes).",
+        "lr": "Peak AdamW learning rate (paper: 3e-4).",
+        "min_lr": "End of the cosine schedule.",
+        "weight_decay": "AdamW weight decay.",
+        "betas": "AdamW betas.",
+        "warmup_fraction": "Linear warmup, as a fraction of each stage (paper: 10k of 312.5k).",
+        "grad_clip": "Gradient-norm clip (per block in stage 1).",
+        "tf_mode": "Stage 1 loss: anneal (teacher forcing fading to autoregressive), teacher "
+                   "(teacher forcing only) or autoregressive.",
+        "anneal_fraction": "Fraction of stage 1 over which teacher forcing fades to 0.",
+        "token_weighting": "Weight the loss by token kind (off: one MSE over all tokens).",
+        "cls_weight": "Loss weight of the cls token.",
+        "register_weight": "Loss weight of the register tokens.",
+        "patch_weight": "Loss weight of the patch tokens.",
+        "input_noise": "Std of Gaussian noise added to the states fed to the blocks.",
+        "seed": "Seed for every random path (recorded in the output).",
+        "device": "Torch device: cpu, cuda, cuda:1, ...",
+        "dtype": "float32, or bfloat16 (autocast: the GPU speed path).",
+        "attention": "Attention kernel for training: sdpa (fused) or math.",
+        "compile": "torch.compile the blocks (pays on GPU).",
+        "log_every": "Steps between log lines.",
+        "checkpoint_every": "Steps between resumable checkpoints.",
+        "eval_every": "Steps between held-out R^2 points of the curve.",
+        "eval_batch_size": "Images per evaluation batch.",
+        "threshold_images": "Images used to find max-cut thresholds.",
+        "cache_dir": "Cache teacher states here (compressed, bounded by --cache-gb).",
+        "cache_gb": "Bound of the teacher-state cache (GB).",
+        "num_threads": "CPU threads (none: torch's default).",
+    }
 
     k: int = 2
     thresholds: tuple[int, ...] | None = None
@@ -82,36 +126,32 @@ class FitConfig:
     cache_gb: float = 1.0
     num_threads: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.thresholds is not None:
-            object.__setattr__(self, "thresholds", tuple(int(t) for t in self.thresholds))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-
     def validate(self) -> FitConfig:
-        positive = ("k", "batch_size", "log_every", "checkpoint_every", "eval_every",
-                    "eval_batch_size", "threshold_images", "cond_hidden")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.thresholds is not None:
+            try:
+                self._set("thresholds", tuple(int(t) for t in self.thresholds))
+            except (TypeError, ValueError):
+                raise ConfigError(f"thresholds: expected comma-separated layer numbers like "
+                                  f"7,10, got {self.thresholds!r}") from None
+        self._set("betas", tuple(float(b) for b in self.betas))
+        for name in ("k", "batch_size", "log_every", "checkpoint_every", "eval_every",
+                     "eval_batch_size", "threshold_images", "cond_hidden"):
+            check_int(getattr(self, name), name)
         if self.stage1_steps < 0 or self.stage2_steps < 0 or \
                 self.stage1_steps + self.stage2_steps < 1:
             raise ConfigError(f"stage1_steps and stage2_steps must be >= 0 with at least one "
                               f"step in all, got {self.stage1_steps} and {self.stage2_steps}")
         for name in ("lr", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+            check_number(getattr(self, name), name, low=0, open_low=True)
         for name in ("min_lr", "weight_decay", "input_noise", "cls_weight", "register_weight",
                      "patch_weight", "layerscale_init", "cond_init_std", "cache_gb"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            check_number(getattr(self, name), name, low=0)
         for name in ("warmup_fraction", "anneal_fraction"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+            check_number(getattr(self, name), name, low=0, high=1)
         choices = {"tf_mode": TF_MODES, "dtype": DTYPES, "attention": ("sdpa", "math"),
                    "init": ("random", "teacher")}
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+            check_choice(getattr(self, name), name, allowed)
         if self.thresholds is not None and len(self.thresholds) != self.k - 1:
             raise ConfigError(
                 f"k={self.k} needs {self.k - 1} threshold(s), got {len(self.thresholds)} "
@@ -129,18 +169,3 @@ class FitConfig:
                             depth_conditioning=self.depth_conditioning,
                             cond_hidden=self.cond_hidden, cond_init_std=self.cond_init_std)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        for key in ("thresholds", "betas"):
-            data[key] = None if data[key] is None else list(data[key])
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
-        return cls(**known_keys(cls, data, what="fit options"))
-
-    def replace(self, **changes: Any) -> FitConfig:
-        return dataclasses.replace(self, **changes)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..data import ImageSource, _prepare
-from ..errors import ConfigError, InputError
-from ..preprocessing import Preprocessing
+from depthflow.images import ImageSource, _prepare
+from depthflow.errors import ConfigError, InputError
+from depthflow.models.preprocessing import Preprocessing
 
 PRELOAD_BYTES = 512 << 20
 

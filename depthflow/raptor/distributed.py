@@ -15,7 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from depthflow.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import dims as D
-from ..data import ImageSource
-from ..preprocessing import Preprocessing
-from ..vit import ViT
-from .model import Raptor
-from .teacher import teacher_states
+from depthflow import vocabulary as D
+from depthflow.images import ImageSource
+from depthflow.models.preprocessing import Preprocessing
+from depthflow.models.vit import ViT
+from depthflow.raptor.model import Raptor
+from depthflow.raptor.teacher import teacher_states
 
 PAPER_EPS = 1e-6
 GROUPS = ("all", *D.TOKEN_KINDS)
@@ -180,7 +180,7 @@ def evaluate_fidelity(raptor: Raptor, teacher: ViT, source: ImageSource, *,
                 _features(teacher, pred[:, -1]).cpu().double().numpy())))
         labels_t.append(batch.labels)
     if acc is None:
-        from ..errors import InputError
+        from depthflow.errors import InputError
         raise InputError("no evaluation images")
     labels = torch.cat(labels_t)
     fid = Fidelity(acc.groups, acc.result(), len(labels),

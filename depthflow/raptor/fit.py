@@ -27,17 +27,17 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import LoadedModel
-from ..data import ImageSource
-from ..errors import ConfigError, InputError
-from ..provenance import provenance
-from .distributed import DistInfo, barrier, broadcast_object, setup, teardown
-from .evaluate import Fidelity, evaluate_fidelity
-from .io import CONFIG_FILE, MODEL_FILE, load_state, write_json
-from .config import RESUMABLE_CHANGES, FitConfig
-from .model import build_raptor, check_thresholds
-from .outputs import plot_curves, prepare_output, write_log_csv
-from .train import FitError, Trainer, log
+from depthflow.models.checkpoints import LoadedModel
+from depthflow.images import ImageSource
+from depthflow.errors import ConfigError, InputError
+from depthflow.io.provenance import provenance
+from depthflow.raptor.distributed import DistInfo, barrier, broadcast_object, setup, teardown
+from depthflow.raptor.evaluate import Fidelity, evaluate_fidelity
+from depthflow.raptor.io import CONFIG_FILE, MODEL_FILE, load_state, write_json
+from depthflow.raptor.config import RESUMABLE_CHANGES, FitConfig
+from depthflow.raptor.model import build_raptor, check_thresholds
+from depthflow.raptor.outputs import plot_curves, prepare_output, write_log_csv
+from depthflow.raptor.train import FitError, Trainer, log
 
 FIT_CONFIG_FILE = "fit_config.json"
 
@@ -66,7 +66,7 @@ def resolve_thresholds(loaded: LoadedModel, source: ImageSource, config: FitConf
     if config.k == 1:
         return ()
     try:
-        from ..phases import suggest_thresholds
+        from depthflow.phases.analysis import suggest_thresholds
     except ImportError as exc:
         raise ConfigError("no thresholds given and depthflow.phases (max-cut segmentation) "
                           "is not available; pass --thresholds") from exc
@@ -141,8 +141,8 @@ def fit_raptor(loaded: LoadedModel, source: ImageSource, output: str | os.PathLi
 
 def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, progress,
          stop_after, command, run, dist: DistInfo, device_name: str) -> FitResult:
-    from ..analyze import model_preprocessing
-    from .data import IndexedImages
+    from depthflow.models.preprocessing import model_preprocessing
+    from depthflow.raptor.data import IndexedImages
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -260,14 +260,14 @@ def _setup_logging(directory: Path | None, *, resume: bool) -> None:
 def _probe_states(teacher, source: ImageSource, preprocessing, config: FitConfig,
                   device) -> torch.Tensor:
     """Teacher states of the first held-out batch, for the R^2 curve during training."""
-    from .teacher import teacher_states
+    from depthflow.raptor.teacher import teacher_states
     batch = next(source.batches(config.eval_batch_size, preprocessing=preprocessing))
     return teacher_states(teacher, batch.images.to(device))
 
 
 def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing, device,
               directory, loaded, record, command) -> Fidelity:
-    from ..netcdf import write_dataset
+    from depthflow.io.netcdf import write_dataset
     raptor.eval().set_attention(config.attention)
     fidelity = evaluate_fidelity(raptor, teacher, eval_source, preprocessing=preprocessing,
                                  batch_size=config.eval_batch_size, device=device,
@@ -290,44 +290,7 @@ def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing,
     return fidelity
 
 
-def fit_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | os.PathLike[str],
-                   *, images: str | None = None, limit: int | None = None,
-                   eval_images: str | None = None,
-                   arch: str | None = None, config: FitConfig | None = None,
-                   overwrite: bool = False, resume: bool = False, progress: bool = False,
-                   stop_after: int | None = None,
-                   command: Sequence[str] | None = None) -> FitResult:
-    """Load the teacher and images from specs and call :func:`fit_raptor`.
-
-    ``images`` defaults to ``"digits:train"`` (its first ``limit`` only, when given);
-    ``eval_images`` to ``"digits:test"`` when the
-    training images are the digits, else the training images (in-sample). With ``resume``,
-    the checkpoint and image specs recorded in ``output`` are used when not given.
-    """
-    from ..checkpoints import load_model
-    from ..data import open_images
-
-    if resume:
-        saved = _read_run(output)
-        checkpoint = checkpoint if checkpoint is not None else saved.get("checkpoint")
-        images = images or saved.get("images")
-        eval_images = eval_images or saved.get("eval_images")
-        arch = arch or saved.get("arch")
-        limit = limit or saved.get("limit")
-    images = images or "digits:train"
-    if eval_images is None and str(images).startswith("digits"):
-        eval_images = "digits:test"
-    loaded = load_model(checkpoint, arch=arch)
-    source = open_images(images, limit=limit)
-    eval_source = open_images(eval_images) if eval_images else None
-    run = {"checkpoint": None if checkpoint is None else str(checkpoint),
-           "images": str(images), "limit": limit, "eval_images": eval_images, "arch": arch}
-    return fit_raptor(loaded, source, output, config=config, eval_source=eval_source,
-                      overwrite=overwrite, resume=resume, progress=progress,
-                      stop_after=stop_after, command=command, run=run)
-
-
-def _read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
+def read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(directory) / FIT_CONFIG_FILE
     try:
         return json.loads(path.read_text()).get("run", {})
@@ -335,5 +298,5 @@ def _read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
         return {}
 
 
-__all__ = ["FitConfig", "FitResult", "fit_raptor", "fit_checkpoint", "resolve_thresholds",
+__all__ = ["FitConfig", "FitResult", "fit_raptor", "read_run", "resolve_thresholds",
            "FitError", "CONFIG_FILE", "MODEL_FILE"]

@@ -27,15 +27,15 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import (LoadedModel, _canonicalize_header, check_finite,
+from depthflow.models.checkpoints import (RAPTOR_FORMAT, checkpoint_format, LoadedModel, _canonicalize_header, check_finite,
                            read_safetensors)
-from ..errors import ArchitectureError, CheckpointError, OutputError
-from ..io import atomic_path, sha256_file
-from ..preprocessing import Preprocessing
-from ..vit import ViTConfig
-from .model import Raptor, RaptorConfig
+from depthflow.errors import ArchitectureError, CheckpointError, OutputError
+from depthflow.io.files import atomic_path, sha256_file
+from depthflow.models.preprocessing import Preprocessing
+from depthflow.models.vit import ViTConfig
+from depthflow.raptor.model import Raptor, RaptorConfig
 
-FORMAT_NAME = "depthflow-raptor"
+FORMAT_NAME = RAPTOR_FORMAT
 FORMAT_VERSION = "1"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -84,23 +84,7 @@ def write_json(path: Path, data: Any) -> None:
 
 def is_raptor_path(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a Raptor checkpoint directory or file (cheap header check)."""
-    p = Path(path)
-    if p.is_dir():
-        try:
-            return json.loads((p / CONFIG_FILE).read_text()).get("format") == FORMAT_NAME
-        except (OSError, ValueError, AttributeError):
-            return False
-    if p.suffix.lower() == ".safetensors" and p.is_file():
-        try:
-            with open(p, "rb") as handle:
-                size = int.from_bytes(handle.read(8), "little")
-                if size > 100 << 20:
-                    return False
-                header = json.loads(handle.read(size))
-            return header.get("__metadata__", {}).get("format") == FORMAT_NAME
-        except (OSError, ValueError):
-            return False
-    return False
+    return checkpoint_format(path) == FORMAT_NAME
 
 
 def load_raptor(path: str | os.PathLike[str]) -> LoadedModel:

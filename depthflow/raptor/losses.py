@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
-from .model import Raptor
+from depthflow.errors import ConfigError
+from depthflow.raptor.model import Raptor
 
 
 def kind_weights(kinds: Sequence[str], *, cls: float, register: float,

@@ -24,55 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
-from ..overrides import known_keys
-from ..vit import MLP_KINDS, Block, ViT, ViTConfig
+from depthflow.errors import ConfigError
+from depthflow.config import Options, check_choice, check_int, check_number
+from depthflow.models.vit import MLP_KINDS, Block, ViT, ViTConfig
+from depthflow.phases.segmentation import check_thresholds, counts_from_thresholds
 
 ROUTINGS = ("thresholds",)
 
 
-def counts_from_thresholds(thresholds: Sequence[int], depth: int) -> tuple[int, ...]:
-    """Repetition counts of the blocks: ``[7]`` on 12 layers -> ``(7, 5)``.
-
-    Uses :func:`depthflow.segmentation.counts_from_thresholds` when available; the rule is
-    the same either way: thresholds are the last layer of every segment but the final one,
-    strictly increasing in ``1..depth-1``.
-    """
-    thresholds = check_thresholds(thresholds, depth)
-    try:
-        from ..segmentation import counts_from_thresholds as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return tuple(int(c) for c in shared(list(thresholds), depth))
-    edges = (0, *thresholds, depth)
-    return tuple(b - a for a, b in zip(edges[:-1], edges[1:]))
-
-
-def check_thresholds(thresholds: Sequence[int], depth: int, *,
-                     k: int | None = None) -> tuple[int, ...]:
-    """Validate thresholds against the teacher depth (and ``k`` when given)."""
-    try:
-        values = tuple(int(t) for t in thresholds)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"thresholds must be integers, got {thresholds!r}") from exc
-    if any(float(t) != v for t, v in zip(thresholds, values)):
-        raise ConfigError(f"thresholds must be integers, got {list(thresholds)!r}")
-    if any(b <= a for a, b in zip(values[:-1], values[1:])) or \
-            any(not 1 <= t <= depth - 1 for t in values):
-        raise ConfigError(
-            f"thresholds {list(values)} do not partition layers 1..{depth}: expected strictly "
-            f"increasing integers in 1..{depth - 1} (the last layer of every segment but the "
-            f"final one), e.g. [{depth // 2}] for k=2")
-    if k is not None and len(values) != k - 1:
-        raise ConfigError(
-            f"k={k} needs {k - 1} threshold(s), got {len(values)} ({list(values)}); "
-            f"give k-1 thresholds or set k={len(values) + 1}")
-    return values
 
 
 @dataclasses.dataclass(frozen=True)
-class RaptorConfig:
+class RaptorConfig(Options):
     """Architecture of a Raptor surrogate (everything but the teacher's own config).
 
     Parameters
@@ -95,6 +58,8 @@ class RaptorConfig:
         Width of ``W1`` (16) and the standard deviation of ``W2``'s init (1e-4; ``b2 = 0``).
     """
 
+    _what = "Raptor config"
+
     thresholds: tuple[int, ...]
     mlp: str = "swiglu"
     mlp_hidden_dim: int | None = None
@@ -105,19 +70,15 @@ class RaptorConfig:
     cond_init_std: float = 1e-4
     routing: str = "thresholds"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "thresholds", tuple(int(t) for t in self.thresholds))
-        if self.mlp not in MLP_KINDS:
-            raise ConfigError(f"RaptorConfig.mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
-        if self.mlp_hidden_dim is not None and self.mlp_hidden_dim < 1:
-            raise ConfigError(f"RaptorConfig.mlp_hidden_dim must be >= 1, got "
-                              f"{self.mlp_hidden_dim}")
-        if self.cond_hidden < 1 or self.cond_init_std < 0 or self.layerscale_init < 0:
-            raise ConfigError("RaptorConfig.cond_hidden must be >= 1 and cond_init_std, "
-                              "layerscale_init >= 0")
-        if self.routing not in ROUTINGS:
-            raise ConfigError(f"RaptorConfig.routing must be one of {ROUTINGS}, "
-                              f"got {self.routing!r}")
+    def validate(self) -> RaptorConfig:
+        self._set("thresholds", tuple(int(t) for t in self.thresholds))
+        check_choice(self.mlp, "RaptorConfig.mlp", MLP_KINDS)
+        check_int(self.mlp_hidden_dim, "RaptorConfig.mlp_hidden_dim", optional=True)
+        check_int(self.cond_hidden, "RaptorConfig.cond_hidden")
+        check_number(self.cond_init_std, "RaptorConfig.cond_init_std", low=0)
+        check_number(self.layerscale_init, "RaptorConfig.layerscale_init", low=0)
+        check_choice(self.routing, "RaptorConfig.routing", ROUTINGS)
+        return self
 
     @property
     def k(self) -> int:
@@ -130,17 +91,6 @@ class RaptorConfig:
             hidden = 4 * teacher.embed_dim if self.mlp == "swiglu" else teacher.mlp_hidden_dim
         return teacher.replace(mlp=self.mlp, mlp_hidden_dim=hidden, layerscale=self.layerscale)
 
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["thresholds"] = list(self.thresholds)
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RaptorConfig:
-        return cls(**known_keys(cls, data, what="Raptor config keys"))
 
 
 class DepthScale(nn.Module):
@@ -286,9 +236,10 @@ class Raptor(ViT):
         return self
 
     # ----------------------------------------------------------------- depth interface
-    def step(self, layer: int, state: Tensor) -> Tensor:
-        """Apply the block routed to ``layer`` (1-based) with conditioning ``t = layer``."""
-        return self.blocks[self.block_for(layer)](state, float(layer))
+    def step(self, layer: int, state: Tensor, *, attention: str | None = None) -> Tensor:
+        """Apply the block routed to ``layer`` (1-based) with conditioning ``t = layer``
+        (``attention`` overrides the model's setting for this call only)."""
+        return self.blocks[self.block_for(layer)](state, float(layer), attention)
 
     def rollout(self, state: Tensor, *, start: int = 0, stop: int | None = None) -> Tensor:
         stop = self.cfg.depth if stop is None else stop

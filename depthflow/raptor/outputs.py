@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
-from ..io import atomic_path
-from .io import STATE_FILE
+from depthflow.errors import OutputError
+from depthflow.io.files import atomic_path
+from depthflow.raptor.io import STATE_FILE
 
 
 def prepare_output(directory: str | os.PathLike[str], *, overwrite: bool,
@@ -62,11 +62,11 @@ def write_log_csv(directory: Path, rows: list[dict[str, Any]]) -> None:
 
 def plot_curves(directory: Path, rows: list[dict[str, Any]], config) -> None:
     """``curves.png``: training loss (log) and held-out R^2 of the last layer vs step."""
-    from ..plots import _pyplot
+    from depthflow.plots import pyplot
 
     if not rows:
         return
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [r["step"] for r in rows]
     ax1.plot(steps, [r["loss"] for r in rows], color="tab:blue")

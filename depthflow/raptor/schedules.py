@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import ConfigError
+from depthflow.errors import ConfigError
 
 TF_MODES = ("anneal", "teacher", "autoregressive")
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, OutputError
-from ..io import atomic_path
-from ..vit import ViT
+from depthflow.errors import ConfigError, OutputError
+from depthflow.io.files import atomic_path
+from depthflow.models.vit import ViT
 
 
 @torch.no_grad()

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DepthflowError
-from .data import IndexedImages, batch_indices, step_noise
-from .distributed import DistInfo, all_mean, barrier
-from .evaluate import quick_r2
-from .io import save_raptor, save_state
-from .losses import RaptorObjective
-from .model import Raptor
-from .schedules import WarmupCosine, teacher_forcing_ratio
-from .teacher import StateCache
+from depthflow.errors import DepthflowError
+from depthflow.raptor.data import IndexedImages, batch_indices, step_noise
+from depthflow.raptor.distributed import DistInfo, all_mean, barrier
+from depthflow.raptor.evaluate import quick_r2
+from depthflow.raptor.io import save_raptor, save_state
+from depthflow.raptor.losses import RaptorObjective
+from depthflow.raptor.model import Raptor
+from depthflow.raptor.schedules import WarmupCosine, teacher_forcing_ratio
+from depthflow.raptor.teacher import StateCache
 
 log = logging.getLogger("depthflow.raptor")
 
@@ -86,7 +86,7 @@ class Trainer:
         self.elapsed = 0.0
         weights = None
         if config.token_weighting:
-            from .losses import kind_weights
+            from depthflow.raptor.losses import kind_weights
             side = images.shape[-2:]
             weights = kind_weights(raptor.token_kinds(*side), cls=config.cls_weight,
                                    register=config.register_weight, patch=config.patch_weight)
@@ -160,7 +160,7 @@ class Trainer:
                             seed=self.cfg.seed, rank=self.dist.rank, world=self.dist.world)
         if self.cache is not None:
             return self.cache.get(idx, self.device)
-        from .teacher import teacher_states
+        from depthflow.raptor.teacher import teacher_states
         return teacher_states(self.teacher, self.images(idx).to(self.device))
 
     def train_step(self, step: int) -> Tensor:

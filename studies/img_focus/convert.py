@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from depthflow import zoo
-from depthflow.checkpoints import save_checkpoint
+from depthflow.models import zoo
+from depthflow.models.checkpoints import save_checkpoint
 from depthflow.errors import DepthflowError
-from depthflow.io import atomic_path
+from depthflow.io.files import atomic_path
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from config import get_config
 
-from depthflow.analyze import AnalyzeConfig, analyze_checkpoint, build_analyses
+from depthflow.analysis.run import AnalyzeConfig, analyze_checkpoint, build_analyses
 from depthflow.errors import DepthflowError
-from depthflow.io import atomic_path
+from depthflow.io.files import atomic_path
 from depthflow.report import describe
 
 HERE = Path(__file__).resolve().parent

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from config import get_config
 
-from depthflow import zoo
-from depthflow.checkpoints import load_model
-from depthflow.data import open_images
+from depthflow.models import zoo
+from depthflow.loader import load_model
+from depthflow.images import open_images
 from depthflow.errors import DepthflowError
-from depthflow.io import atomic_path
-from depthflow.netcdf import write_dataset
-from depthflow.phase_plots import plot_phases
-from depthflow.phases import PhaseConfig, describe_phases, phase_dataset
+from depthflow.io.files import atomic_path
+from depthflow.io.netcdf import write_dataset
+from depthflow.plots.phases import plot_phases
+from depthflow.phases.analysis import PhaseConfig, describe_phases, phase_dataset
 
 HERE = Path(__file__).resolve().parent
 

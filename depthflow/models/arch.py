@@ -10,8 +10,6 @@ overrides.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import re
@@ -20,8 +18,9 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import ArchitectureError, ConfigError
-from .vit import ViTConfig, swiglu_hidden_dim
+from depthflow.config import parse_assignments, parse_value
+from depthflow.errors import ArchitectureError, ConfigError
+from depthflow.models.vit import ViTConfig, swiglu_hidden_dim
 
 DINOV2_HEAD_DIM = 64
 
@@ -42,8 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     f"dinov2_vit{size}14{suffix}": _preset(size, bool(suffix))
     for size in _SIZES for suffix in ("", "_reg", "_reg4")
 }
-_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(ViTConfig)}
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_DEFAULTS = ViTConfig().to_dict()
 
 
 def parse_arch(arch: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -91,8 +89,7 @@ def _parse_arch_text(text: str) -> dict[str, Any]:
     items: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         if "=" in part:
-            key, value = part.split("=", 1)
-            items[key.strip()] = value.strip()
+            items.update(parse_assignments([part], what="arch entry"))
         elif part in PRESETS:
             items.update(PRESETS[part])
         else:
@@ -103,29 +100,19 @@ def _parse_arch_text(text: str) -> dict[str, Any]:
 
 
 def _coerce_field(key: str, value: Any) -> Any:
-    kind = _FIELD_TYPES.get(key)
-    if kind is None:
-        raise ConfigError(f"unknown arch field {key!r}; expected one of {sorted(_FIELD_TYPES)}")
-    text = value.strip().lower() if isinstance(value, str) else None
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
-    elif kind == "int" and not isinstance(value, bool):
-        if isinstance(value, int):
-            return value
-        if text is not None and re.fullmatch(r"[+-]?\d+", text):
-            return int(text)
-    elif kind == "float" and not isinstance(value, bool):
-        if isinstance(value, (int, float)):
-            return float(value)
-        if text is not None:
-            with contextlib.suppress(ValueError):
-                return float(text)
-    elif kind == "str" and isinstance(value, str):
-        return value.strip()
-    raise ConfigError(f"arch field {key}={value!r} is not a valid {kind}")
+    if key not in _DEFAULTS:
+        raise ConfigError(f"unknown arch field {key!r}; expected one of {sorted(_DEFAULTS)}")
+    like = _DEFAULTS[key]
+    if isinstance(value, str):
+        return parse_value(value, like, f"arch field {key}")
+    if isinstance(like, bool) and isinstance(value, bool):
+        return value
+    if isinstance(like, int) and not isinstance(like, bool) and isinstance(value, int) \
+            and not isinstance(value, bool):
+        return value
+    if isinstance(like, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"arch field {key}={value!r} is not a valid {type(like).__name__}")
 
 
 # --------------------------------------------------------------------------- inference

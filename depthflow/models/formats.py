@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .arch import PRESETS, infer_config, is_square, parse_arch, preview, require
-from .errors import ArchitectureError, ConfigError
-from .preprocessing import Preprocessing, dinov2_preprocessing
-from .vit import ViTConfig
+from depthflow.models.arch import PRESETS, infer_config, is_square, parse_arch, preview, require
+from depthflow.errors import ArchitectureError, ConfigError
+from depthflow.models.preprocessing import Preprocessing, dinov2_preprocessing
+from depthflow.models.vit import ViTConfig
 
 STYLES = ("dinov2-hub", "timm", "hf-dinov2", "hf-dinov2-registers", "hf-vit")
 HF_STYLES = {"dinov2": "hf-dinov2", "dinov2_with_registers": "hf-dinov2-registers",

@@ -1,7 +1,14 @@
-"""Dimension, coordinate and attribute names shared by every depthflow Dataset.
+"""The results vocabulary: dimension names, the attribute helper and status flags.
 
-Keep names here and nowhere else: result files from different analyses must line up.
+Keep names here and nowhere else: result groups from different analyses must line up.
+Every variable gets ``long_name``/``units`` from :func:`attrs`; every status variable is
+an integer whose CF ``flag_values``/``flag_meanings`` come from :func:`flag_attrs`.
 """
+
+from __future__ import annotations
+
+import enum
+from typing import Any
 
 SAMPLE = "sample"
 DEPTH = "depth"          # 0 = embedded input, 1..L = after block l
@@ -17,8 +24,11 @@ PIXEL_X = "x"
 
 TOKEN_KIND = "token_kind"   # coordinate on TOKEN: "cls" | "register" | "patch"
 LABEL = "label"             # coordinate on SAMPLE: integer class label (-1 = unknown)
+SAMPLE_NAME = "sample_name" # coordinate on SAMPLE: unique image name
+CLASS_NAME = "class_name"   # coordinate on SAMPLE: class name of the label ("" = unknown)
 
 TOKEN_KINDS = ("cls", "register", "patch")
+
 
 # Phase structure (depthflow.phases): layer x layer matrices, segmentations, layer swaps
 DEPTH_I = "depth_i"              # first depth of a depth x depth matrix (0..L)
@@ -34,8 +44,10 @@ SWAP_SLOT = "swap_slot"          # which of the (up to 3) replaced layers of a t
 STATISTIC = "statistic"          # mean / std / min / q10 / q50 / q90 / max
 
 # dynamics (depthflow.dynamics)
-DYN_SAMPLE = "dyn_sample"   # a trajectory kept for the dynamics analyses (index on SAMPLE)
+SUBSAMPLE = "subsample"     # the images of a group that covers a subset of the samples
+SAMPLE_INDEX = "sample_index"  # coordinate on SUBSAMPLE: global index on SAMPLE
 EIG = "eig"                 # index of an eigenvalue (largest first)
+LAYER = "layer"             # a selected block l (1-based) of a per-layer analysis
 MODE = "mode"               # index of a singular value / tangent direction (largest first)
 START = "start"             # one initial point of a fixed-point or basin search
 FIXED_POINT = "fixed_point" # one unique (deduplicated) fixed point
@@ -52,3 +64,36 @@ INJECT_DEPTH = "inject_depth"   # depth l0 at which a perturbation is injected
 PERTURB_ANGLE = "perturb_angle" # injected angle theta (rad)
 DIRECTION = "direction"         # perturbation direction: random / adversarial
 DRAW = "draw"                   # random draw / singular vector index
+
+
+FORMAT_VERSION = "2"        # depthflow_format_version: 2 = one NetCDF group per analysis
+
+
+def attrs(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
+    """CF attributes of a variable: ``long_name``, ``units`` and anything else given."""
+    return {"long_name": long_name, "units": units, **extra}
+
+
+class Status(enum.IntEnum):
+    """Base of every status enum: members carry a ``message`` saying what to do."""
+
+    @property
+    def message(self) -> str:
+        return type(self)._messages().get(self, self.name.lower())
+
+    @classmethod
+    def _messages(cls) -> dict[Status, str]:
+        return {}
+
+    @property
+    def meaning(self) -> str:
+        return self.name.lower()
+
+
+def flag_attrs(status: type[enum.IntEnum], long_name: str, **extra: Any) -> dict[str, Any]:
+    """Attributes of an integer status variable: CF ``flag_values``/``flag_meanings``."""
+    import numpy as np
+
+    members = list(status)
+    return attrs(long_name, "", flag_values=np.array([int(m) for m in members], dtype=np.int8),
+                 flag_meanings=" ".join(m.name.lower() for m in members), **extra)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError, InputError
-from .overrides import known_keys
+from depthflow.errors import ConfigError, InputError
+from depthflow.config import Options, check_choice, check_int
 
 MODES = ("RGB", "L")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -27,12 +27,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(Options):
     """How raw images become model input.
 
     ``resize``: shorter side after resizing (None: keep); ``crop``: centre crop size
     (None: keep). ``mode`` is the PIL colour mode the model expects (``"RGB"`` or ``"L"``).
     """
+
+    _what = "preprocessing"
 
     resize: int | None = 256
     crop: int | None = 224
@@ -41,15 +43,11 @@ class Preprocessing:
     interpolation: str = "bicubic"
     mode: str = "RGB"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        if self.mode not in MODES:
-            raise ConfigError(f"preprocessing mode must be one of {MODES}, got {self.mode!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(
-                f"preprocessing interpolation must be one of {INTERPOLATIONS}, "
-                f"got {self.interpolation!r}")
+    def validate(self) -> Preprocessing:
+        self._set("mean", tuple(float(m) for m in self.mean))
+        self._set("std", tuple(float(s) for s in self.std))
+        check_choice(self.mode, "preprocessing mode", MODES)
+        check_choice(self.interpolation, "preprocessing interpolation", INTERPOLATIONS)
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ConfigError(
                 f"preprocessing mean/std need {self.channels} values for mode {self.mode}, "
@@ -57,23 +55,13 @@ class Preprocessing:
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"preprocessing std must be positive, got {self.std}")
         for name in ("resize", "crop"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"preprocessing {name} must be a positive int or None")
+            check_int(getattr(self, name), f"preprocessing {name}", optional=True)
+        return self
 
     @property
     def channels(self) -> int:
         return 3 if self.mode == "RGB" else 1
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        return cls(**known_keys(cls, data, what="preprocessing keys"))
 
     def __call__(self, images: Tensor) -> Tensor:
         """Apply to a float batch ``(B, C, H, W)`` with values in [0, 1]."""
@@ -109,3 +97,15 @@ class Preprocessing:
 def dinov2_preprocessing(crop: int = 224) -> Preprocessing:
     """The DINOv2 evaluation transform: resize to 256/224 of the crop, centre crop, ImageNet."""
     return Preprocessing(resize=round(crop * 256 / 224), crop=crop)
+
+
+def model_preprocessing(loaded: Any) -> Preprocessing:
+    """A loaded model's own preprocessing, else a default that fits its input size
+    (grey 8x8-style models: resize to ``img_size``, mean/std 0.5; others: DINOv2's)."""
+    if loaded.preprocessing is not None:
+        return loaded.preprocessing
+    cfg = loaded.config
+    if cfg.in_chans == 1:
+        return Preprocessing(resize=cfg.img_size, crop=cfg.img_size, mean=(0.5,), std=(0.5,),
+                             mode="L")
+    return dinov2_preprocessing(224 if cfg.patch_size == 14 else cfg.img_size)

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError, InputError
-from .overrides import known_keys
+from depthflow.errors import ConfigError, InputError
+from depthflow.config import Options, check_choice, check_int
 
 ATTENTION_IMPLS = ("sdpa", "math")
 MLP_KINDS = ("gelu", "swiglu")
@@ -30,13 +30,15 @@ HEAD_INPUTS = ("cls", "cls+mean")
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(Options):
     """Architecture of a DINOv2-style ViT.
 
     ``img_size`` is the image size the position embeddings were trained for (their grid is
     ``img_size // patch_size`` per side); other input sizes interpolate them bicubically,
     with DINOv2's ``interp_offset``/``interp_antialias`` conventions.
     """
+
+    _what = "ViT architecture"
 
     embed_dim: int = 384
     depth: int = 12
@@ -58,27 +60,22 @@ class ViTConfig:
     num_classes: int = 0
     head_input: str = "cls"
 
-    def __post_init__(self) -> None:
-        positive = ("embed_dim", "depth", "num_heads", "patch_size", "img_size", "in_chans",
-                    "mlp_hidden_dim")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"ViTConfig.{name} must be a positive integer, got {value!r}")
+    def validate(self) -> ViTConfig:
+        for name in ("embed_dim", "depth", "num_heads", "patch_size", "img_size", "in_chans",
+                     "mlp_hidden_dim"):
+            check_int(getattr(self, name), f"ViTConfig.{name}")
+        for name in ("num_register_tokens", "num_classes"):
+            check_int(getattr(self, name), f"ViTConfig.{name}", minimum=0)
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"ViTConfig.embed_dim={self.embed_dim} is not divisible by "
                 f"num_heads={self.num_heads}; pick a head count that divides the width")
-        if self.mlp not in MLP_KINDS:
-            raise ConfigError(f"ViTConfig.mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
-        if self.head_input not in HEAD_INPUTS:
-            raise ConfigError(
-                f"ViTConfig.head_input must be one of {HEAD_INPUTS}, got {self.head_input!r}")
-        if self.num_register_tokens < 0 or self.num_classes < 0:
-            raise ConfigError("ViTConfig.num_register_tokens and num_classes must be >= 0")
+        check_choice(self.mlp, "ViTConfig.mlp", MLP_KINDS)
+        check_choice(self.head_input, "ViTConfig.head_input", HEAD_INPUTS)
         if self.img_size < self.patch_size:
             raise ConfigError(
                 f"ViTConfig.img_size={self.img_size} is smaller than patch_size={self.patch_size}")
+        return self
 
     @property
     def head_dim(self) -> int:
@@ -93,18 +90,6 @@ class ViTConfig:
     def num_prefix_tokens(self) -> int:
         return 1 + self.num_register_tokens
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ViTConfig:
-        return cls(**known_keys(cls, data, what="ViT architecture keys"))
-
-    def replace(self, **changes: Any) -> ViTConfig:
-        return self.from_dict({**self.to_dict(), **changes})
 
 
 def swiglu_hidden_dim(embed_dim: int, mlp_ratio: float = 4.0) -> int:
@@ -341,11 +326,15 @@ class ViT(nn.Module):
             x = torch.cat([x[:, :1], regs, x[:, 1:]], dim=1)
         return x
 
-    def step(self, layer: int, state: Tensor) -> Tensor:
-        """Apply block ``layer`` (1-based: depth ``layer-1`` -> ``layer``) to ``(..., T, D)``."""
+    def step(self, layer: int, state: Tensor, *, attention: str | None = None) -> Tensor:
+        """Apply block ``layer`` (1-based: depth ``layer-1`` -> ``layer``) to ``(..., T, D)``.
+
+        ``attention`` (``"sdpa"``/``"math"``) overrides the model's setting for this call
+        only (analysis code asks for ``"math"``: forward-mode AD has no rule for fused
+        attention kernels)."""
         if not 1 <= layer <= self.cfg.depth:
             raise ConfigError(f"layer must be in 1..{self.cfg.depth}, got {layer}")
-        return self.blocks[layer - 1](state)
+        return self.blocks[layer - 1](state, attention)
 
     def rollout(self, state: Tensor, *, start: int = 0, stop: int | None = None) -> Tensor:
         """Run the blocks taking depth ``start`` to depth ``stop`` (default: the last)."""

@@ -1,16 +1,16 @@
 """Phase structure of a ViT over depth: matrices, segmentations, metrics, layer swaps.
 
-:class:`PhaseAnalysis` is a streaming plugin for ``depthflow analyze`` (``update`` per batch
-of trajectories, ``finish`` -> an ``xr.Dataset`` of ``phase_*`` / ``swap_*`` variables,
-``plot`` -> heatmaps with phase boundaries); :func:`phase_dataset` runs it on a model and
-images, :func:`phase_dataset_from_file` on the ``state`` variable of an analysis file, and
+:class:`PhaseAnalysis` is a streaming plug-in of ``depthflow analyze`` (``update`` per batch
+of trajectories, ``finish`` -> the ``phases`` group with a ``swap`` child, ``plot`` ->
+heatmaps with phase boundaries); :func:`phase_tree` runs it on a model and images,
+:func:`phase_tree_from_file` on the ``state`` variable of an analysis file, and
 :func:`suggest_thresholds` turns the paper's segmentation into Raptor thresholds.
 
 Segmentations run on one distance matrix over block outputs 1..L (default: the paper's
 cosine distance, ``paper`` view): the paper's max-cut bisection for every fraction, and the
 optimal contiguous (DP) segmentation for every k up to ``k_max``, with the selected k the
 smallest whose modularity is within ``select_tolerance`` of the best (see
-:mod:`depthflow.segmentation`). Metrics per segmentation: mean within- and between-phase
+:mod:`depthflow.phases.segmentation`). Metrics per segmentation: mean within- and between-phase
 distance, their contrast (between - within), the normalised cut (cut / total_W) and the
 modularity (normalised cut in excess of a structureless matrix's).
 """
@@ -18,41 +18,48 @@ modularity (normalised cut in excess of a structureless matrix's).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 
-from . import dims as D
-from . import segmentation as seg
-from . import swap
-from .errors import ConfigError, InputError
-from .phase_data import (DEFAULT_K_MAX, SELECTION_RULE, _attrs, _merge, _VIEW_TEXT,
+from depthflow import vocabulary as D
+from depthflow.analysis.context import AnalysisContext, TokenLayout
+from depthflow.config import Options, check_int
+from depthflow.images import ImageSource
+from depthflow.io.provenance import provenance
+from depthflow.models.checkpoints import LoadedModel
+from depthflow.models.preprocessing import model_preprocessing
+from depthflow.trajectory import TrajectoryBatch, iter_trajectories, resolve_device
+from depthflow.vocabulary import attrs
+from depthflow.phases import segmentation as seg
+from depthflow.phases import swap
+from depthflow.errors import ConfigError, InputError
+from depthflow.phases.datasets import (DEFAULT_K_MAX, SELECTION_RULE, _merge, _VIEW_TEXT,
                          describe_phases, segmentation_dataset, swap_dataset)
-from .similarity import VIEWS, DepthSimilarity, check_views
+from depthflow.phases.similarity import VIEWS, DepthSimilarity, check_views
 
-__all__ = ["PhaseConfig", "PhaseAnalysis", "phase_dataset", "phase_dataset_from_file",
-           "suggest_thresholds", "run_phases", "describe_phases", "segmentation_dataset",
-           "swap_dataset", "SELECTION_RULE"]
+__all__ = ["PhaseConfig", "PhaseAnalysis", "phase_tree", "phase_tree_from_file",
+           "suggest_thresholds", "describe_phases", "segmentation_dataset", "swap_dataset",
+           "SELECTION_RULE"]
 
 SEGMENT_METRICS = ("cosine", "mse", "cka", "cka_debiased")
 _MATRIX_VARS = {   # result key: (variable, long name, units, view dim)
-    "cosine": ("phase_cosine_distance", "cosine distance 1 - cos between depths", "1", D.VIEW),
-    "mse": ("phase_mse", "mean squared difference between depths", "activation units^2",
+    "cosine": ("cosine_distance", "cosine distance 1 - cos between depths", "1", D.VIEW),
+    "mse": ("mse", "mean squared difference between depths", "activation units^2",
             D.VIEW),
-    "cka": ("phase_cka", "linear CKA between depths (feature space, all observations)", "1",
+    "cka": ("cka", "linear CKA between depths (feature space, all observations)", "1",
             D.CKA_VIEW),
-    "cka_debiased": ("phase_cka_debiased",
+    "cka_debiased": ("cka_debiased",
                      "debiased minibatch linear CKA between depths (mean unbiased HSIC)",
                      "1", D.CKA_VIEW),
 }
 @dataclasses.dataclass
-class PhaseConfig:
+class PhaseConfig(Options):
     """Options of the phase analysis (recorded as JSON in the output).
 
     ``metrics``: matrices to compute (``cosine``, ``mse``, ``cka``; ``cka`` also gives
@@ -67,6 +74,27 @@ class PhaseConfig:
     the DP segmentation the swaps use (None: the selected k, at least 2); ``seed``: None
     takes the analysis seed.
     """
+
+    _what = "phase option"
+    _help = {
+        "metrics": "Matrices to compute: cosine, mse, cka (cka also gives cka_debiased).",
+        "views": "Token views of cosine and MSE: paper, cls, register, patch, all.",
+        "cka_views": "Token views of CKA (each costs ((L+1) D)^2 float64 numbers).",
+        "segment_metric": "Matrix the segmentations run on: cosine (the paper's), mse, cka, "
+                          "cka_debiased.",
+        "segment_view": "Token view of that matrix.",
+        "fractions": "Max-cut fractions f (eps = f * total distance).",
+        "k_max": "Largest number of phases of the contiguous (DP) segmentations.",
+        "min_size": "Fewest blocks per phase.",
+        "select_tolerance": "The selected k is the smallest within this of the best "
+                            "modularity.",
+        "swap_trials": "Random layer swaps per family (0: no swap test).",
+        "swap_samples": "Images used by the swap test (none: all).",
+        "swap_max_layers": "At most this many layers replaced per trial.",
+        "swap_k": "Phases of the DP segmentation the swaps use (none: the selected k, at "
+                  "least 2).",
+        "seed": "Seed of the swap trials (none: the run's seed).",
+    }
 
     metrics: tuple[str, ...] = ("cosine", "mse", "cka")
     views: tuple[str, ...] = VIEWS
@@ -109,13 +137,10 @@ class PhaseConfig:
         _positive_int(self.swap_trials, "swap_trials", minimum=0)
         _positive_int(self.swap_max_layers, "swap_max_layers")
         if self.swap_samples is not None:
-            _positive_int(self.swap_samples, "swap_samples")
+            _positive_int(self.swap_samples, "samples")
         if self.swap_k is not None:
             _positive_int(self.swap_k, "swap_k", minimum=2)
         return self
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 def _positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
@@ -128,15 +153,16 @@ class PhaseAnalysis:
     """Streaming phase analysis: ``update`` per batch, ``finish`` once, ``plot`` after."""
 
     name = "phases"
+    group = "phases"
 
     def __init__(self, config: PhaseConfig | None = None) -> None:
-        self.config = (config or PhaseConfig()).validate()
+        self.config = config or PhaseConfig()
         self._sim: DepthSimilarity | None = None
         self.num_samples = 0
 
-    def update(self, tb, ctx) -> None:
+    def update(self, tb: TrajectoryBatch, ctx: AnalysisContext) -> None:
         """Add one :class:`~depthflow.trajectory.TrajectoryBatch` (states on any device)."""
-        self.update_states(tb.states, ctx.token_kinds)
+        self.update_states(tb.states, ctx.layout.token_kinds)
 
     def update_states(self, states: torch.Tensor, token_kinds: Sequence[str]) -> None:
         """Add trajectories ``(B, L+1, T, D)`` with token kinds ``[cls, registers, ...]``."""
@@ -150,18 +176,17 @@ class PhaseAnalysis:
         self.num_samples += states.shape[0]
 
     # ------------------------------------------------------------------------ finish
-    def finish(self, ctx) -> Any:
-        """Matrices, segmentations, metrics and (with a model) the layer-swap test."""
-        import xarray as xr
-
+    def finish(self, ctx: AnalysisContext) -> xr.DataTree:
+        """Matrices, segmentations and metrics (the ``phases`` node) and, with a model, the
+        layer-swap test (its ``swap`` child)."""
         if self._sim is None:
             raise InputError("the phase analysis saw no trajectories")
         cfg = self.config
         result = self._sim.result()
         depths = self._sim.depths
-        ds = xr.Dataset(coords={D.DEPTH_I: (D.DEPTH_I, np.arange(depths), _attrs(
+        ds = xr.Dataset(coords={D.DEPTH_I: (D.DEPTH_I, np.arange(depths), attrs(
             "first depth (0 = embedded input, l = after block l)")), D.DEPTH_J: (
-            D.DEPTH_J, np.arange(depths), _attrs("second depth"))})
+            D.DEPTH_J, np.arange(depths), attrs("second depth"))})
         for key, (name, text, units, view_dim) in _MATRIX_VARS.items():
             views = result.get(key, {})
             if not views or (key == "mse" and "mse" not in cfg.metrics) or (
@@ -169,24 +194,22 @@ class PhaseAnalysis:
                 continue
             ds[name] = xr.DataArray(
                 np.stack([views[v].numpy() for v in views]), dims=(view_dim, D.DEPTH_I, D.DEPTH_J),
-                coords={view_dim: (view_dim, list(views), _attrs("token view", "",
+                coords={view_dim: (view_dim, list(views), attrs("token view", "",
                                                                   description=_VIEW_TEXT))},
-                attrs=_attrs(text, units))
+                attrs=attrs(text, units))
         distance = self._segment_matrix(result)
         ds = _merge(ds, segmentation_dataset(distance, cfg))
         matrix_var = _MATRIX_VARS[cfg.segment_metric][0]
-        ds["phase_label"].attrs.update(
+        ds["phase"].attrs.update(
             matrix=matrix_var, view=cfg.segment_view,
             distance=f"1 - {matrix_var}" if cfg.segment_metric.startswith("cka") else matrix_var)
-        ds.attrs["phase_config"] = cfg.to_json()
-        ds.attrs["phase_num_samples"] = self.num_samples
-        loaded = getattr(ctx, "loaded", None)
-        if cfg.swap_trials and loaded is not None and getattr(ctx, "source", None) is not None:
-            ds = _merge(ds, self._swap(ds, ctx))
-        else:
+        ds.attrs["config"] = cfg.to_json()
+        ds.attrs["num_samples"] = self.num_samples
+        if not (cfg.swap_trials and ctx.loaded is not None and ctx.source is not None):
             ds.attrs["swap_skipped"] = ("swap_trials=0" if not cfg.swap_trials else
                                         "no model or images to run the layer-swap test")
-        return ds
+            return xr.DataTree(ds)
+        return xr.DataTree(ds, children={"swap": xr.DataTree(self._swap(ds, ctx))})
 
     def _segment_matrix(self, result) -> np.ndarray:
         cfg = self.config
@@ -198,77 +221,60 @@ class PhaseAnalysis:
     def _swap(self, ds, ctx) -> Any:
         cfg = self.config
         k_avail = [int(k) for k in ds[D.NUM_PHASES].values]
-        want = cfg.swap_k or max(2, int(ds["phase_selected_k"]))
+        want = cfg.swap_k or max(2, int(ds["selected_k"]))
         if want not in k_avail:
-            import xarray as xr
-
-            return xr.Dataset(attrs={"swap_skipped": f"no contiguous segmentation with "
-                                                     f"k={want} (have k in {k_avail})"})
+            return xr.Dataset(attrs={"skipped": f"no contiguous segmentation with "
+                                                f"k={want} (have k in {k_avail})"})
         name = f"dp_k{want}"
-        labels = ds["phase_label"].sel({D.SEGMENTATION: name}).values
-        seed = cfg.seed if cfg.seed is not None else int(getattr(ctx, "seed", 0))
-        batches = swap.limited_batches(ctx.source, samples=cfg.swap_samples,
-                                       batch_size=ctx.batch_size,
-                                       preprocessing=ctx.preprocessing)
+        labels = ds["phase"].sel({D.SEGMENTATION: name}).values
+        seed = cfg.seed if cfg.seed is not None else ctx.seed
+        images = ctx.source.head(cfg.swap_samples)
+        batches = images.batches(ctx.batch_size, preprocessing=ctx.preprocessing)
         return swap_dataset(ctx.loaded.model, batches, labels, trials=cfg.swap_trials,
                             max_layers=cfg.swap_max_layers, seed=seed, device=ctx.device,
-                            dtype=ctx.dtype, segmentation=name,
-                            progress=bool(getattr(ctx, "progress", False)),
-                            total=min(len(ctx.source), cfg.swap_samples or len(ctx.source)))
+                            dtype=ctx.dtype, segmentation=name, progress=ctx.progress,
+                            total=len(images))
 
-    def plot(self, ds, out_dir: Path) -> list[Path]:
+    def plot(self, tree: xr.DataTree, out_dir: Path) -> list[Path]:
         """Heatmaps with phase boundaries (and the swap results) as PNGs in ``out_dir``."""
-        from .phase_plots import plot_phases
+        from depthflow.plots.phases import plot_phases
 
-        return plot_phases(ds, out_dir)
+        return plot_phases(tree[self.group], out_dir)
 
 
 # ----------------------------------------------------------------------- entry points
-def _context(loaded, source, *, batch_size: int, device: Any, dtype: str, seed: int,
-             progress: bool, token_kinds: Sequence[str]) -> types.SimpleNamespace:
-    from .analyze import model_preprocessing
-    from .trajectory import resolve_device
-
-    kinds = [k for k in D.TOKEN_KINDS if k in token_kinds]
-    return types.SimpleNamespace(
-        loaded=loaded, source=source,
-        preprocessing=model_preprocessing(loaded) if loaded is not None else None,
-        device=resolve_device(device), dtype=dtype, batch_size=batch_size, progress=progress,
-        seed=seed, token_kinds=list(token_kinds), kinds=kinds,
-        groups=[torch.tensor([i for i, t in enumerate(token_kinds) if t == k]) for k in kinds])
-
-
-def phase_dataset(loaded, source, *, config: PhaseConfig | None = None, batch_size: int = 64,
-                  device: Any = "cpu", dtype: str = "float32", seed: int = 0,
-                  progress: bool = False) -> Any:
-    """Stream ``source`` through ``loaded`` and return the phase Dataset (with swaps)."""
-    from .analyze import model_preprocessing
-    from .provenance import provenance
-    from .trajectory import iter_trajectories
-
+def phase_tree(loaded: LoadedModel, source: ImageSource, *, config: PhaseConfig | None = None,
+               batch_size: int = 64, device: Any = "cpu", dtype: str = "float32",
+               seed: int = 0, progress: bool = False) -> xr.DataTree:
+    """Stream ``source`` through ``loaded``; return a tree whose ``phases`` group holds the
+    matrices and segmentations (and ``phases/swap`` the layer-swap test), with provenance
+    at the root."""
     analysis = PhaseAnalysis(config)
-    _positive_int(batch_size, "batch_size")
+    check_int(batch_size, "batch_size")
     if len(source) == 0:
         raise InputError("no images to analyse")
+    preprocessing = model_preprocessing(loaded)
     ctx = None
-    for tb in iter_trajectories(loaded.model, source, preprocessing=model_preprocessing(loaded),
+    for tb in iter_trajectories(loaded.model, source, preprocessing=preprocessing,
                                 batch_size=batch_size, device=device, dtype=dtype,
                                 progress=progress):
         if ctx is None:
-            h, w = tb.batch.images.shape[-2:]
-            ctx = _context(loaded, source, batch_size=batch_size, device=device, dtype=dtype,
-                           seed=seed, progress=progress,
-                           token_kinds=loaded.model.token_kinds(h, w))
+            ctx = AnalysisContext(
+                layout=TokenLayout.of(loaded.model, *tb.batch.images.shape[-2:]),
+                loaded=loaded, source=source, preprocessing=preprocessing,
+                device=resolve_device(device), dtype=dtype, batch_size=batch_size, seed=seed,
+                progress=progress)
         analysis.update(tb, ctx)
-    ds = analysis.finish(ctx)
-    ds.attrs.update(provenance(config=dataclasses.asdict(analysis.config), extra={
+    tree = xr.DataTree(children={analysis.group: analysis.finish(ctx)})
+    tree.attrs = provenance(config=analysis.config.to_dict(), extra={
         "title": f"depthflow phases of {Path(str(loaded.source)).name}",
-        **loaded.provenance(), "images": source.describe(), "num_samples": len(source)}))
-    return ds
+        **loaded.provenance(), "images": source.describe(), "num_samples": len(source),
+        "depthflow_format_version": D.FORMAT_VERSION})
+    return tree
 
 
-def phase_dataset_from_file(path: str | os.PathLike[str], *, config: PhaseConfig | None = None,
-                            batch_size: int = 64) -> Any:
+def phase_tree_from_file(path: str | os.PathLike[str], *, config: PhaseConfig | None = None,
+                         batch_size: int = 64) -> xr.DataTree:
     """Phase matrices and segmentations from an analysis file holding ``state``
     (``depthflow analyze --states all``); no layer-swap test (no model)."""
     import netCDF4
@@ -293,14 +299,17 @@ def phase_dataset_from_file(path: str | os.PathLike[str], *, config: PhaseConfig
         for start in range(0, n, batch_size):
             chunk = np.asarray(state[start:start + batch_size], dtype=np.float32)
             analysis.update_states(torch.from_numpy(chunk), kinds)
-        ds = analysis.finish(types.SimpleNamespace(loaded=None, source=None))
-        ds.attrs.update({"title": f"depthflow phases of {p.name}", "trajectory_file": str(p),
-                         "checkpoint": getattr(nc, "checkpoint", "")})
-    return ds
+        layout = TokenLayout(tuple(kinds), 0, 0)
+        tree = xr.DataTree(children={analysis.group: analysis.finish(AnalysisContext(layout))})
+        tree.attrs = provenance(config=analysis.config.to_dict(), extra={
+            "title": f"depthflow phases of {p.name}", "trajectory_file": str(p),
+            "checkpoint": getattr(nc, "checkpoint", ""),
+            "depthflow_format_version": D.FORMAT_VERSION})
+    return tree
 
 
-def suggest_thresholds(loaded, source, *, k: int = 2, limit: int | None = 1024,
-                       batch_size: int = 64, device: str = "cpu",
+def suggest_thresholds(loaded: LoadedModel, source: ImageSource, *, k: int = 2,
+                       limit: int | None = 1024, batch_size: int = 64, device: str = "cpu",
                        progress: bool = False) -> list[int]:
     """Raptor thresholds for ``k`` phases from the paper's cosine distance on ``source``.
 
@@ -308,22 +317,18 @@ def suggest_thresholds(loaded, source, *, k: int = 2, limit: int | None = 1024,
     contiguous phases, else the optimal contiguous DP segmentation into ``k`` phases
     (phases of at least 2 blocks when they fit). Reads at most ``limit`` images.
     """
-    from .analyze import model_preprocessing
-    from .trajectory import iter_trajectories
-
     depth = loaded.config.depth
-    _positive_int(k, "k")
+    check_int(k, "k")
     if k > depth:
         raise ConfigError(f"k={k} is larger than the number of layers ({depth})")
     if k == 1:
         return []
-    if limit is not None:
-        _positive_int(limit, "limit")
+    check_int(limit, "limit", optional=True)
     analysis = PhaseAnalysis(PhaseConfig(metrics=("cosine",), views=("paper",),
                                          swap_trials=0))
     if len(source) == 0:
         raise InputError("no images to segment")
-    stream = iter_trajectories(loaded.model, _Limited(source, limit),
+    stream = iter_trajectories(loaded.model, source.head(limit),
                                preprocessing=model_preprocessing(loaded),
                                batch_size=batch_size, device=device, progress=progress)
     for tb in stream:
@@ -332,57 +337,3 @@ def suggest_thresholds(loaded, source, *, k: int = 2, limit: int | None = 1024,
     matrix = analysis._segment_matrix(analysis._sim.result())
     min_size = 2 if 2 * k <= depth else 1
     return seg.segment_into(matrix, k, min_size=min_size).thresholds or []
-
-
-class _Limited:
-    """The first ``limit`` images of a source, as a source (the original is unchanged)."""
-
-    def __init__(self, source, limit: int | None) -> None:
-        self.source, self.n = source, len(source) if limit is None else min(limit, len(source))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def batches(self, batch_size: int, *, preprocessing=None):
-        return swap.limited_batches(self.source, samples=self.n, batch_size=batch_size,
-                                    preprocessing=preprocessing)
-
-
-def run_phases(checkpoint: str | os.PathLike[str] | None, *,
-               images: str | os.PathLike[str] | None = None, limit: int | None = None,
-               arch: str | None = None, config: PhaseConfig | None = None,
-               batch_size: int = 64, device: str = "cpu", dtype: str = "float32",
-               seed: int = 0, output: str | os.PathLike[str] | None = None,
-               figures: str | os.PathLike[str] | None = None, overwrite: bool = False,
-               progress: bool = False) -> tuple[Any, list[Path]]:
-    """One call for ``depthflow phases``: checkpoint (or ``.nc`` trajectory file) -> phase
-    Dataset, optionally written to ``output`` (NetCDF) and ``figures``. Output paths are
-    checked before any work starts."""
-    from .io import check_output_path
-    from .netcdf import write_dataset
-    from .plots import check_figure_dir
-
-    config = (config or PhaseConfig()).validate()
-    if output is not None:
-        check_output_path(output, overwrite=overwrite)
-    if figures is not None:
-        check_figure_dir(figures, overwrite=overwrite)
-    if checkpoint is not None and str(checkpoint).endswith(".nc"):
-        if images is not None:
-            raise ConfigError("--images cannot be used with a trajectory file: its images "
-                              "are already in it")
-        ds = phase_dataset_from_file(checkpoint, config=config, batch_size=batch_size)
-    else:
-        from .checkpoints import load_model
-        from .data import open_images
-
-        loaded = load_model(checkpoint, arch=arch)
-        source = open_images(images, limit=limit)
-        ds = phase_dataset(loaded, source, config=config, batch_size=batch_size,
-                           device=device, dtype=dtype, seed=seed, progress=progress)
-    written: list[Path] = []
-    if output is not None:
-        written.append(write_dataset(ds, output, overwrite=overwrite))
-    if figures is not None:
-        written += PhaseAnalysis(config).plot(ds, Path(figures))
-    return ds, written

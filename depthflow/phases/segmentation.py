@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from depthflow.errors import ConfigError, InputError
 
 MAX_EXACT_NODES = 28
 """Largest matrix :func:`max_cut` enumerates: 2^27 bipartitions take a few seconds."""
@@ -66,6 +66,30 @@ def check_min_size(min_size: int) -> int:
 
 
 # ------------------------------------------------------------------- thresholds/labels
+def check_thresholds(thresholds: Sequence[int], depth: int, *,
+                     k: int | None = None) -> tuple[int, ...]:
+    """Validate thresholds against the teacher depth (and ``k`` when given)."""
+    if any(isinstance(t, (bool, np.bool_)) for t in thresholds):
+        raise ConfigError(f"thresholds must be integers, got {list(thresholds)!r}")
+    try:
+        values = tuple(int(t) for t in thresholds)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"thresholds must be integers, got {thresholds!r}") from exc
+    if any(float(t) != v for t, v in zip(thresholds, values)):
+        raise ConfigError(f"thresholds must be integers, got {list(thresholds)!r}")
+    if any(b <= a for a, b in zip(values[:-1], values[1:])) or \
+            any(not 1 <= t <= depth - 1 for t in values):
+        raise ConfigError(
+            f"thresholds {list(values)} do not partition layers 1..{depth}: expected strictly "
+            f"increasing integers in 1..{depth - 1} (the last layer of every segment but the "
+            f"final one), e.g. [{depth // 2}] for k=2")
+    if k is not None and len(values) != k - 1:
+        raise ConfigError(
+            f"k={k} needs {k - 1} threshold(s), got {len(values)} ({list(values)}); "
+            f"give k-1 thresholds or set k={len(values) + 1}")
+    return values
+
+
 def counts_from_thresholds(thresholds: Sequence[int], depth: int) -> tuple[int, ...]:
     """Raptor repetition counts from thresholds (last layer of every phase but the last).
 
@@ -73,14 +97,8 @@ def counts_from_thresholds(thresholds: Sequence[int], depth: int) -> tuple[int, 
     """
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         raise ConfigError(f"depth must be an integer >= 1, got {depth!r}")
-    th = list(thresholds)
-    if any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) for t in th):
-        raise ConfigError(f"thresholds must be integers, got {th!r}")
-    if any(not 1 <= t <= depth - 1 for t in th) or any(b <= a for a, b in zip(th, th[1:])):
-        raise ConfigError(f"thresholds must strictly increase inside 1..{depth - 1} "
-                          f"(last layer of each phase but the last), got {th!r}")
-    bounds = [0, *(int(t) for t in th), int(depth)]
-    return tuple(b - a for a, b in zip(bounds, bounds[1:]))
+    edges = (0, *check_thresholds(thresholds, int(depth)), int(depth))
+    return tuple(b - a for a, b in zip(edges[:-1], edges[1:]))
 
 
 def thresholds_from_counts(counts: Sequence[int]) -> list[int]:

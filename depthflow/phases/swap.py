@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
-from .trajectory import compute_context, resolve_device, resolve_dtype
+from depthflow.errors import ConfigError
+from depthflow.trajectory import compute_context, resolve_device, resolve_dtype
 
 FAMILIES = ("same", "different")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -227,17 +227,3 @@ def summarize(values: np.ndarray) -> np.ndarray:
     q = np.quantile(v, QUANTILES)
     return np.array([v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0, v.min(), *q, v.max()])
 
-
-def limited_batches(source, *, samples: int | None, batch_size: int, preprocessing):
-    """The first ``samples`` images of ``source`` (all when None), without changing it."""
-    seen = 0
-    for batch in source.batches(batch_size, preprocessing=preprocessing):
-        if samples is not None and seen + len(batch.labels) > samples:
-            keep = samples - seen
-            batch = dataclasses.replace(batch, images=batch.images[:keep],
-                                        labels=batch.labels[:keep], names=batch.names[:keep])
-        if len(batch.labels):
-            yield batch
-        seen += len(batch.labels)
-        if samples is not None and seen >= samples:
-            return

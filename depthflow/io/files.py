@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from depthflow.errors import OutputError
 
 
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -57,7 +57,7 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         if target.exists() and not overwrite:
             raise OutputError(
                 f"output {str(target)!r} appeared while writing; pass --overwrite to replace it")
-        os.chmod(tmp, 0o666 & ~_umask())          # mkstemp makes 0600; use the usual mode
+        os.chmod(tmp, 0o666 & ~umask())          # mkstemp makes 0600; use the usual mode
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -65,7 +65,7 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask

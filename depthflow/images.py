@@ -8,6 +8,8 @@ folders decode one batch at a time, arrays are memory-mapped.
 
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import os
 from collections.abc import Iterator, Sequence
@@ -17,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import InputError
+from depthflow.config import check_int
+from depthflow.errors import InputError
 
 DIGITS_TEST_SIZE = 0.25
 DIGITS_SPLIT_SEED = 0
@@ -76,7 +79,7 @@ class ImageSource:
     def __init__(self, labels: np.ndarray, names: Sequence[str], *,
                  class_names: Sequence[str] = ()) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.names = list(names)
+        self.names = unique_names(names)
         self.class_names = list(class_names)
 
     def __len__(self) -> int:
@@ -99,13 +102,34 @@ class ImageSource:
             yield Batch(images=images, labels=torch.from_numpy(self.labels[start:stop]),
                         names=self.names[start:stop])
 
-    def limit(self, n: int | None) -> ImageSource:
-        """Keep only the first ``n`` images (all when ``n`` is None)."""
-        if n is not None:
-            if n < 1:
-                raise InputError(f"limit must be >= 1, got {n}")
-            self.labels, self.names = self.labels[:n], self.names[:n]
-        return self
+    def head(self, n: int | None) -> ImageSource:
+        """The first ``n`` images as a new source (all when ``n`` is None); ``self`` is
+        unchanged."""
+        if n is None or n >= len(self):
+            return self
+        check_int(n, "limit")
+        subset = copy.copy(self)
+        subset.labels, subset.names = self.labels[:n], self.names[:n]
+        return subset
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` made unique by suffixing repeats (``a``, ``a#2``, ...), order kept, so that
+    a result file can index its samples by name."""
+    seen: dict[str, int] = {}
+    taken = set(map(str, names))
+    out = []
+    for name in map(str, names):
+        count = seen.get(name, 0) + 1
+        seen[name] = count
+        new = name
+        while count > 1 and (new := f"{name}#{count}") in taken:
+            count += 1
+        if new != name:
+            seen[name] = count
+            taken.add(new)
+        out.append(new)
+    return out
 
 
 def _prepare(raw: list[Tensor] | Tensor, preprocessing, names: Sequence[str]) -> Tensor:
@@ -367,4 +391,4 @@ def open_images(spec: str | os.PathLike[str] | None, *, limit: int | None = None
         else:
             raise InputError(
                 f"images {spec!r} is neither a folder nor a .npy/.npz array file")
-    return source.limit(limit)
+    return source.head(limit)

@@ -13,15 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dims as D
-from .plots import KIND_COLORS, _pyplot
-
-
-def _save(fig, path: Path, dpi: int) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    os.replace(tmp, path)
-    return path
+from depthflow import vocabulary as D
+from depthflow.plots import KIND_COLORS, pyplot, save_figure
 
 
 def fig_spectra(ds, plt):
@@ -156,13 +149,13 @@ def plot_dynamics(ds, out_dir: str | os.PathLike[str], *, dpi: int = 110) -> lis
     """Write one PNG per available figure into ``out_dir`` (created if missing)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     for name, (needs, draw) in FIGURES.items():
         if needs not in ds.variables:
             continue
         fig = draw(ds, plt)
         fig.tight_layout()
-        written.append(_save(fig, out / f"{name}.png", dpi))
+        written.append(save_figure(fig, out / f"{name}.png", dpi=dpi))
         plt.close(fig)
     return written

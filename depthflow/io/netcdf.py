@@ -1,9 +1,11 @@
-"""NetCDF output that a plain ``xr.open_dataset`` reads.
+"""NetCDF output that plain xarray reads: the root with ``xr.open_dataset(path)``, a group
+with ``xr.open_dataset(path, group="phases")``, everything with ``xr.open_datatree(path)``.
 
 :class:`StreamingWriter` appends per-sample variables batch by batch along an unlimited
 ``sample`` dimension (memory independent of the number of images) into a temporary file
-that is renamed into place only when :meth:`StreamingWriter.commit` succeeds.
-:func:`write_dataset` does the same for an in-memory ``xr.Dataset``.
+that is renamed into place only when :meth:`StreamingWriter.commit` succeeds; analyses add
+their results as groups (:meth:`StreamingWriter.add_tree`). :func:`write_dataset` writes an
+in-memory ``xr.Dataset`` the same atomic way.
 
 Attributes are made NetCDF-safe: ``None`` -> ``""``, bools -> ``0/1``, dicts and lists of
 mixed types -> JSON strings.
@@ -20,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OutputError
-from .io import atomic_path
+from depthflow.errors import OutputError
+from depthflow.io.files import atomic_path
 
 ENGINE = "netcdf4"
 CHUNK_BYTES = 1 << 20
@@ -66,6 +68,27 @@ def write_dataset(ds, path: str | os.PathLike[str], *, overwrite: bool = False,
     return Path(path)
 
 
+def write_tree(tree, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write an ``xr.DataTree`` atomically (temp file + rename), one NetCDF group per node,
+    with safe attributes."""
+    import xarray as xr
+
+    nodes = {}
+    for node in tree.subtree:
+        ds = node.to_dataset().copy()
+        ds.attrs = safe_attrs(ds.attrs)
+        for name in ds.variables:
+            ds[name].attrs = safe_attrs(ds[name].attrs)
+        nodes["/" + node.relative_to(tree) if node is not tree else "/"] = ds
+    clean = xr.DataTree.from_dict({k.replace("/.", "/"): v for k, v in nodes.items()})
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        try:
+            clean.to_netcdf(tmp, engine=ENGINE)
+        except OSError as exc:
+            raise OutputError(f"cannot write {str(path)!r}: {exc}") from exc
+    return Path(path)
+
+
 class StreamingWriter:
     """Write a NetCDF file incrementally along an unlimited ``sample`` dimension.
 
@@ -74,10 +97,11 @@ class StreamingWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False,
-                 sample_dim: str = "sample") -> None:
+                 sample_dim: str = "sample", sample_coords: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.overwrite = overwrite
         self.sample_dim = sample_dim
+        self.sample_coords = tuple(sample_coords)   # non-index coordinates on sample_dim
         self._ctx = atomic_path(self.path, overwrite=overwrite)
         self._tmp: Path | None = None
         self._nc = None
@@ -145,6 +169,10 @@ class StreamingWriter:
         if fill is not None:
             kwargs["fill_value"] = fill
         var = self._nc.createVariable(name, dtype, tuple(dims), **kwargs)
+        attrs = dict(attrs)
+        if dims and dims[0] == self.sample_dim and name not in (
+                self.sample_dim, *self.sample_coords) and self.sample_coords:
+            attrs.setdefault("coordinates", " ".join(self.sample_coords))
         var.setncatts(safe_attrs(attrs))
         if data is not None:
             arr = np.asarray(data, dtype=object if dtype is str else None)
@@ -180,43 +208,91 @@ class StreamingWriter:
     def write(self, name: str, value: Any) -> None:
         self._nc.variables[name][...] = np.asarray(value)
 
-    def add_dataset(self, ds, *, compress: bool = False) -> None:
-        """Add every variable of an ``xr.Dataset`` (coordinates included) to the file.
+    def add_tree(self, result, *, group: str, compress: bool = False) -> None:
+        """Write an ``xr.Dataset`` as group ``group``, or an ``xr.DataTree`` as ``group``
+        and its descendants (``group/child/...``)."""
+        import xarray as xr
 
-        Dimensions already in the file must have the same size (the ``sample`` dimension:
-        the number of samples appended so far); a coordinate already in the file must hold
-        the same values; any other name clash is an error. ``ds.attrs`` join the global
-        attributes.
+        if isinstance(result, xr.Dataset):
+            self.add_dataset(result, group=group, compress=compress)
+            return
+        for node in result.subtree:
+            path = "/".join(p for p in (group, node.relative_to(result)) if p not in ("", "."))
+            self.add_dataset(node.to_dataset(), group=path, compress=compress)
+
+    def add_dataset(self, ds, *, group: str | None = None, compress: bool = False) -> None:
+        """Add every variable of an ``xr.Dataset`` (coordinates included) to the file, at
+        the root or in ``group`` (a ``/``-separated path, created with its parents).
+
+        In the root, dimensions already in the file must have the same size (``sample``:
+        the number of samples appended so far), a coordinate already there must hold the
+        same values, and any other name clash is an error. A group defines its own
+        dimensions. Non-index coordinates are recorded in the CF ``coordinates`` attribute
+        of the variables they label, so xarray reads them back as coordinates.
+        ``ds.attrs`` become the group's attributes.
         """
-        for dim, size in ds.sizes.items():
-            have = self.n if dim == self.sample_dim else (
-                len(self._nc.dimensions[dim]) if dim in self._nc.dimensions else None)
-            if have is None:
-                self.dimension(dim, size)
-            elif have != size:
-                raise ValueError(f"dimension {dim!r} has size {have} in the file and {size} "
-                                 "in the added dataset")
+        target = self._nc if not group else self._group(group)
         with self._writing():
+            for dim, size in ds.sizes.items():
+                have = self._dim_size(target, dim)
+                if have is None:
+                    target.createDimension(dim, size)
+                elif have != size:
+                    raise ValueError(f"dimension {dim!r} has size {have} in "
+                                     f"{group or 'the root'} and {size} in the added dataset")
+            labels = [c for c in ds.coords if c not in ds.dims]
             for name, var in ds.variables.items():
-                values = np.asarray(var.values)
-                if name in self._nc.variables:
-                    if name in ds.coords and np.array_equal(
-                            np.asarray(self._nc.variables[name][...]), values):
-                        continue
-                    raise ValueError(f"variable {name!r} is already in the file")
-                if values.dtype.kind in "UO":
-                    dtype: Any = str
-                    values = values.astype(str).astype(object)
-                elif values.dtype.kind == "b":
-                    dtype, values = "i1", values.astype(np.int8)
-                else:
-                    dtype = values.dtype
-                fill = var.encoding.get("_FillValue")
-                self.variable(name, list(var.dims), dtype, attrs=var.attrs,
-                              compress=compress and values.size > 4096, fill=fill)
-                if values.ndim == 0:
-                    self._nc.variables[name].assignValue(values.item() if dtype is not str
-                                                         else str(values))
-                else:
-                    self._nc.variables[name][...] = values
-        self.attrs(ds.attrs)
+                self._add_variable(target, name, var, ds, labels, compress=compress)
+            target.setncatts(safe_attrs(ds.attrs))
+
+    def _group(self, path: str):
+        node = self._nc
+        for part in path.strip("/").split("/"):
+            node = node.groups[part] if part in node.groups else node.createGroup(part)
+        return node
+
+    def _dim_size(self, target, dim: str) -> int | None:
+        """Size of ``dim`` in ``target`` or, for a group, in its nearest ancestor that has
+        it (a group's dimension must match its ancestors': xarray aligns them)."""
+        node = target
+        while node is not None:
+            if dim in node.dimensions:
+                size = self.n if (node is self._nc and dim == self.sample_dim) else \
+                    len(node.dimensions[dim])
+                if node is not target:
+                    target.createDimension(dim, size)
+                return size
+            node = node.parent
+        return None
+
+    def _add_variable(self, target, name: str, var, ds, labels: list[str], *,
+                      compress: bool) -> None:
+        values = np.asarray(var.values)
+        if name in target.variables:
+            if name in ds.coords and np.array_equal(np.asarray(target.variables[name][...]),
+                                                    values):
+                return
+            raise ValueError(f"variable {name!r} is already in the file")
+        if values.dtype.kind in "UO":
+            dtype: Any = str
+            values = values.astype(str).astype(object)
+        elif values.dtype.kind == "b":
+            dtype, values = "i1", values.astype(np.int8)
+        else:
+            dtype = values.dtype
+        attrs = dict(var.attrs)
+        mine = [c for c in labels if c != name and set(ds[c].dims) <= set(var.dims)]
+        if mine and name not in ds.coords:
+            attrs["coordinates"] = " ".join(mine)
+        kwargs: dict[str, Any] = {}
+        if compress and values.size > 4096:
+            kwargs.update(zlib=True, complevel=1, shuffle=True)
+        fill = var.encoding.get("_FillValue")
+        if fill is not None:
+            kwargs["fill_value"] = fill
+        nc_var = target.createVariable(name, dtype, tuple(var.dims), **kwargs)
+        nc_var.setncatts(safe_attrs(attrs))
+        if values.ndim == 0:
+            nc_var.assignValue(values.item() if dtype is not str else str(values))
+        else:
+            nc_var[...] = values

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, InputError
+from depthflow.errors import ConfigError, InputError
 
 VIEWS = ("paper", "cls", "register", "patch", "all")
 METRICS = ("cosine", "mse", "cka")

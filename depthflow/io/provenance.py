@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import __version__
+from depthflow._version import __version__
 
 
 def versions() -> dict[str, str]:
@@ -27,7 +27,7 @@ def provenance(*, config: Mapping[str, Any], command: Sequence[str] | None = Non
     """Global attributes: versions, JSON config, command line, creation time."""
     v = versions()
     attrs: dict[str, Any] = {
-        "Conventions": "CF-1.8",
+        "Conventions": "CF-1.11",
         "source": "depthflow " + v["depthflow"],
         "history": datetime.datetime.now(datetime.timezone.utc).strftime(
             "%Y-%m-%dT%H:%M:%SZ") + " " + shlex.join(command if command is not None

