@@ -15,8 +15,8 @@ from torch.func import jacrev
 from depthflow import maps
 from depthflow.dynamics import oracles
 from depthflow.dynamics.finite_depth import (FiniteDepthStatus, Propagator,
-                                             finite_depth_spectrum, layer_stretching,
-                                             segment_spectra)
+                                             finite_depth_spectrum)
+from depthflow.dynamics.stretching import layer_stretching, segment_spectra
 from depthflow.errors import ConfigError, InputError
 
 from _models import tiny_vit
@@ -338,3 +338,26 @@ def test_bad_input(family):
         finite_depth_spectrum(f, x * float("nan"), k=2)
     with pytest.raises(ConfigError, match="DepthMap"):
         finite_depth_spectrum(lambda t, z: z, x, k=2)
+
+
+def test_one_layer_propagators_do_not_compose(family):
+    """Docs derivation: P_e..P_(s+1) = P exactly when later directions ignore intermediate
+    norms (a per-token linear family), not for a token-mixing nonlinear map."""
+    def chain(f, x, layers):
+        ops, z = [], x
+        for t in layers:
+            ops.append(Propagator(f, z, start=t - 1, stop=t))
+            z = f(t, z)
+        return ops
+
+    for f, x, n, composes in [
+            (family[0], family[2].repeat(2, 1), L, True),
+            (_mixing_map(), torch.randn(T_MIX, D_MIX, generator=_gen(11), dtype=F64), 3,
+             False)]:
+        whole = Propagator(f, x, start=0, stop=n)
+        v = whole.project_in(torch.randn(whole.x.shape, generator=_gen(12), dtype=F64))
+        w = v
+        for op in chain(f, x, range(1, n + 1)):
+            w = op.matvec(w)
+        gap = float((w - whole.matvec(v)).norm() / whole.matvec(v).norm())
+        assert (gap < 1e-12) if composes else (gap > 1e-3), gap
