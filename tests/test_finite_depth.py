@@ -361,3 +361,16 @@ def test_one_layer_propagators_do_not_compose(family):
             w = op.matvec(w)
         gap = float((w - whole.matvec(v)).norm() / whole.matvec(v).norm())
         assert (gap < 1e-12) if composes else (gap > 1e-3), gap
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    model = tiny_vit(0, dtype=F64)
+    img = torch.randn(2, 1, 8, 8, generator=_gen(0), dtype=F64)
+    with torch.no_grad():
+        x0 = model.embed(img)
+    cpu = finite_depth_spectrum(maps.from_model(model), x0, k=3, out_tokens=[0], tol=1e-10)
+    gpu_model = tiny_vit(0, dtype=F64).cuda()
+    gpu = finite_depth_spectrum(maps.from_model(gpu_model), x0.cuda(), k=3, out_tokens=[0],
+                                tol=1e-10)
+    torch.testing.assert_close(gpu.exponents, cpu.exponents, atol=1e-10, rtol=0)
