@@ -90,10 +90,15 @@ class Status(enum.IntEnum):
         return self.name.lower()
 
 
-def flag_attrs(status: type[enum.IntEnum], long_name: str, **extra: Any) -> dict[str, Any]:
-    """Attributes of an integer status variable: CF ``flag_values``/``flag_meanings``."""
+def flags(status: type[enum.IntEnum]) -> dict[str, Any]:
+    """CF ``flag_values``/``flag_meanings`` of an integer status enum."""
     import numpy as np
 
     members = list(status)
-    return attrs(long_name, "", flag_values=np.array([int(m) for m in members], dtype=np.int8),
-                 flag_meanings=" ".join(m.name.lower() for m in members), **extra)
+    return {"flag_values": np.array([int(m) for m in members], dtype=np.int8),
+            "flag_meanings": " ".join(m.name.lower() for m in members)}
+
+
+def flag_attrs(status: type[enum.IntEnum], long_name: str, **extra: Any) -> dict[str, Any]:
+    """Attributes of an integer status variable: CF ``flag_values``/``flag_meanings``."""
+    return attrs(long_name, "", **flags(status), **extra)

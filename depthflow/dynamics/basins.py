@@ -39,14 +39,24 @@ from depthflow import vocabulary as D
 from depthflow.errors import ConfigError, InputError
 from depthflow.maps import DepthMap, check_states, require_autonomous
 from depthflow.tokens import angle
-from depthflow.dynamics.lyapunov import is_sphere_map
+from depthflow.vocabulary import attrs
+from depthflow.vocabulary import Status, flags
 
 __all__ = ["BasinResult", "basins_fractions", "random_directions", "BASIN_STATUS"]
 
 START, BASIN, ATTRACTOR = D.BASIN_START, D.BASIN, D.ATTRACTOR
 
-BASIN_STATUS = {0: "assigned", 1: "not_converged", 2: "unassigned", 3: "nonfinite",
-                4: "minor_cluster"}
+class BasinStatus(Status):
+    """Outcome per end point of a basin run."""
+
+    ASSIGNED = 0            # within tol_angle of an attractor
+    NOT_CONVERGED = 1       # still moving after the iterations
+    UNASSIGNED = 2          # converged but near no attractor (label -1)
+    NONFINITE = 3           # the map returned NaN/inf
+    MINOR_CLUSTER = 4       # its cluster was beyond max_clusters (label -1)
+
+
+BASIN_STATUS = {int(s): s.meaning for s in BasinStatus}
 SCOPES = ("token", "state")
 
 
@@ -101,50 +111,45 @@ class BasinResult:
         basin = np.arange(-1, self.num_attractors)
         att_dims = (ATTRACTOR, D.FEATURE) if self.attractors.ndim == 2 else (
             ATTRACTOR, D.TOKEN, D.FEATURE)
-        flags = dict(flag_values=np.arange(len(BASIN_STATUS), dtype=np.int8),
-                     flag_meanings=" ".join(BASIN_STATUS.values()))
-        v = {f"{p}label": (pts, self.labels.numpy().astype(np.int32), _a(
+        status_flags = flags(BasinStatus)
+        v = {f"{p}label": (pts, self.labels.numpy().astype(np.int32), attrs(
                  "basin label of the end point (-1 = none)", "")),
-             f"{p}status": (pts, self.status.numpy().astype(np.int8), _a(
-                 "basin assignment status", "", **flags)),
-             f"{p}distance": (pts, self.distance.numpy(), _a(
+             f"{p}status": (pts, self.status.numpy().astype(np.int8), attrs(
+                 "basin assignment status", "", **status_flags)),
+             f"{p}distance": (pts, self.distance.numpy(), attrs(
                  "angle of the end point to its nearest attractor", "rad")),
-             f"{p}change": (pts, self.change.numpy(), _a(
+             f"{p}change": (pts, self.change.numpy(), attrs(
                  "largest per-step angle over the last steps (convergence)", "rad")),
-             f"{p}attractor": (att_dims, self.attractors.double().numpy(), _a(
+             f"{p}attractor": (att_dims, self.attractors.double().numpy(), attrs(
                  f"attractor directions ({self.found})", "1")),
-             f"{p}fraction": ((BASIN,), self.fractions.numpy(), _a("basin fraction")),
-             f"{p}fraction_stderr": ((BASIN,), self.stderr.numpy(), _a(
+             f"{p}fraction": ((BASIN,), self.fractions.numpy(), attrs("basin fraction")),
+             f"{p}fraction_stderr": ((BASIN,), self.stderr.numpy(), attrs(
                  "binomial standard error sqrt(p(1-p)/n) of the basin fraction")),
-             f"{p}count": ((BASIN,), self.counts.numpy().astype(np.int64), _a(
+             f"{p}count": ((BASIN,), self.counts.numpy().astype(np.int64), attrs(
                  "number of end points in the basin", ""))}
-        coords: dict[str, Any] = {BASIN: (BASIN, basin, _a("basin label (-1 = none)", "")),
+        coords: dict[str, Any] = {BASIN: (BASIN, basin, attrs("basin label (-1 = none)", "")),
                                   ATTRACTOR: (ATTRACTOR, np.arange(self.num_attractors),
-                                              _a("attractor index", ""))}
+                                              attrs("attractor index", ""))}
         if self.scope == "token":
-            coords[D.TOKEN] = (D.TOKEN, np.asarray(self.tokens), _a("token position"))
+            coords[D.TOKEN] = (D.TOKEN, np.asarray(self.tokens), attrs("token position"))
         if self.classes:
-            coords[D.CLASS] = (D.CLASS, np.asarray(self.classes), _a("class label index", ""))
+            coords[D.CLASS] = (D.CLASS, np.asarray(self.classes), attrs("class label index", ""))
             v[f"{p}fraction_by_class"] = ((D.CLASS, BASIN), self.fractions_by_class.numpy(),
-                                          _a("basin fraction per class of the start"))
+                                          attrs("basin fraction per class of the start"))
             v[f"{p}fraction_by_class_stderr"] = ((D.CLASS, BASIN),
                                                  self.stderr_by_class.numpy(),
-                                                 _a("binomial standard error per class"))
+                                                 attrs("binomial standard error per class"))
         if self.kinds:
-            coords[D.KIND] = (D.KIND, np.asarray(self.kinds), _a("token kind group", ""))
+            coords[D.KIND] = (D.KIND, np.asarray(self.kinds), attrs("token kind group", ""))
             v[f"{p}fraction_by_kind"] = ((D.KIND, BASIN), self.fractions_by_kind.numpy(),
-                                         _a("basin fraction per token kind"))
+                                         attrs("basin fraction per token kind"))
             v[f"{p}fraction_by_kind_stderr"] = ((D.KIND, BASIN), self.stderr_by_kind.numpy(),
-                                                _a("binomial standard error per token kind"))
+                                                attrs("binomial standard error per token kind"))
         ds = xr.Dataset(v, coords=coords)
         ds.attrs.update({f"{p}map": json.dumps(self.map_info, sort_keys=True),
                          f"{p}scope": self.scope, f"{p}attractors_from": self.found,
                          f"{p}settings": json.dumps(self.settings, sort_keys=True)})
         return ds
-
-
-def _a(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"long_name": long_name, "units": units, **extra}
 
 
 def basins_fractions(f: DepthMap, starts: Tensor | int, *, steps: int,
@@ -184,7 +189,7 @@ def basins_fractions(f: DepthMap, starts: Tensor | int, *, steps: int,
         if state_shape is None:
             raise ConfigError("starts given as a number needs state_shape=(T, D)")
         starts = random_directions(starts, state_shape, seed=seed)
-    x = check_states(starts, name="starts", unit=is_sphere_map(f))
+    x = check_states(starts, name="starts", unit=f.on_sphere)
     if x.ndim != 3:
         raise InputError(f"starts must be (N, T, D), got shape {tuple(x.shape)}")
     N, T, _ = x.shape

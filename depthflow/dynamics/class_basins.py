@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from ..errors import ConfigError, InputError
-from . import _class_stats as S
+from depthflow.errors import ConfigError, InputError
+from depthflow.dynamics import _class_stats as S
+from depthflow.vocabulary import attrs
 
 __all__ = ["ClassBasinResult", "class_basins", "check_labelled", "check_level", "as_numpy"]
 
@@ -188,44 +189,40 @@ _SHORT = {"ncm_accuracy": "ncm", "ami": "ami"}
 def _to_dataset(r: ClassBasinResult) -> xr.Dataset:
     v: dict[str, Any] = {}
     for name, (meaning, units) in _MEANING.items():
-        v[name] = ((DEPTH,), r.stats[name], _a(meaning, units))
-        v[f"{name}_low"] = ((DEPTH,), r.stats[f"{name}_low"], _a(f"{meaning}: lower "
+        v[name] = ((DEPTH,), r.stats[name], attrs(meaning, units))
+        v[f"{name}_low"] = ((DEPTH,), r.stats[f"{name}_low"], attrs(f"{meaning}: lower "
                             f"{r.config['level']:.0%} half-sampling bound", units))
-        v[f"{name}_high"] = ((DEPTH,), r.stats[f"{name}_high"], _a(f"{meaning}: upper "
+        v[f"{name}_high"] = ((DEPTH,), r.stats[f"{name}_high"], attrs(f"{meaning}: upper "
                              f"{r.config['level']:.0%} half-sampling bound", units))
     for name, short in _SHORT.items():
         v[f"{short}_null_mean"] = ((DEPTH,), r.stats[f"{short}_null_mean"],
-                                   _a(f"{name}: mean of the label-permutation null", "1"))
+                                   attrs(f"{name}: mean of the label-permutation null", "1"))
         v[f"{short}_p_value"] = ((DEPTH,), r.stats[f"{short}_p_value"],
-                                 _a(f"{name}: permutation p-value, Holm-adjusted over depths"))
+                                 attrs(f"{name}: permutation p-value, Holm-adjusted over depths"))
         v[f"{short}_p_value_raw"] = ((DEPTH,), r.stats[f"{short}_p_value_raw"],
-                                     _a(f"{name}: permutation p-value, unadjusted"))
+                                     attrs(f"{name}: permutation p-value, unadjusted"))
     v["within_dispersion_by_class"] = ((DEPTH, CLASS), r.stats["within_dispersion_by_class"],
-                                       _a("mean angle of cls to its class mean, per class",
+                                       attrs("mean angle of cls to its class mean, per class",
                                           "rad"))
     v["kmeans_cluster"] = ((DEPTH, IMAGE), r.clusters.astype(np.int32),
-                           _a("spherical k-means cluster of the cls direction", ""))
-    v["label"] = ((IMAGE,), r.classes[r.image_labels].astype(np.int64), _a("class label", ""))
-    v["entry_depth"] = ((IMAGE,), r.entry_depth.astype(np.int32), _a(
+                           attrs("spherical k-means cluster of the cls direction", ""))
+    v["label"] = ((IMAGE,), r.classes[r.image_labels].astype(np.int64), attrs("class label", ""))
+    v["entry_depth"] = ((IMAGE,), r.entry_depth.astype(np.int32), attrs(
         "first depth from which cls stays nearest its own depth-L class mean (cross-fitted)",
         "", flag_values=np.int32(NEVER), flag_meanings="never"))
-    v["entry_count"] = ((CLASS, ENTRY), r.entry_count().astype(np.int64), _a(
+    v["entry_count"] = ((CLASS, ENTRY), r.entry_count().astype(np.int64), attrs(
         "number of images of the class with this entry depth (-1 = never)", ""))
-    coords = {DEPTH: (DEPTH, r.depths, _a("depth (0 = embedding)", "")),
-              CLASS: (CLASS, r.classes, _a("class label", "")),
-              IMAGE: (IMAGE, r.image_ids, _a("sample id of the image", "")),
-              ENTRY: (ENTRY, np.arange(NEVER, len(r.depths)), _a("entry depth (-1 = never)",
+    coords = {DEPTH: (DEPTH, r.depths, attrs("depth (0 = embedding)", "")),
+              CLASS: (CLASS, r.classes, attrs("class label", "")),
+              IMAGE: (IMAGE, r.image_ids, attrs("sample id of the image", "")),
+              ENTRY: (ENTRY, np.arange(NEVER, len(r.depths)), attrs("entry depth (-1 = never)",
                                                                  ""))}
-    attrs = {"n_images": r.n_images, "n_excluded_unlabelled": r.excluded,
+    meta = {"n_images": r.n_images, "n_excluded_unlabelled": r.excluded,
              "config": json.dumps(r.config, sort_keys=True),
              "p_value_correction": "Holm over the depths tested",
              "min_attainable_p_value": len(r.depths) / (r.config["n_perm"] + 1),
              "token": "cls"}
-    return xr.Dataset(v, coords=coords, attrs=attrs)
-
-
-def _a(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"long_name": long_name, "units": units, **extra}
+    return xr.Dataset(v, coords=coords, attrs=meta)
 
 
 def _point(u, y, C, fold, clusters, ami) -> dict[str, np.ndarray]:

@@ -45,9 +45,10 @@ from torch.func import jvp as _jvp
 from torch.func import linearize as _linearize
 from torch.func import vjp as _vjp
 
-from ..errors import ConfigError, InputError
-from ..maps import DepthMap, tangent_project
-from . import _bidiag
+from depthflow.errors import ConfigError, InputError
+from depthflow.maps import DepthMap, tangent_project
+from depthflow.dynamics import _bidiag
+from depthflow.vocabulary import attrs, flag_attrs
 
 __all__ = ["KINDS", "JVP_MODES", "FiniteDepthStatus", "Propagator", "FiniteDepthResult",
            "finite_depth_spectrum"]
@@ -251,14 +252,8 @@ class Propagator:
 # ----------------------------------------------------------------------------- results
 
 
-def _a(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"long_name": long_name, "units": units, **extra}
-
-
 def _status_attrs(long_name: str) -> dict[str, Any]:
-    return _a(long_name, "1", flag_values=np.array([int(s) for s in FiniteDepthStatus],
-                                                    dtype=np.int8),
-              flag_meanings=FLAG_MEANINGS)
+    return flag_attrs(FiniteDepthStatus, long_name)
 
 
 DEFINITIONS = {
@@ -337,19 +332,19 @@ class FiniteDepthResult:
         k = self.exponents.shape[1]
         what = "state" if self.kind == "state" else "directional"
         ds = xr.Dataset(
-            {"lyapunov_exponent": ((SAMPLE, EXPONENT), self.exponents.numpy(), _a(
+            {"lyapunov_exponent": ((SAMPLE, EXPONENT), self.exponents.numpy(), attrs(
                 f"finite-depth Lyapunov exponent log(s_i)/(stop - start) of the {what} "
                 "propagator", "1/layer")),
-             "singular_value": ((SAMPLE, EXPONENT), self.singular_values.numpy(), _a(
+             "singular_value": ((SAMPLE, EXPONENT), self.singular_values.numpy(), attrs(
                  f"singular value s_i of the {what} propagator")),
-             "residual": ((SAMPLE, EXPONENT), self.residuals.numpy(), _a(
+             "residual": ((SAMPLE, EXPONENT), self.residuals.numpy(), attrs(
                  "relative residual ||A^T u_i - s_i v_i|| / s_1 of the singular triplet")),
              "status": ((SAMPLE,), self.status.numpy().astype(np.int8),
                         _status_attrs("finite-depth spectrum solver status")),
-             "applications": ((SAMPLE,), self.applications.numpy(), _a(
+             "applications": ((SAMPLE,), self.applications.numpy(), attrs(
                  "propagator applications used (one JVP chain + one VJP chain each)"))},
             coords={EXPONENT: (EXPONENT, np.arange(1, k + 1),
-                               _a("exponent index (1 = largest)"))})
+                               attrs("exponent index (1 = largest)"))})
         ds.attrs.update(self.attrs())
         return ds
 

@@ -1,29 +1,34 @@
-"""Finite-time Lyapunov spectra of depth maps (``lyapunovspectrum`` by QR).
+"""Asymptotic Lyapunov spectra of ITERATED AUTONOMOUS maps (``lyapunovspectrum`` by QR).
 
-``k`` tangent vectors ``Q`` (orthonormal in the flattened ``T*D`` state space) ride along a
-trajectory ``x_{n} = F_{t_n}(x_{n-1})``: each step pushes them through the Jacobian with
-batched forward-mode JVPs (:func:`torch.func.vmap` over the tangents), then re-orthonormalises
-them by a thin QR decomposition ``J Q = Q' R``. The exponents are the means of ``log |R_ii|``
-per step (natural log, per layer or per iteration), largest first as they come out of QR.
+``k`` tangent vectors ``Q`` (orthonormal in the flattened ``T*D`` state space) ride along an
+orbit ``x_{n+1} = F(x_n)`` of an autonomous map (a frozen layer ``maps.frozen(F, t)``, a
+Raptor block at a frozen depth index, a composed phase): each step pushes them through the
+Jacobian with batched forward-mode JVPs (:func:`torch.func.vmap` over the tangents) and
+re-orthonormalises them by a thin QR decomposition ``J Q = Q' R``. The first ``transient``
+steps move the state towards its attractor and align the frame with the Oseledets
+directions; they are not averaged. The exponents are then the means of ``log |R_jj|`` over
+the ``steps`` averaged iterations (natural log, per iteration).
 
-* Non-autonomous (a depth-indexed family): ``t`` runs over ``F.depths`` (or ``depths``), one
-  step per layer, along the real trajectory from ``x0``: a finite-time spectrum over depth.
-* Autonomous (a frozen layer, a phase, a Raptor block): ``steps`` iterations.
+This is the standard ASYMPTOTIC method and only that: over a finite number of steps from a
+random frame it does not give the singular values of the propagator (it gives roughly the
+RMS stretch of a random direction, unsorted and seed-dependent). Depth-indexed maps (the
+real model over its layers) are refused: use the finite-depth spectra
+(:mod:`depthflow.dynamics.finite_depth`).
 
-On sphere maps (:func:`depthflow.maps.sphere`, or ``tangent=True``) the states are unit token
-directions and the tangents live in the tangent space: initial tangents are projected with
-``(I - u u^T)`` per token, so no spurious radial exponent appears.
-
-Convergence: the running estimate after every step is kept; ``change`` is the largest change
-of any exponent over the last ``window`` steps and a sample counts as converged when
-``change <= tol``. Non-finite maps or tangents are flagged per sample (status), never raised.
+Convergence (reported, never assumed): the running estimate after every averaged step is
+kept; ``change`` is the largest change of any exponent over the last ``window`` steps and a
+sample is ``converged`` when ``change <= tol``. Only converged spectra are sorted (largest
+first); the others stay in QR column order and are flagged (``sorted = 0``). On sphere maps
+(:func:`depthflow.maps.sphere`, or ``tangent=True``) the tangents live in the tangent space
+(projected with ``(I - u u^T)`` per token), so no spurious radial exponent appears.
+Non-finite maps or tangents are flagged per sample (status), never raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,36 +39,66 @@ from torch.func import vmap
 from depthflow import vocabulary as D
 from depthflow.errors import ConfigError
 from depthflow.maps import ComposedMap, DepthMap, FrozenMap, SphereMap, check_states, tangent_project
+from depthflow.vocabulary import attrs
+from depthflow.vocabulary import flags
 
-__all__ = ["LyapunovResult", "lyapunov_spectrum", "is_sphere_map", "LYAP_STATUS"]
+__all__ = ["LyapunovResult", "LyapunovStatus", "lyapunov_spectrum", "LYAP_STATUS"]
 
 EXPONENT, ITERATION = D.EXPONENT, D.ITERATION
 
-LYAP_STATUS = {0: "converged", 1: "not_converged", 2: "nonfinite", 3: "collapsed"}
-"""Status flags: ``collapsed`` = some ``R_ii`` is exactly zero (a rank-deficient Jacobian:
-the exponent is ``-inf``, which is an answer, not an error)."""
+
+class LyapunovStatus(enum.IntEnum):
+    """Outcome per sample; ``message`` says what to do about it."""
+
+    CONVERGED = 0
+    NOT_CONVERGED = 1
+    NONFINITE = 2
+    COLLAPSED = 3
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
 
 
-def is_sphere_map(f: DepthMap) -> bool:
-    """Whether ``f`` acts on unit token directions (a sphere wrapper, possibly frozen or
-    composed)."""
-    while isinstance(f, (FrozenMap, ComposedMap)):
-        f = f.base
-    return isinstance(f, SphereMap)
+_MESSAGES = {
+    LyapunovStatus.CONVERGED: ("converged: no exponent changed by more than tol over the "
+                               "last window iterations; exponents sorted"),
+    LyapunovStatus.NOT_CONVERGED: (
+        "not converged: an exponent still changed by more than tol over the last window "
+        "iterations; exponents left in QR order (unsorted). Raise steps or transient"),
+    LyapunovStatus.NONFINITE: ("the map or its JVP returned NaN/inf along this orbit: check "
+                               "the map and the start"),
+    LyapunovStatus.COLLAPSED: (
+        "some |R_jj| is exactly zero (a rank-deficient Jacobian): that exponent is -inf, an "
+        "answer rather than an error; exponents left in QR order"),
+}
+
+LYAP_STATUS = {int(s): s.name.lower() for s in LyapunovStatus}
+"""``{value: name}`` of :class:`LyapunovStatus` (kept for older callers)."""
+
+FINITE_DEPTH_HINT = ("finite-depth spectra (depthflow.dynamics.finite_depth): "
+                     "lyapunov_spectrum_finite gives log(s_i(Phi)) / (e - s) of the "
+                     "propagator of a depth-indexed map")
 
 
 @dataclasses.dataclass
 class LyapunovResult:
-    """Finite-time Lyapunov spectrum of ``N`` starts.
+    """Asymptotic Lyapunov spectrum of ``N`` orbits of an autonomous map.
 
     Attributes
     ----------
-    exponents : (N, k) float64, mean ``log |R_ii|`` per step after the transient.
-    running : (N, S, k) float64, the estimate after each averaged step.
-    stretch : (N, S, k) float64, the per-step ``log |R_ii|`` (local exponents).
-    change : (N,) largest change of an exponent over the last ``window`` steps.
-    status : (N,) int8, see :data:`LYAP_STATUS`.
-    step_index : (S,) the depth index ``t`` (non-autonomous) or iteration of each step.
+    exponents : (N, k) float64
+        Mean ``log |R_jj|`` per iteration after the transient: sorted (largest first) where
+        ``sorted`` is True (converged), in QR column order elsewhere.
+    running : (N, S, k) float64
+        The estimate after each averaged iteration (QR column order).
+    stretch : (N, S, k) float64
+        The per-iteration ``log |R_jj|`` (QR column order).
+    change : (N,)
+        Largest change of an exponent over the last ``window`` iterations.
+    status : (N,) int8 of :class:`LyapunovStatus`
+    sorted : (N,) bool
+    iteration : (S,) index of each averaged iteration (``transient + 1 ..``).
     final_state, final_tangents : (N, T, D), (N, k, T, D) where the run ended.
     """
 
@@ -72,8 +107,8 @@ class LyapunovResult:
     stretch: Tensor
     change: Tensor
     status: Tensor
-    step_index: np.ndarray
-    autonomous: bool
+    sorted: Tensor
+    iteration: np.ndarray
     tangent: bool
     transient: int
     window: int
@@ -85,75 +120,73 @@ class LyapunovResult:
 
     @property
     def success(self) -> Tensor:
-        return self.status == 0
+        return self.status == LyapunovStatus.CONVERGED
+
+    @property
+    def messages(self) -> list[str]:
+        return [LyapunovStatus(int(s)).message for s in self.status]
 
     @property
     def criterion(self) -> str:
         return (f"converged when max_j |lambda_j(S) - lambda_j(S - {self.window})| <= "
-                f"{self.tol:g} (running means of log|R_jj| per step)")
+                f"{self.tol:g} (running means of log|R_jj| per iteration)")
 
-    def to_dataset(self, *, prefix: str = "dyn_lyap_"):
-        """``xr.Dataset``: exponents, running estimates, local stretches, status."""
+    def to_dataset(self):
+        """``xr.Dataset`` with plain names: ``lyapunov_exponent``, ``running``, ``stretch``,
+        ``change``, ``status``, ``sorted`` (dims ``sample``, ``iteration``, ``exponent``)."""
         import xarray as xr
 
-        it = ITERATION if self.autonomous else D.STEP
         k = self.exponents.shape[1]
-        step_name = "iteration" if self.autonomous else "step (layer t)"
-        coords = {EXPONENT: (EXPONENT, np.arange(1, k + 1), _a("Lyapunov exponent index "
-                                                               "(1 = largest)")),
-                  it: (it, np.asarray(self.step_index), _a(step_name))}
-        p = prefix
+        coords = {EXPONENT: (EXPONENT, np.arange(1, k + 1), attrs(
+                      "exponent index (1 = largest where sorted = 1; QR column otherwise)")),
+                  ITERATION: (ITERATION, np.asarray(self.iteration), attrs(
+                      "iteration of the autonomous map (after the transient)"))}
+        status_flags = flags(LyapunovStatus)
         ds = xr.Dataset(
-            {f"{p}exponent": ((D.SAMPLE, EXPONENT), self.exponents.numpy(), _a(
-                "finite-time Lyapunov exponent: mean log|R_jj| per step", "1/step")),
-             f"{p}running": ((D.SAMPLE, it, EXPONENT), self.running.numpy(), _a(
-                 "running Lyapunov estimate after each step", "1/step")),
-             f"{p}stretch": ((D.SAMPLE, it, EXPONENT), self.stretch.numpy(), _a(
-                 "local stretch log|R_jj| of one step", "1")),
-             f"{p}change": ((D.SAMPLE,), self.change.numpy(), _a(
-                 f"largest change of an exponent over the last {self.window} steps",
-                 "1/step")),
-             f"{p}status": ((D.SAMPLE,), self.status.numpy().astype(np.int8), _a(
-                 "Lyapunov run status", "", flag_values=np.arange(len(LYAP_STATUS),
-                                                                  dtype=np.int8),
-                 flag_meanings=" ".join(LYAP_STATUS.values())))},
+            {"lyapunov_exponent": ((D.SAMPLE, EXPONENT), self.exponents.numpy(), attrs(
+                "asymptotic Lyapunov exponent: mean log|R_jj| per iteration after the "
+                "transient", "1/iteration")),
+             "running": ((D.SAMPLE, ITERATION, EXPONENT), self.running.numpy(), attrs(
+                 "running Lyapunov estimate after each iteration (QR column order)",
+                 "1/iteration")),
+             "stretch": ((D.SAMPLE, ITERATION, EXPONENT), self.stretch.numpy(), attrs(
+                 "local stretch log|R_jj| of one iteration (QR column order)")),
+             "change": ((D.SAMPLE,), self.change.numpy(), attrs(
+                 f"largest change of an exponent over the last {self.window} iterations",
+                 "1/iteration")),
+             "status": ((D.SAMPLE,), self.status.numpy().astype(np.int8), attrs(
+                 "Lyapunov run status", "1", **status_flags)),
+             "sorted": ((D.SAMPLE,), self.sorted.numpy().astype(np.int8), attrs(
+                 "exponents sorted largest first (only when converged)", "1",
+                 flag_values=np.array([0, 1], np.int8), flag_meanings="qr_order sorted"))},
             coords=coords)
-        ds.attrs.update({f"{p}map": json.dumps(self.map_info, sort_keys=True),
-                         f"{p}tangent_space": int(self.tangent),
-                         f"{p}autonomous": int(self.autonomous),
-                         f"{p}transient": self.transient,
-                         f"{p}criterion": self.criterion,
-                         f"{p}method": "QR re-orthonormalisation of "
-                                       + ("vmapped" if self.batch else "looped") + " JVPs"})
+        ds.attrs.update({"analysis": "lyapunov_asymptotic",
+                         "map": json.dumps(self.map_info, sort_keys=True),
+                         "tangent_space": int(self.tangent), "transient": int(self.transient),
+                         "window": int(self.window), "tol": float(self.tol),
+                         "criterion": self.criterion,
+                         "method": "QR re-orthonormalisation of "
+                                   + ("vmapped" if self.batch else "looped")
+                                   + " JVPs along an orbit of an autonomous map, after a "
+                                     "transient that aligns the frame"})
         return ds
 
 
-def _a(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"long_name": long_name, "units": units, **extra}
-
-
-def _schedule(f: DepthMap, depths: Sequence[int] | None, steps: int | None,
-              transient: int) -> list[int | None]:
+def _check_map(f: DepthMap, steps: int, transient: int) -> None:
     if not isinstance(f, DepthMap):
         raise ConfigError(f"lyapunov_spectrum needs a depthflow.maps.DepthMap, got "
                           f"{type(f).__name__}; wrap functions with maps.from_function")
-    if transient < 0:
-        raise ConfigError(f"transient must be >= 0, got {transient}")
-    if f.autonomous:
-        if depths is not None:
-            raise ConfigError(f"{f.name} is autonomous: give steps=N, not depths")
-        if steps is None or int(steps) < 1:
-            raise ConfigError(f"an autonomous map needs steps >= 1 iterations, got {steps!r}")
-        return [None] * (int(steps) + transient)
-    if steps is not None:
-        raise ConfigError(f"{f.name} is depth-indexed: its steps are its layers; to iterate "
-                          "one layer use maps.frozen(F, t) (or maps.compose for a phase)")
-    seq = list(f.depths if depths is None else depths)
-    for t in seq:
-        f.check_depth(t)
-    if len(seq) <= transient:
-        raise ConfigError(f"transient={transient} leaves no layer of {len(seq)} to average")
-    return seq
+    if not f.autonomous:
+        raise ConfigError(
+            f"lyapunov_spectrum is the asymptotic QR method for iterated autonomous maps; "
+            f"{f.name} is depth-indexed (t in {f.describe()['depths']}). For the real model "
+            f"over its layers use {FINITE_DEPTH_HINT}; to iterate one layer or Raptor block "
+            "use maps.frozen(F, t)")
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps (averaged iterations) must be an integer >= 1, got "
+                          f"{steps!r}")
+    if not isinstance(transient, int) or transient < 0:
+        raise ConfigError(f"transient must be an integer >= 0, got {transient!r}")
 
 
 def _flat(q: Tensor) -> Tensor:
@@ -166,33 +199,33 @@ def _unflat(m: Tensor, shape: torch.Size) -> Tensor:
     return m.transpose(1, 2).reshape(shape)
 
 
-def lyapunov_spectrum(f: DepthMap, x0: Tensor, *, k: int = 8,
-                      depths: Sequence[int] | None = None, steps: int | None = None,
-                      transient: int = 0, seed: int = 0, batch: bool = True,
+def lyapunov_spectrum(f: DepthMap, x0: Tensor, *, steps: int, k: int = 8,
+                      transient: int = 100, seed: int = 0, batch: bool = True,
                       tangent: bool | None = None, window: int | None = None,
                       tol: float = 1e-3) -> LyapunovResult:
-    """Top-``k`` finite-time Lyapunov exponents of ``f`` from ``x0``.
+    """Top-``k`` asymptotic Lyapunov exponents of an autonomous map ``f`` from ``x0``.
 
     Parameters
     ----------
     f : DepthMap
-        Depth-indexed (``t`` runs over ``depths`` or ``f.depths``) or autonomous (``steps``).
+        Autonomous (``maps.frozen(F, t)``, ``maps.compose(F, s, e)``, a sphere wrapper of
+        one). Depth-indexed maps raise :class:`~depthflow.errors.ConfigError`.
     x0 : (T, D) or (N, T, D) tensor
         Start state(s); unit token directions for sphere maps (normalised here).
+    steps : iterations averaged after the transient.
     k : number of exponents (at most the state or tangent-space dimension).
-    transient : first steps that move the state and align the tangents, not averaged.
-    seed : seed of the random initial tangents.
-    batch : vmapped JVPs over the ``k`` tangents (``False``: one JVP per tangent, a loop).
+    transient : first iterations that move the state and align the frame, not averaged.
+    seed : seed of the random initial frame (converged exponents do not depend on it).
+    batch : vmapped JVPs over the ``k`` tangents (``False``: one JVP per tangent).
     tangent : project on the sphere's tangent space (default: when ``f`` is a sphere map).
-    window, tol : convergence criterion (default window: a quarter of the averaged steps).
+    window, tol : convergence criterion (default window: a quarter of ``steps``).
     """
-    schedule = _schedule(f, depths, steps, transient)
-    x = check_states(x0, name="x0", unit=bool(tangent) or is_sphere_map(f))
-    single = x.ndim == 2
-    x = x.unsqueeze(0) if single else x
+    _check_map(f, steps, transient)
+    x = check_states(x0, name="x0", unit=bool(tangent) or f.on_sphere)
+    x = x.unsqueeze(0) if x.ndim == 2 else x
     if x.ndim != 3:
         raise ConfigError(f"x0 must be (T, D) or (N, T, D), got shape {tuple(x0.shape)}")
-    tangent = is_sphere_map(f) if tangent is None else bool(tangent)
+    tangent = f.on_sphere if tangent is None else bool(tangent)
     if tangent:
         x = x / x.norm(dim=-1, keepdim=True)
     N, T, Dm = x.shape
@@ -205,12 +238,11 @@ def lyapunov_spectrum(f: DepthMap, x0: Tensor, *, k: int = 8,
     if tangent:
         q = tangent_project(x.unsqueeze(1), q)
     q = _unflat(torch.linalg.qr(_flat(q)).Q, q.shape)
-    n_avg = len(schedule) - transient
-    stretch = torch.zeros(N, n_avg, k, dtype=torch.float64)
+    stretch = torch.zeros(N, steps, k, dtype=torch.float64)
     bad = torch.zeros(N, dtype=torch.bool)
     with torch.no_grad():
-        for n, t in enumerate(schedule):
-            y, jq = _push(f, t, x, q, tangent, batch)
+        for n in range(transient + steps):
+            y, jq = _push(f, None, x, q, tangent, batch)
             if tangent:
                 jq = tangent_project(y.unsqueeze(1), jq)
             fin = torch.isfinite(y).flatten(1).all(1) & torch.isfinite(jq).flatten(1).all(1)
@@ -222,8 +254,7 @@ def lyapunov_spectrum(f: DepthMap, x0: Tensor, *, k: int = 8,
                 diag = torch.diagonal(qr.R, dim1=-2, dim2=-1).abs().double().cpu()
                 stretch[:, n - transient] = diag.log()
             x = torch.where(fin[:, None, None], y, x)
-    return _summarise(stretch, bad, schedule[transient:], f, tangent, transient, window, tol,
-                      x, q, batch)
+    return _summarise(stretch, bad, f, tangent, transient, window, tol, x, q, batch)
 
 
 def _push(f: DepthMap, t: int | None, x: Tensor, q: Tensor, tangent: bool,
@@ -238,9 +269,9 @@ def _push(f: DepthMap, t: int | None, x: Tensor, q: Tensor, tangent: bool,
     return outs[0][0], torch.stack([o[1] for o in outs], dim=1)
 
 
-def _summarise(stretch: Tensor, bad: Tensor, schedule: list[int | None], f: DepthMap,
-               tangent: bool, transient: int, window: int | None, tol: float, x: Tensor,
-               q: Tensor, batch: bool) -> LyapunovResult:
+def _summarise(stretch: Tensor, bad: Tensor, f: DepthMap, tangent: bool, transient: int,
+               window: int | None, tol: float, x: Tensor, q: Tensor,
+               batch: bool) -> LyapunovResult:
     n_avg = stretch.shape[1]
     count = torch.arange(1, n_avg + 1, dtype=torch.float64)[None, :, None]
     with np.errstate(invalid="ignore"):
@@ -253,17 +284,17 @@ def _summarise(stretch: Tensor, bad: Tensor, schedule: list[int | None], f: Dept
     else:
         change = torch.full((stretch.shape[0],), float("nan"), dtype=torch.float64)
     collapsed = torch.isneginf(stretch).flatten(1).any(1)
-    status = torch.where(change <= tol, 0, 1)
-    status = torch.where(collapsed, 3, status)
-    status = torch.where(bad, 2, status).to(torch.int8)
+    status = torch.where(change <= tol, int(LyapunovStatus.CONVERGED),
+                         int(LyapunovStatus.NOT_CONVERGED))
+    status = torch.where(collapsed, int(LyapunovStatus.COLLAPSED), status)
+    status = torch.where(bad, int(LyapunovStatus.NONFINITE), status).to(torch.int8)
     running[bad] = float("nan")
     stretch[bad] = float("nan")
-    exponents = running[:, -1].clone()
     change[bad] = float("nan")
-    autonomous = f.autonomous
-    index = np.arange(1, n_avg + 1) + (transient if autonomous else 0)
-    if not autonomous:
-        index = np.asarray(schedule, dtype=np.int64)
-    return LyapunovResult(exponents, running, stretch, change, status, index, autonomous,
-                          tangent, transient, window, float(tol), f.describe(),
-                          x.detach(), q.detach(), batch)
+    exponents = running[:, -1].clone()
+    ok = status == LyapunovStatus.CONVERGED
+    exponents[ok] = exponents[ok].sort(dim=1, descending=True).values
+    index = np.arange(transient + 1, transient + n_avg + 1)
+    return LyapunovResult(exponents, running, stretch, change, status, ok.clone(), index,
+                          tangent, transient, window, float(tol), f.describe(), x.detach(),
+                          q.detach(), batch)

@@ -1,117 +1,247 @@
 """Perturbation recovery (self-correction) along real trajectories of a depth-indexed map.
 
-Protocol (SCIENCE.md section 5; magnitudes are parameters): run the reference trajectory
-``x_l`` from ``x0`` through the layers of ``f``; at an injection depth ``l0`` rotate every
-token's direction by the angle ``theta`` in a tangent direction ``w_i`` while keeping its norm,
+Protocol (SCIENCE.md section 5; magnitudes are parameters). Run the reference trajectory
+``x_l`` from ``x0``; at an injection depth ``l0`` rotate token ``i``'s direction by the angle
+``theta * rho_i`` towards the unit tangent ``w_i / rho_i`` (``rho_i = ||w_i||``), keeping its
+norm::
 
-    x'_l0,i = ||x_l0,i|| (cos(theta) x_hat_l0,i + sin(theta) w_i),
+    x'_l0,i = ||x_l0,i|| (cos(theta rho_i) u_l0,i + sin(theta rho_i) w_i / rho_i),
 
-run the remaining layers ``l0+1..L`` and record the angle between ``x'_l,i`` and ``x_l,i`` at
-every later depth. The recovery ratio is ``angle_L / theta`` (< 1: the perturbation shrank).
+run the real blocks ``l0+1..L`` and measure, at every later depth, the angle of each token to
+the unperturbed trajectory. Definitions:
 
-Directions: ``"random"`` (per token, uniform on the tangent sphere, ``n_directions`` draws)
-or ``"adversarial"``: the top ``n_directions`` right singular vectors of the tangent Jacobian
-of layer ``l0+1`` as a sphere map at the trajectory's own token norms (the input directions
-whose angle grows most in that layer; block subspace iteration on JVPs/VJPs),
-restricted per token to its tangent space and normalised per token (a token whose part is
-zero gets a random direction). Where the top singular value is degenerate across tokens the
-per-token directions are a mix, not each token's own worst direction.
+* a kind's angle ``a_K(l)`` is the root-mean-square over its tokens of the per-token angles
+  (for one token, its angle);
+* directions ``w`` are normalised so that the RMS of ``rho_i`` over ALL tokens is 1: the
+  RMS injected angle over all tokens is ``theta``;
+* the recovery curve of kind ``K`` is ``a_K(l) / theta`` for ``l = l0..L`` (NaN before
+  ``l0``), summarised as the MEDIAN over images with a bootstrap percentile interval over
+  images (random draws are first averaged per image) -- never an average of per-layer
+  rates, which telescopes back to the final ratio.
+
+Directions: ``"random"``: every token rotated by exactly ``theta`` (``rho_i = 1``) along an
+independent uniform tangent direction, drawn from a generator keyed by
+``(seed, sample_index, l0)``, so results do not depend on batching. ``"adversarial"`` (one per
+kind): ``w = sqrt(T) v_K`` with ``v_K`` the top right singular vector of the all-tokens-in ->
+kind-out directional propagator ``P_K`` from ``l0`` to ``L`` (:class:`DirectionalPropagator`),
+from a pluggable solver (default :func:`top_singular_direction`) whose convergence is recorded
+per sample (``adversarial_status``). In the linear limit the adversarial curve ends at
+``sqrt(T / |K|) s_1(P_K)``, the largest final ``a_K / theta`` over all perturbations with
+RMS angle ``theta``; its tokens can turn by more than ``theta`` (all of the budget may sit
+on a few tokens), which the curve at ``l0`` shows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
-from collections.abc import Sequence
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+import xarray as xr
 from torch import Tensor
 
 from depthflow import vocabulary as D
-from depthflow.errors import ConfigError
-from depthflow.maps import DepthMap, check_states, sphere, tangent_project
+from depthflow.errors import ConfigError, InputError
+from depthflow.maps import DepthMap, check_states, tangent_project
 from depthflow.tokens import angle
+from depthflow.dynamics._propagator import DirectionalPropagator, start_seed, top_singular_direction
+from depthflow.vocabulary import attrs
+from depthflow.vocabulary import flag_attrs
 
-__all__ = ["RecoveryResult", "perturbation_recovery", "DIRECTIONS"]
+__all__ = ["RecoveryResult", "AdversarialStatus", "perturbation_recovery",
+           "top_singular_direction", "DirectionalPropagator", "DIRECTIONS"]
 
 INJECT_DEPTH, PERTURB_ANGLE, DIRECTION, DRAW = (D.INJECT_DEPTH, D.PERTURB_ANGLE, D.DIRECTION,
                                                 D.DRAW)
-
 DIRECTIONS = ("random", "adversarial")
+Adversarial = Callable[..., tuple[Tensor, bool]]
+
+
+class AdversarialStatus(enum.IntEnum):
+    """Outcome of the adversarial-direction solver per sample, depth and kind."""
+
+    CONVERGED = 0
+    NOT_CONVERGED = 1
+    NONFINITE = 2
+    NOT_COMPUTED = 3
+
+    @property
+    def message(self) -> str:
+        return {AdversarialStatus.CONVERGED: "converged: residual test of the solver met",
+                AdversarialStatus.NOT_CONVERGED: (
+                    "the singular-vector solver did not converge: the direction is not the "
+                    "top singular vector (excluded from summaries); raise its max_iter"),
+                AdversarialStatus.NONFINITE: "the solver returned NaN/inf (excluded)",
+                AdversarialStatus.NOT_COMPUTED: "adversarial directions not requested"}[self]
 
 
 @dataclasses.dataclass
 class RecoveryResult:
-    """Angles to the unperturbed trajectory.
+    """Recovery curves ``a_K(l) / theta`` per sample (see the module docstring).
 
-    ``angle``: (N, I, A, R, n, L+1, T) per token, NaN before the injection depth, over
-    samples, injection depths, angles, direction kinds, draws, depths and tokens.
-    ``kind_angle``: (N, I, A, R, n, L+1, K) mean over the tokens of each kind.
+    ``ratio_random``: (N, I, A, n, L+1, K); ``ratio_adversarial``: (N, I, A, L+1, K);
+    ``adversarial_status``/``adversarial_gain``: (N, I, K) (gain ``||P_K v||``, the top
+    singular value when converged); ``adversarial_direction``: (N, I, K, T, D) unit ``v_K``.
     """
 
-    angle: Tensor
-    kind_angle: Tensor
+    ratio_random: Tensor | None
+    ratio_adversarial: Tensor | None
+    adversarial_status: Tensor
+    adversarial_gain: Tensor
+    adversarial_direction: Tensor | None
+    sample_index: list[int]
     inject_depths: list[int]
     angles: list[float]
-    directions: list[str]
     depths: list[int]
-    kinds: list[str]
+    kinds: dict[str, list[int]]
     map_info: dict[str, Any]
-    singular_values: Tensor | None     # (N, I, n) top tangent singular values (adversarial)
+    config: dict[str, Any]
 
-    @property
-    def ratio(self) -> Tensor:
-        """(N, I, A, R, n, T) final angle / theta."""
-        theta = torch.tensor(self.angles, dtype=torch.float64)[:, None, None, None]
-        return self.angle[..., -1, :] / theta
+    @classmethod
+    def concat(cls, results: Sequence[RecoveryResult]) -> RecoveryResult:
+        """Join results of batches of samples (same settings) along the sample axis."""
+        first = results[0]
 
-    @property
-    def kind_ratio(self) -> Tensor:
-        theta = torch.tensor(self.angles, dtype=torch.float64)[:, None, None, None]
-        return self.kind_angle[..., -1, :] / theta
+        def cat(name):
+            parts = [getattr(r, name) for r in results]
+            return None if parts[0] is None else torch.cat(parts)
 
-    def to_dataset(self, *, prefix: str = "dyn_recovery_"):
-        import xarray as xr
+        return dataclasses.replace(
+            first, **{n: cat(n) for n in ("ratio_random", "ratio_adversarial",
+                                          "adversarial_status", "adversarial_gain",
+                                          "adversarial_direction")},
+            sample_index=[i for r in results for i in r.sample_index])
 
-        p = prefix
-        lead = (D.SAMPLE, INJECT_DEPTH, PERTURB_ANGLE, DIRECTION, DRAW)
-        coords = {INJECT_DEPTH: (INJECT_DEPTH, np.asarray(self.inject_depths), _a(
-                      "injection depth l0 (perturbed state after block l0)")),
-                  PERTURB_ANGLE: (PERTURB_ANGLE, np.asarray(self.angles), _a(
-                      "injected angle theta", "rad")),
-                  DIRECTION: (DIRECTION, np.asarray(self.directions), _a(
-                      "perturbation direction", "")),
-                  DRAW: (DRAW, np.arange(self.angle.shape[4]), _a(
-                      "random draw / singular vector index", "")),
-                  D.DEPTH: (D.DEPTH, np.asarray(self.depths), _a("depth")),
-                  D.KIND: (D.KIND, np.asarray(self.kinds), _a("token kind group", ""))}
-        v = {f"{p}angle": ((*lead, D.DEPTH, D.KIND), self.kind_angle.numpy(), _a(
-                 "angle to the unperturbed trajectory, mean over tokens of a kind "
-                 "(NaN before injection)", "rad")),
-             f"{p}ratio": ((*lead, D.KIND), self.kind_ratio.numpy(), _a(
-                 "recovery ratio: final angle / injected angle, mean over tokens of a kind")),
-             f"{p}token_ratio": ((*lead, D.TOKEN), self.ratio.numpy(), _a(
-                 "recovery ratio per token: final angle / injected angle"))}
-        if self.singular_values is not None:
-            v[f"{p}singular_value"] = ((D.SAMPLE, INJECT_DEPTH, DRAW),
-                                       self.singular_values.numpy(), _a(
-                "top tangent singular values of block l0+1 (adversarial directions)"))
+    def per_image(self, direction: str) -> Tensor:
+        """(N, I, A, L+1, K) per-image curves: random draws averaged; adversarial samples
+        whose solver did not converge set to NaN."""
+        if direction == "random" and self.ratio_random is not None:
+            return self.ratio_random.mean(3)
+        if direction == "adversarial" and self.ratio_adversarial is not None:
+            ok = self.adversarial_status == AdversarialStatus.CONVERGED     # (N, I, K)
+            return torch.where(ok[:, :, None, None, :], self.ratio_adversarial, math.nan)
+        raise ConfigError(f"no {direction!r} curves in this result")
+
+    def summary(self, *, n_boot: int | None = None, ci: float | None = None,
+                seed: int | None = None) -> xr.Dataset:
+        """Median over images and bootstrap percentile interval over images, per direction,
+        injection depth, angle, depth and kind (``median``, ``median_low``,
+        ``median_high``, ``n_images``)."""
+        n_boot = int(self.config["n_boot"] if n_boot is None else n_boot)
+        ci = float(self.config["ci"] if ci is None else ci)
+        seed = int(self.config["seed"] if seed is None else seed)
+        dirs = self.config["directions"]
+        I, A, Lp, K = len(self.inject_depths), len(self.angles), len(self.depths), len(self.kinds)
+        med = np.full((len(dirs), I, A, Lp, K), np.nan)
+        lo, hi = med.copy(), med.copy()
+        count = np.zeros((len(dirs), I, K), np.int32)
+        for r, d in enumerate(dirs):
+            vals = self.per_image(d).numpy()                            # (N, I, A, Lp, K)
+            for i in range(I):
+                for k in range(K):
+                    cell = vals[:, i, :, :, k]                          # (N, A, Lp)
+                    ok = ~np.isnan(cell).all(axis=(1, 2))
+                    count[r, i, k] = int(ok.sum())
+                    if ok.any():
+                        rng = np.random.default_rng(start_seed(seed, r, i, k))
+                        stats = _median_ci(cell[ok], n_boot, ci, rng)
+                        med[r, i, :, :, k], lo[r, i, :, :, k], hi[r, i, :, :, k] = stats
+        dims5 = (DIRECTION, INJECT_DEPTH, PERTURB_ANGLE, D.DEPTH, D.KIND)
+        what = "recovery curve a_K(l) / theta"
+        return xr.Dataset(
+            {"median": (dims5, med, attrs(f"median over images of the {what}")),
+             "median_low": (dims5, lo, attrs(f"lower end of the {ci:.0%} bootstrap percentile "
+                                          "interval (over images) of the median")),
+             "median_high": (dims5, hi, attrs(f"upper end of the {ci:.0%} bootstrap percentile "
+                                           "interval (over images) of the median")),
+             "n_images": ((DIRECTION, INJECT_DEPTH, D.KIND), count, attrs(
+                 "images in the median (adversarial: converged solver only)"))},
+            coords={DIRECTION: list(dirs)},
+            attrs={"n_boot": n_boot, "ci": ci, "bootstrap_seed": seed})
+
+    def to_dataset(self, *, directions: bool = False) -> xr.Dataset:
+        """Per-sample curves and their summary, plain variable names (dims ``sample``,
+        ``inject_depth``, ``perturb_angle``, ``draw``, ``depth``, ``kind``, ``direction``)."""
+        N, I, K = self.adversarial_status.shape
+        lead = (D.SAMPLE, INJECT_DEPTH, PERTURB_ANGLE)
+        v: dict[str, Any] = {
+            "adversarial_status": ((D.SAMPLE, INJECT_DEPTH, D.KIND),
+                                   self.adversarial_status.numpy().astype(np.int8),
+                                   flag_attrs(AdversarialStatus,
+                                              "adversarial-direction solver status")),
+            "adversarial_gain": ((D.SAMPLE, INJECT_DEPTH, D.KIND),
+                                 self.adversarial_gain.numpy(), attrs(
+                "||P_K v_K||: top singular value of the all-tokens-in -> kind-out "
+                "directional propagator from l0 to L (when converged)"))}
+        if self.ratio_random is not None:
+            v["ratio_random"] = ((*lead, DRAW, D.DEPTH, D.KIND), self.ratio_random.numpy(),
+                                 attrs("recovery curve a_K(l) / theta, random tangent "
+                                    "direction (NaN before l0)"))
+        if self.ratio_adversarial is not None:
+            v["ratio_adversarial"] = ((*lead, D.DEPTH, D.KIND),
+                                      self.ratio_adversarial.numpy(), attrs(
+                "recovery curve a_K(l) / theta, adversarial direction of kind K (NaN before "
+                "l0)"))
+        if directions and self.adversarial_direction is not None:
+            v["adversarial_direction"] = ((D.SAMPLE, INJECT_DEPTH, D.KIND, D.TOKEN,
+                                           D.FEATURE),
+                                          self.adversarial_direction.double().numpy(), attrs(
+                "unit top right singular vector v_K (input tangent at depth l0)"))
+        n = self.ratio_random.shape[3] if self.ratio_random is not None else 0
+        coords = {
+            D.SAMPLE: (D.SAMPLE, np.asarray(self.sample_index, np.int64), attrs(
+                "global sample index (keys the random directions)")),
+            INJECT_DEPTH: (INJECT_DEPTH, np.asarray(self.inject_depths), attrs(
+                "injection depth l0 (perturbed state after block l0)")),
+            PERTURB_ANGLE: (PERTURB_ANGLE, np.asarray(self.angles), attrs(
+                "RMS injected angle theta over all tokens", "rad")),
+            DRAW: (DRAW, np.arange(n), attrs("random draw")),
+            D.DEPTH: (D.DEPTH, np.asarray(self.depths), attrs("depth")),
+            D.KIND: (D.KIND, list(self.kinds), attrs("token kind")),
+            "kind_size": (D.KIND, np.array([len(t) for t in self.kinds.values()], np.int32),
+                          attrs("tokens of the kind"))}
         ds = xr.Dataset(v, coords=coords)
-        ds.attrs[f"{p}map"] = json.dumps(self.map_info, sort_keys=True)
-        ds.attrs[f"{p}protocol"] = ("rotate every token by theta at depth l0 keeping its "
-                                    "norm; run blocks l0+1..L; angle per token to the "
-                                    "unperturbed trajectory")
+        ds = xr.merge([ds, self.summary()], combine_attrs="override")
+        ds.attrs = {"analysis": "recovery", "map": json.dumps(self.map_info, sort_keys=True),
+                    "config": json.dumps(self.config, sort_keys=True),
+                    "kind_tokens": json.dumps(self.kinds),
+                    "protocol": (
+                        "rotate token i by theta*rho_i towards w_i/rho_i at depth l0 keeping "
+                        "its norm (RMS of rho over all tokens = 1; random: rho_i = 1; "
+                        "adversarial: w = sqrt(T) v_K); run blocks l0+1..L; a_K(l) = RMS over "
+                        "the kind's tokens of the angle to the unperturbed trajectory; curve "
+                        "a_K(l)/theta; median over images, bootstrap percentile interval "
+                        "over images")}
         return ds
 
 
-def _a(long_name: str, units: str = "1", **extra: Any) -> dict[str, Any]:
-    return {"long_name": long_name, "units": units, **extra}
+def _median_ci(values: np.ndarray, n_boot: int, ci: float,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median over axis 0 and its bootstrap percentile interval (resampling rows)."""
+    with warnings.catch_warnings():          # depths before l0 are NaN for every image
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(values, axis=0)
+        if n_boot < 1:
+            return med, np.full_like(med, np.nan), np.full_like(med, np.nan)
+        idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+        boot = np.nanmedian(values[idx], axis=1)                        # (B, ...)
+    a = (1 - ci) / 2
+    lo, hi = np.quantile(boot, [a, 1 - a], axis=0)
+    return med, lo, hi
+
+
+# ----------------------------------------------------------------------------- inputs
 
 
 def _check(f: DepthMap, inject: Sequence[int] | None, angles: Sequence[float],
-           direction: str | Sequence[str], n_directions: int) -> tuple[list[int], list[str]]:
+           direction: str | Sequence[str], n_draws: int, n_boot: int,
+           ci: float) -> tuple[list[int], list[str]]:
     if not isinstance(f, DepthMap) or f.autonomous:
         raise ConfigError("perturbation_recovery needs a depth-indexed map (the layers of a "
                           "model: maps.from_model), got "
@@ -127,123 +257,159 @@ def _check(f: DepthMap, inject: Sequence[int] | None, angles: Sequence[float],
     if not angles or any(not 0 < float(a) < np.pi / 2 for a in angles):
         raise ConfigError(f"angles must be in (0, pi/2) radians, got {list(angles)}")
     dirs = [direction] if isinstance(direction, str) else list(direction)
-    if not dirs or any(d not in DIRECTIONS for d in dirs):
+    if not dirs or any(d not in DIRECTIONS for d in dirs) or len(set(dirs)) != len(dirs):
         raise ConfigError(f"direction must be one or more of {DIRECTIONS}, got {direction!r}")
-    if n_directions < 1:
-        raise ConfigError(f"n_directions must be >= 1, got {n_directions}")
-    return inject, dirs
+    if n_draws < 1:
+        raise ConfigError(f"n_draws must be >= 1, got {n_draws}")
+    if n_boot < 0 or not 0 < ci < 1:
+        raise ConfigError(f"need n_boot >= 0 and 0 < ci < 1, got n_boot={n_boot}, ci={ci}")
+    return inject, [d for d in DIRECTIONS if d in dirs]
+
+
+def _kinds(kinds: Mapping[str, Sequence[int]] | None, T: int) -> dict[str, list[int]]:
+    if kinds is None:
+        return {"all": list(range(T))}
+    out = {str(k): [int(i) for i in v] for k, v in dict(kinds).items()}
+    bad = {k: v for k, v in out.items() if not v or any(not 0 <= i < T for i in v)}
+    if not out or bad:
+        raise ConfigError(f"kinds must map kind names to non-empty token positions in "
+                          f"0..{T - 1}, got {dict(kinds) if kinds else kinds}")
+    return out
+
+
+def _sample_index(sample_index, N: int) -> list[int]:
+    if sample_index is None:
+        return list(range(N))
+    idx = [int(i) for i in torch.as_tensor(sample_index).reshape(-1).tolist()]
+    if len(idx) != N or len(set(idx)) != N or min(idx) < 0:
+        raise InputError(f"sample_index must give {N} distinct non-negative global indices "
+                         f"(one per sample of x0), got {idx[:8]}...")
+    return idx
+
+
+# ----------------------------------------------------------------------------- public
 
 
 def perturbation_recovery(f: DepthMap, x0: Tensor, *, depths: Sequence[int] | None = None,
                           angles: Sequence[float] = (0.05, 0.2),
-                          direction: str | Sequence[str] = "random", n_directions: int = 1,
-                          token_kinds: Sequence[str] | None = None,
-                          seed: int = 0) -> RecoveryResult:
-    """Inject tangent perturbations along the trajectory of ``f`` from ``x0`` (see module).
+                          direction: str | Sequence[str] = DIRECTIONS, n_draws: int = 1,
+                          kinds: Mapping[str, Sequence[int]] | None = None,
+                          sample_index: Sequence[int] | Tensor | None = None,
+                          adversarial: Adversarial | None = None, n_boot: int = 1000,
+                          ci: float = 0.95, seed: int = 0) -> RecoveryResult:
+    """Recovery curves of tangent perturbations along the trajectories of ``f`` from ``x0``.
 
     Parameters
     ----------
     f : depth-indexed DepthMap with consecutive layers ``d0+1..L`` (``maps.from_model``).
     x0 : (T, D) or (N, T, D) states at depth ``d0``; tokens must be non-zero.
     depths : injection depths ``l0`` in ``d0..L-1`` (default: all).
-    angles : injected angles ``theta`` (rad), in (0, pi/2).
-    direction : ``"random"``, ``"adversarial"`` or both (a sequence).
-    n_directions : random draws, or number of top singular vectors (adversarial).
-    token_kinds : kind of every token (default: all tokens one kind, ``"all"``).
+    angles : RMS injected angles ``theta`` (rad), in (0, pi/2).
+    direction : ``"random"``, ``"adversarial"`` or both.
+    n_draws : random directions per sample and injection depth.
+    kinds : token positions of each kind, e.g. ``{"cls": [0], "patch": range(5, 261)}``
+        (default: one kind ``"all"``).
+    sample_index : (N,) global index of each sample (default ``0..N-1``); keys the random
+        directions and solver starts, so that splitting the batch changes nothing.
+    adversarial : ``adversarial(f, x_l0, start, stop, out_tokens, *, seed) -> (v, converged)``
+        with ``v`` (T, D) the top right singular vector of the all-tokens-in ->
+        ``out_tokens``-out directional propagator (default :func:`top_singular_direction`).
+    n_boot, ci : bootstrap resamples over images and interval level of the summaries.
+    seed : seeds the random directions, solver starts and bootstrap.
     """
-    inject, dirs = _check(f, depths, angles, direction, n_directions)
+    inject, dirs = _check(f, depths, angles, direction, n_draws, n_boot, ci)
     x = check_states(x0, name="x0", unit=True)
     x = x.unsqueeze(0) if x.ndim == 2 else x
     N, T, Dm = x.shape
-    kinds_of = list(token_kinds) if token_kinds is not None else ["all"] * T
-    if len(kinds_of) != T:
-        raise ConfigError(f"token_kinds must name every token ({T}), got {len(kinds_of)}")
-    kinds = [k for k in D.TOKEN_KINDS if k in kinds_of]
-    kinds += [k for k in dict.fromkeys(kinds_of) if k not in kinds]
+    kind_tok = _kinds(kinds, T)
+    index = _sample_index(sample_index, N)
+    solver = adversarial or top_singular_direction
     first, last = f.depths[0] - 1, f.depths[-1]
     with torch.no_grad():
         ref = [x]
         for t in f.depths:
             ref.append(f(t, ref[-1]))
-    A, R, n = len(angles), len(dirs), n_directions
-    out = torch.full((N, len(inject), A, R, n, last - first + 1, T), float("nan"),
-                     dtype=torch.float64)
-    svals = torch.full((N, len(inject), n), float("nan"), dtype=torch.float64) \
-        if "adversarial" in dirs else None
+    I, A, K, Lp = len(inject), len(angles), len(kind_tok), last - first + 1
     theta = torch.tensor([float(a) for a in angles], dtype=x.dtype, device=x.device)
+    rand = torch.full((N, I, A, n_draws, Lp, K), math.nan, dtype=torch.float64) \
+        if "random" in dirs else None
+    adv = torch.full((N, I, A, Lp, K), math.nan, dtype=torch.float64) \
+        if "adversarial" in dirs else None
+    status = torch.full((N, I, K), int(AdversarialStatus.NOT_COMPUTED), dtype=torch.int8)
+    gain = torch.full((N, I, K), math.nan, dtype=torch.float64)
+    vecs = torch.zeros(N, I, K, T, Dm, dtype=x.dtype) if adv is not None else None
     for i, l0 in enumerate(inject):
-        base = ref[l0 - first]                                     # (N, T, D)
-        w = []
-        for d in dirs:
-            if d == "random":
-                w.append(_random(base, n, seed + 7919 * i))
-            else:
-                wd, s = _adversarial(f, l0 + 1, base, n, seed)
-                w.append(wd)
-                svals[:, i] = s
-        w = torch.stack(w, 1)                                      # (N, R, n, T, D)
-        pert = _rotate(base, w, theta)                             # (N, A, R, n, T, D)
-        with torch.no_grad():
-            state = pert.reshape(-1, T, Dm)
-            for layer in range(l0, last + 1):
-                if layer > l0:
-                    state = f(layer, state)
-                target = ref[layer - first].unsqueeze(1).expand(N, A * R * n, T, Dm)
-                ang = angle(state.reshape(N, A * R * n, T, Dm), target)
-                out[:, i, ..., layer - first, :] = ang.double().cpu().reshape(N, A, R, n, T)
-    kind_idx = [[j for j, k in enumerate(kinds_of) if k == kind] for kind in kinds]
-    kind_angle = torch.stack([out[..., idx].mean(-1) for idx in kind_idx], -1)
-    return RecoveryResult(out, kind_angle, inject, [float(a) for a in angles], dirs,
-                          list(range(first, last + 1)), kinds, f.describe(), svals)
+        base = ref[l0 - first]                                       # (N, T, D)
+        if rand is not None:
+            w = _random(base, n_draws, [start_seed(seed, s, l0) for s in index])
+            curves = _run(f, ref, first, l0, last, base, w, theta)   # (N, A, n, Lp, T)
+            rand[:, i] = _kind_rms(curves, kind_tok) / theta.double().cpu()[:, None, None,
+                                                                             None]
+        if adv is not None:
+            for s, g in enumerate(index):
+                for k, toks in enumerate(kind_tok.values()):
+                    v, ok = solver(f, base[s], l0, last, toks, seed=start_seed(seed, g, l0, k))
+                    v, st, gn = _adversarial_check(f, base[s], l0, last, toks, v, ok)
+                    vecs[s, i, k], status[s, i, k], gain[s, i, k] = v, int(st), gn
+            w = math.sqrt(T) * vecs[:, i].to(base)                   # (N, K, T, D)
+            curves = _run(f, ref, first, l0, last, base, w, theta)   # (N, A, K, Lp, T)
+            own = torch.stack([_kind_rms(curves[:, :, k], {n: t})[..., 0]
+                               for k, (n, t) in enumerate(kind_tok.items())], -1)
+            adv[:, i] = own / theta.double().cpu()[:, None, None]
+    config = {"directions": dirs, "n_draws": n_draws, "n_boot": n_boot, "ci": ci,
+              "seed": seed, "adversarial_solver": getattr(solver, "__name__", repr(solver))}
+    return RecoveryResult(rand, adv, status, gain, vecs, index, inject,
+                          [float(a) for a in angles], list(range(first, last + 1)), kind_tok,
+                          f.describe(), config)
 
 
-def _unit(v: Tensor) -> Tensor:
-    return v / v.norm(dim=-1, keepdim=True)
+def _adversarial_check(f, x, l0, last, toks, v, ok):
+    """Project/normalise a solver's direction and measure its gain ``||P_K v||``."""
+    v = torch.as_tensor(v).to(x).reshape(x.shape)
+    u = x / x.norm(dim=-1, keepdim=True)
+    v = tangent_project(u, v)
+    if not bool(torch.isfinite(v).all()) or float(v.norm()) == 0:
+        return torch.zeros_like(x), AdversarialStatus.NONFINITE, math.nan
+    v = v / v.norm()
+    with torch.no_grad():
+        g = float(DirectionalPropagator(f, x, l0, last, toks).matmat(v[None]).norm())
+    st = AdversarialStatus.CONVERGED if ok else AdversarialStatus.NOT_CONVERGED
+    return v, st, g
 
 
-def _random(x: Tensor, n: int, seed: int) -> Tensor:
-    """(N, n, T, D) unit tangent directions per token at ``x`` (N, T, D)."""
-    gen = torch.Generator().manual_seed(seed)
-    g = torch.randn((x.shape[0], n, *x.shape[1:]), generator=gen, dtype=torch.float64)
-    return _unit(tangent_project(_unit(x).unsqueeze(1), g.to(x)))
+def _random(x: Tensor, n: int, seeds: list[int]) -> Tensor:
+    """(N, n, T, D) unit tangent directions per token at ``x`` (N, T, D), sample ``s`` drawn
+    from its own generator ``seeds[s]``."""
+    g = torch.stack([torch.randn((n, *x.shape[1:]), dtype=torch.float64,
+                                 generator=torch.Generator().manual_seed(sd)) for sd in seeds])
+    u = (x / x.norm(dim=-1, keepdim=True)).unsqueeze(1)
+    g = tangent_project(u, g.to(x))
+    return g / g.norm(dim=-1, keepdim=True)
 
 
-def _adversarial(f: DepthMap, t: int, x: Tensor, n: int, seed: int, *,
-                 iters: int = 12) -> tuple[Tensor, Tensor]:
-    """Top-``n`` right singular vectors of the tangent Jacobian of block ``t`` at ``x``
-    (N, T, D), the sphere map taken at each sample's own token norms: block subspace
-    iteration on ``J^T J`` (batched JVPs/VJPs for all samples at once), then restricted and
-    normalised per token; returns (N, n, T, D) directions and (N, n) singular values."""
-    u = _unit(x)
-    g = sphere(f, x.norm(dim=-1), source="trajectory")              # norms (N, T)
-    q = _random(x, n, seed + 1)                                      # (N, n, T, D)
-    for _ in range(iters):
-        z = torch.stack([g.tangent_vjp(t, u, g.tangent_jvp(t, u, q[:, j])[1])[1]
-                         for j in range(n)], 1)
-        q = _orth(z.detach())
-    jq = torch.stack([g.tangent_jvp(t, u, q[:, j])[1] for j in range(n)], 1).detach()
-    values = jq.flatten(2).norm(dim=-1)                              # (N, n)
-    order = values.argsort(dim=1, descending=True)
-    q = torch.take_along_dim(q, order[:, :, None, None], 1)
-    values = torch.take_along_dim(values, order, 1)
-    v = tangent_project(u.unsqueeze(1), q)
-    norm = v.norm(dim=-1, keepdim=True)
-    fallback = _random(x, n, seed)
-    return torch.where(norm > 1e-12, v / norm.clamp_min(1e-300), fallback), \
-        values.double().cpu()
+def _run(f: DepthMap, ref: list[Tensor], first: int, l0: int, last: int, base: Tensor,
+         w: Tensor, theta: Tensor) -> Tensor:
+    """Inject ``w`` (N, R, T, D) at angles ``theta`` (A,) into ``base`` (N, T, D), run to
+    ``last``: per-token angles (N, A, R, L+1, T), NaN before ``l0``."""
+    N, R, T, Dm = w.shape
+    A = theta.shape[0]
+    r = base.norm(dim=-1, keepdim=True)[:, None, None]                 # (N, 1, 1, T, 1)
+    u = (base / base.norm(dim=-1, keepdim=True))[:, None, None]
+    rho = w.norm(dim=-1, keepdim=True)[:, None]                       # (N, 1, R, T, 1)
+    th = theta[None, :, None, None, None]
+    scale = torch.where(rho > 0, torch.sin(th * rho) / rho.clamp_min(1e-300), th)
+    state = (r * (torch.cos(th * rho) * u + scale * w[:, None])).reshape(-1, T, Dm)
+    out = torch.full((N, A, R, last - first + 1, T), math.nan, dtype=torch.float64)
+    with torch.no_grad():
+        for layer in range(l0, last + 1):
+            if layer > l0:
+                state = f(layer, state)
+            target = ref[layer - first][:, None].expand(N, A * R, T, Dm)
+            ang = angle(state.reshape(N, A * R, T, Dm), target)
+            out[:, :, :, layer - first] = ang.double().cpu().reshape(N, A, R, T)
+    return out
 
 
-def _orth(z: Tensor) -> Tensor:
-    """Orthonormalise (N, n, T, D) along n in the flattened state space."""
-    Q = torch.linalg.qr(z.flatten(2).transpose(1, 2)).Q                # (N, T*D, n)
-    return Q.transpose(1, 2).reshape(z.shape)
-
-
-def _rotate(x: Tensor, w: Tensor, theta: Tensor) -> Tensor:
-    """Rotate every token of ``x`` (N, T, D) by ``theta`` (A,) towards ``w`` (N, R, n, T, D),
-    keeping its norm: (N, A, R, n, T, D)."""
-    r = x.norm(dim=-1, keepdim=True)
-    u = (x / r)[:, None, None, None]
-    c = theta.cos()[None, :, None, None, None, None]
-    s = theta.sin()[None, :, None, None, None, None]
-    return r[:, None, None, None] * (c * u + s * w[:, None])
+def _kind_rms(curves: Tensor, kinds: Mapping[str, list[int]]) -> Tensor:
+    """RMS over each kind's tokens of (..., T) angles: (..., K)."""
+    return torch.stack([curves[..., t].pow(2).mean(-1).sqrt() for t in kinds.values()], -1)

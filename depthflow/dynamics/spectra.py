@@ -42,6 +42,7 @@ __all__ = ["SpectrumResult", "token_jacobians", "eigvals", "singular_values",
            "TangentOperator", "METHODS"]
 
 METHODS = ("auto", "dense", "matrix_free", "arpack", "krylov")
+WHICH = ("LM", "LR", "SM")
 MAX_DENSE = 8192
 """Largest operator (rows) the dense route builds: 8192^2 float64 is 0.5 GB."""
 
@@ -56,7 +57,8 @@ class SpectrumResult:
     Attributes
     ----------
     eigenvalues : complex Tensor (k,) or None
-        Largest first (by magnitude for ``which="LM"``, real part for ``"LR"``).
+        Largest first (by magnitude for ``which="LM"``, real part for ``"LR"``); smallest
+        magnitude first for ``"SM"``.
     singular_values : Tensor (k,) or None
         Largest first.
     vectors : Tensor (k, T, D) or None
@@ -174,12 +176,12 @@ class TangentOperator:
             raise ConfigError(f"spectra need a depthflow.maps.DepthMap, got "
                               f"{type(f).__name__}; wrap functions with "
                               "depthflow.maps.from_function")
-        check_states(x, name="x", unit=isinstance(f, SphereMap))
+        check_states(x, name="x", unit=f.on_sphere)
         if x.ndim != 2:
             raise InputError(f"x must be one state of shape (T, D), got {tuple(x.shape)}; "
                              "loop or vmap over samples")
         self.f, self.t, self.square = f, f.check_depth(t), square
-        self.tangent = isinstance(f, SphereMap)
+        self.tangent = f.on_sphere
         x = x.detach()
         self.x = x / x.norm(dim=-1, keepdim=True) if self.tangent else x
         with torch.no_grad():
@@ -303,9 +305,9 @@ def token_jacobians(f: DepthMap, t: int | None, x: Tensor, *,
         input, the other tokens frozen. For a :class:`~depthflow.maps.SphereMap`, the
         tangent block ``P_y J_ii P_u`` (ambient coordinates, rank ``D - 1``).
     """
-    check_states(x, name="x", unit=isinstance(f, SphereMap))
+    check_states(x, name="x", unit=f.on_sphere)
     t = f.check_depth(t)
-    sphere = isinstance(f, SphereMap)
+    sphere = f.on_sphere
     x = x.detach()
     if sphere:
         x = x / x.norm(dim=-1, keepdim=True)
@@ -341,9 +343,12 @@ def token_jacobians(f: DepthMap, t: int | None, x: Tensor, *,
 def _check(k: int, method: str, which: str, n: int, max_dense: int) -> None:
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
-    if which not in ("LM", "LR"):
-        raise ConfigError(f"which must be 'LM' (largest magnitude) or 'LR' (largest real "
-                          f"part), got {which!r}")
+    if which not in WHICH:
+        raise ConfigError(f"which must be 'LM' (largest magnitude), 'LR' (largest real "
+                          f"part) or 'SM' (smallest magnitude), got {which!r}")
+    if which == "SM" and method == "krylov":
+        raise ConfigError("which='SM' has no Krylov-Schur route (it converges to the largest "
+                          "values); use method='arpack', 'dense' or 'auto'")
     if not isinstance(k, int) or not 1 <= k <= n:
         raise ConfigError(f"k must be an integer in 1..{n} (the operator size), got {k!r}")
     if method == "dense" and n > max_dense:
@@ -351,14 +356,24 @@ def _check(k: int, method: str, which: str, n: int, max_dense: int) -> None:
                           f"{max_dense}; use method='matrix_free' (or raise max_dense)")
 
 
-def _route(method: str, n: int, k: int, device: torch.device) -> str:
+def _route(method: str, n: int, k: int, device: torch.device, which: str = "LM") -> str:
     if method == "auto":
         method = "dense" if n <= 1024 or k >= n - 2 else "matrix_free"
     if method == "matrix_free":
-        method = "krylov"        # same code on CPU and GPU; measured faster than ARPACK too
+        # Krylov-Schur: same code on CPU and GPU, measured faster than ARPACK; smallest
+        # magnitudes go to ARPACK (which="SM", no shift-invert: may not converge, flagged)
+        method = "arpack" if which == "SM" else "krylov"
     if method in ("arpack", "krylov") and k >= n - 1:
         method = "dense"          # ARPACK needs k < n - 1; Krylov has nothing to gain
     return method
+
+
+def _order(values: np.ndarray, which: str) -> np.ndarray:
+    """Indices sorting ``values``: largest magnitude / real part first, or smallest magnitude
+    first (``which="SM"``)."""
+    if which == "SM":
+        return np.argsort(np.abs(values), kind="stable")
+    return _linalg.order(values, which)
 
 
 def _start(n: int, seed: int, like: Tensor) -> Tensor:
@@ -381,8 +396,10 @@ def eigvals(f: DepthMap, t: int | None, x: Tensor, *, k: int = 8, method: str = 
     k : int
         Number of eigenvalues (largest first).
     method : {"auto", "dense", "matrix_free", "arpack", "krylov"}
-    which : {"LM", "LR"}
-        Largest magnitude or largest real part.
+    which : {"LM", "LR", "SM"}
+        Largest magnitude, largest real part, or smallest magnitude (dense or ARPACK
+        without shift-invert; ``matrix_free`` routes ``"SM"`` to ARPACK, whose convergence
+        is slow on clustered spectra and reported in ``converged``).
     tol : float
         Relative residual of each Ritz pair (matrix-free routes).
     ncv : int, optional
@@ -399,7 +416,7 @@ def eigvals(f: DepthMap, t: int | None, x: Tensor, *, k: int = 8, method: str = 
     """
     op = TangentOperator(f, t, x, square=True, linearize=linearize)
     _check(k, method, which, op.n, max_dense)
-    route = _route(method, op.n, k, x.device)
+    route = _route(method, op.n, k, x.device, which)
     res = SpectrumResult(method=route, tangent=op.tangent, size=op.n, map_json=f.to_json())
     if route == "dense":
         M = op.dense(chunk_size=_chunk(op))
@@ -407,7 +424,7 @@ def eigvals(f: DepthMap, t: int | None, x: Tensor, *, k: int = 8, method: str = 
             ev, V = torch.linalg.eig(M)
         else:
             ev, V = torch.linalg.eigvals(M), None
-        idx = torch.from_numpy(_linalg.order(ev.cpu().numpy(), which)[:k].copy())
+        idx = torch.from_numpy(_order(ev.cpu().numpy(), which)[:k].copy())
         res.eigenvalues = ev[idx.to(ev.device)]
         if V is not None:
             res.vectors = op.lift_in(V[:, idx.to(V.device)].T)
@@ -422,7 +439,7 @@ def eigvals(f: DepthMap, t: int | None, x: Tensor, *, k: int = 8, method: str = 
             ev, V, ok = out[0], out[1], True
         except spla.ArpackNoConvergence as err:
             ev, V, ok = err.eigenvalues, err.eigenvectors, False
-        idx = _linalg.order(ev, which)[:k]
+        idx = _order(ev, which)[:k]
         res.eigenvalues = torch.from_numpy(ev[idx]).to(x.device)
         if vectors:
             Vt = torch.from_numpy(np.ascontiguousarray(V[:, idx].T)).to(x.device)

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, InputError
-from ..maps import DepthMap
-from .finite_depth import (LAYER, MODE, SAMPLE, SEGMENT, FiniteDepthResult, FiniteDepthStatus,
-                           _a, _status_attrs, finite_depth_spectrum)
+from depthflow.errors import ConfigError, InputError
+from depthflow.maps import DepthMap
+from depthflow.vocabulary import attrs
+from depthflow.dynamics.finite_depth import (LAYER, MODE, SAMPLE, SEGMENT, FiniteDepthResult, FiniteDepthStatus,
+                           _status_attrs, finite_depth_spectrum)
 
 __all__ = ["SegmentSpectra", "segment_spectra", "layer_stretching"]
 
@@ -65,30 +66,30 @@ class SegmentSpectra:
         k = self.sigma.shape[-1]
         dims = (SAMPLE, seg, MODE)
         ds = xr.Dataset(
-            {"sigma": (dims, self.sigma.numpy(), _a(
+            {"sigma": (dims, self.sigma.numpy(), attrs(
                 f"largest stretch of a {what} perturbation by {where}{held}", "1",
                 comment="mode i is the i-th largest singular value of the propagator; "
                         "log sigma_1 < 0: every perturbation shrinks")),
-             "lyapunov_exponent": (dims, self.exponents.numpy(), _a(
+             "lyapunov_exponent": (dims, self.exponents.numpy(), attrs(
                  "finite-depth Lyapunov exponent log(sigma)/(stop - start)", "1/layer")),
-             "residual": (dims, self.residuals.numpy(), _a(
+             "residual": (dims, self.residuals.numpy(), attrs(
                  "relative residual ||A^T u_i - s_i v_i|| / s_1 of the singular triplet")),
              "status": ((SAMPLE, seg), self.status.numpy().astype(np.int8),
                         _status_attrs("finite-depth spectrum solver status")),
-             "applications": ((SAMPLE, seg), self.applications.numpy(), _a(
+             "applications": ((SAMPLE, seg), self.applications.numpy(), attrs(
                  "propagator applications used (one JVP chain + one VJP chain each)"))},
             coords={seg: (seg, self.stops if self.per_layer else np.arange(len(self.stops)),
-                          _a("layer l (depth l-1 -> l)" if self.per_layer
+                          attrs("layer l (depth l-1 -> l)" if self.per_layer
                              else "segment index")),
-                    "start": (seg, self.starts, _a("first depth of the segment")),
-                    "stop": (seg, self.stops, _a("last depth of the segment")),
-                    MODE: (MODE, np.arange(1, k + 1), _a("singular value index (1 = largest)"))})
-        attrs = first.attrs()
+                    "start": (seg, self.starts, attrs("first depth of the segment")),
+                    "stop": (seg, self.stops, attrs("last depth of the segment")),
+                    MODE: (MODE, np.arange(1, k + 1), attrs("singular value index (1 = largest)"))})
+        meta = first.attrs()
         for key in ("start", "stop"):
-            attrs.pop(key)
-        attrs["composition"] = ("per-layer and per-segment spectra do not compose into the "
+            meta.pop(key)
+        meta["composition"] = ("per-layer and per-segment spectra do not compose into the "
                                 "spectrum over the whole depth")
-        ds.attrs.update(attrs)
+        ds.attrs.update(meta)
         return ds
 
 
