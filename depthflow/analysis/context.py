@@ -78,6 +78,7 @@ class AnalysisContext:
     seed: int = 0
     progress: bool = False
     config: Any = None               # the AnalyzeConfig of the run (None outside analyze)
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)   # finished plug-ins
 
 
 @runtime_checkable

@@ -126,8 +126,9 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
             for analysis in analyses:
                 analysis.update(tb, ctx)
         accuracy = summaries.finish(writer)
-        for analysis in analyses:
-            writer.add_tree(analysis.finish(ctx), group=analysis.group)
+        for analysis in analyses:              # in order: later ones may read earlier ones
+            ctx.results[analysis.name] = result = analysis.finish(ctx)
+            writer.add_tree(result, group=analysis.group)
         attrs = _global_attrs(loaded, source, preprocessing, config, writer.n, accuracy,
                               command)
         attrs["analyses"] = ",".join(["trajectories", *(a.name for a in analyses)])

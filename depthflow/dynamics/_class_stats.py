@@ -251,3 +251,24 @@ def percentile_interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np
     lo = np.quantile(draws, (1 - level) / 2, axis=0, method="inverted_cdf")
     hi = np.quantile(draws, (1 + level) / 2, axis=0, method="inverted_cdf")
     return lo, hi
+
+
+def median_interval(values: np.ndarray, *, n_boot: int, level: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Median over images (axis 0, NaN rows ignored) and its bootstrap percentile interval
+    (images resampled with replacement, ``n_boot`` times, seeded)."""
+    import warnings
+
+    values = np.asarray(values, dtype=float)
+    with warnings.catch_warnings():          # all-NaN slices (e.g. depths before l0)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(values, axis=0)
+        if n_boot < 1 or len(values) == 0:
+            nan = np.full_like(med, np.nan)
+            return med, nan, nan.copy()
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+        boot = np.nanmedian(values[idx], axis=1)                        # (B, ...)
+        a = (1 - level) / 2
+        lo, hi = np.nanquantile(boot, [a, 1 - a], axis=0)
+    return med, lo, hi

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from depthflow.maps import DepthMap, SphereMap, tangent_project
+from depthflow.maps import DepthMap, tangent_project
 
 CONVERGED, CONVERGED_FALLBACK, MAX_ITER, BUDGET_EXHAUSTED, NONFINITE = range(5)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import enum
 import math
 
-import numpy as np
 
 
 class Stability(enum.IntEnum):

@@ -38,7 +38,7 @@ from torch.func import vmap
 
 from depthflow import vocabulary as D
 from depthflow.errors import ConfigError
-from depthflow.maps import ComposedMap, DepthMap, FrozenMap, SphereMap, check_states, tangent_project
+from depthflow.maps import DepthMap, check_states, tangent_project
 from depthflow.vocabulary import attrs
 from depthflow.vocabulary import flags
 

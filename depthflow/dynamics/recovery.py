@@ -37,7 +37,6 @@ import dataclasses
 import enum
 import json
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -53,6 +52,7 @@ from depthflow.tokens import angle
 from depthflow.dynamics._propagator import DirectionalPropagator, start_seed, top_singular_direction
 from depthflow.vocabulary import attrs
 from depthflow.vocabulary import flag_attrs
+from depthflow.dynamics._class_stats import median_interval
 
 __all__ = ["RecoveryResult", "AdversarialStatus", "perturbation_recovery",
            "top_singular_direction", "DirectionalPropagator", "DIRECTIONS"]
@@ -149,8 +149,8 @@ class RecoveryResult:
                     ok = ~np.isnan(cell).all(axis=(1, 2))
                     count[r, i, k] = int(ok.sum())
                     if ok.any():
-                        rng = np.random.default_rng(start_seed(seed, r, i, k))
-                        stats = _median_ci(cell[ok], n_boot, ci, rng)
+                        stats = median_interval(cell[ok], n_boot=n_boot, level=ci,
+                                                seed=start_seed(seed, r, i, k))
                         med[r, i, :, :, k], lo[r, i, :, :, k], hi[r, i, :, :, k] = stats
         dims5 = (DIRECTION, INJECT_DEPTH, PERTURB_ANGLE, D.DEPTH, D.KIND)
         what = "recovery curve a_K(l) / theta"
@@ -219,21 +219,6 @@ class RecoveryResult:
                         "a_K(l)/theta; median over images, bootstrap percentile interval "
                         "over images")}
         return ds
-
-
-def _median_ci(values: np.ndarray, n_boot: int, ci: float,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Median over axis 0 and its bootstrap percentile interval (resampling rows)."""
-    with warnings.catch_warnings():          # depths before l0 are NaN for every image
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(values, axis=0)
-        if n_boot < 1:
-            return med, np.full_like(med, np.nan), np.full_like(med, np.nan)
-        idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-        boot = np.nanmedian(values[idx], axis=1)                        # (B, ...)
-    a = (1 - ci) / 2
-    lo, hi = np.quantile(boot, [a, 1 - a], axis=0)
-    return med, lo, hi
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -313,7 +298,9 @@ def perturbation_recovery(f: DepthMap, x0: Tensor, *, depths: Sequence[int] | No
         directions and solver starts, so that splitting the batch changes nothing.
     adversarial : ``adversarial(f, x_l0, start, stop, out_tokens, *, seed) -> (v, converged)``
         with ``v`` (T, D) the top right singular vector of the all-tokens-in ->
-        ``out_tokens``-out directional propagator (default :func:`top_singular_direction`).
+        ``out_tokens``-out directional propagator (default :func:`top_singular_direction`);
+        a solver with ``batched = True`` takes all samples at once ((N, T, D) -> (N, T, D),
+        (N,)); its answers must not depend on the batch beyond the solver tolerance.
     n_boot, ci : bootstrap resamples over images and interval level of the summaries.
     seed : seeds the random directions, solver starts and bootstrap.
     """
@@ -346,9 +333,9 @@ def perturbation_recovery(f: DepthMap, x0: Tensor, *, depths: Sequence[int] | No
             rand[:, i] = _kind_rms(curves, kind_tok) / theta.double().cpu()[:, None, None,
                                                                              None]
         if adv is not None:
-            for s, g in enumerate(index):
-                for k, toks in enumerate(kind_tok.values()):
-                    v, ok = solver(f, base[s], l0, last, toks, seed=start_seed(seed, g, l0, k))
+            for k, toks in enumerate(kind_tok.values()):
+                found = _directions(solver, f, base, l0, last, toks, index, seed, k)
+                for s, (v, ok) in enumerate(found):
                     v, st, gn = _adversarial_check(f, base[s], l0, last, toks, v, ok)
                     vecs[s, i, k], status[s, i, k], gain[s, i, k] = v, int(st), gn
             w = math.sqrt(T) * vecs[:, i].to(base)                   # (N, K, T, D)
@@ -361,6 +348,16 @@ def perturbation_recovery(f: DepthMap, x0: Tensor, *, depths: Sequence[int] | No
     return RecoveryResult(rand, adv, status, gain, vecs, index, inject,
                           [float(a) for a in angles], list(range(first, last + 1)), kind_tok,
                           f.describe(), config)
+
+
+def _directions(solver, f, base, l0, last, toks, index, seed, k):
+    """``[(v, converged)]`` per sample: one call per sample, or one batched call when the
+    solver says ``batched = True`` (it then takes (N, T, D) and returns (N, T, D), (N,))."""
+    if getattr(solver, "batched", False):
+        V, ok = solver(f, base, l0, last, toks, seed=start_seed(seed, l0, k))
+        return [(V[s], bool(ok[s])) for s in range(base.shape[0])]
+    return [solver(f, base[s], l0, last, toks, seed=start_seed(seed, g, l0, k))
+            for s, g in enumerate(index)]
 
 
 def _adversarial_check(f, x, l0, last, toks, v, ok):

@@ -35,7 +35,7 @@ from torch.func import jacfwd, jacrev, linearize, vmap
 
 from depthflow import vocabulary as dims
 from depthflow.errors import ConfigError, InputError
-from depthflow.maps import DepthMap, SphereMap, check_states, tangent_project
+from depthflow.maps import DepthMap, check_states, tangent_project
 from depthflow.dynamics import _linalg
 
 __all__ = ["SpectrumResult", "token_jacobians", "eigvals", "singular_values",

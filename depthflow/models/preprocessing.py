@@ -8,8 +8,6 @@ cropped, and normalised per channel: ``(x - mean) / std``.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Mapping
 from typing import Any
 
 import torch

@@ -13,7 +13,6 @@ apply directly. Attention runs either as fused SDPA (fast) or in plain math form
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 

@@ -37,7 +37,6 @@ from depthflow.models.preprocessing import model_preprocessing
 from depthflow.trajectory import TrajectoryBatch, iter_trajectories, resolve_device
 from depthflow.vocabulary import attrs
 from depthflow.phases import segmentation as seg
-from depthflow.phases import swap
 from depthflow.errors import ConfigError, InputError
 from depthflow.phases.datasets import (DEFAULT_K_MAX, SELECTION_RULE, _merge, _VIEW_TEXT,
                          describe_phases, segmentation_dataset, swap_dataset)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any
 
 from depthflow.errors import ConfigError
 from depthflow.config import Options, check_choice, check_int, check_number

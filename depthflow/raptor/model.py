@@ -16,9 +16,7 @@ ablation ladder can be run: MLP kind, LayerScale, depth conditioning.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
