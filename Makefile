@@ -32,7 +32,8 @@ install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 demo: $(VENV)/.core
-	$(VENV)/bin/depthflow analyze --image-ranks --overwrite -o depthflow-demo.nc --figures depthflow-demo-figures
+	$(VENV)/bin/depthflow analyze --image-ranks --overwrite -o depthflow-demo.nc \
+		--figures depthflow-demo-figures
 	$(VENV)/bin/depthflow info depthflow-demo.nc
 
 test: $(VENV)/.test
@@ -42,6 +43,7 @@ bench: $(VENV)/.test
 	$(PY) studies/bench_extraction.py
 	$(PY) studies/bench_phases.py
 	$(PY) studies/bench_dynamics.py
+	$(PY) studies/bench_finite_depth.py
 	$(PY) studies/bench_raptor.py
 
 clean:

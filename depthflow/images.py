@@ -2,7 +2,7 @@
 
 Every source yields batches of float images in [0, 1] with shape ``(B, C, H, W)`` plus
 integer labels (-1 where unknown) and a name per sample; the model's
-:class:`~depthflow.preprocessing.Preprocessing` is applied afterwards. Sources are lazy:
+:class:`~depthflow.models.preprocessing.Preprocessing` is applied afterwards. Sources are lazy:
 folders decode one batch at a time, arrays are memory-mapped.
 """
 

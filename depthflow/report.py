@@ -68,44 +68,83 @@ def _architecture(a) -> list[str]:
     return [line]
 
 
+def _interval(ds, name: str, **sel) -> str:
+    """``median [low, high]`` of a summary triple."""
+    get = (lambda suffix: float(ds[f"{name}_{suffix}"].sel(sel).values))
+    return f"{get('median'):+.3f} [{get('low'):+.3f}, {get('high'):+.3f}]"
+
+
+def _group(node, path: str):
+    try:
+        ds = node[path].to_dataset()
+    except KeyError:
+        return None
+    return ds if ds.data_vars else None
+
+
 def _dynamics(node) -> list[str]:
-    """Headline numbers of the dynamics groups (means over the kept trajectories)."""
+    """Headline numbers of the dynamics groups: medians over images with their intervals."""
     out = []
-    n = D.SUBSAMPLE
-    if "spectra" in node.children:
-        sp = node["spectra"].to_dataset()
-        rho = sp["spectral_radius"].mean(n)
-        out.append("  tangent spectral radius, layer: " + ", ".join(
-            f"{int(t)}: {float(v):.3f}" for t, v in zip(rho[D.LAYER].values, rho.values)))
-    if "lyapunov" in node.children:
-        out.append("  Lyapunov exponents along the trajectory (top): "
-                   + _fmt(node["lyapunov"]["exponents"].mean(n).values[:4]))
-    if "lyapunov_frozen" in node.children:
-        top = node["lyapunov_frozen"]["exponents"].mean(n).isel({D.EXPONENT: 0})
-        out.append("  top Lyapunov exponent of frozen layer: " + ", ".join(
-            f"{int(t)}: {float(v):+.4f}" for t, v in zip(top[D.FROZEN_LAYER].values,
-                                                         top.values)))
-    for group, what in (("fixed_points", "full state"), ("fixed_points_token", "one token")):
-        if group not in node.children:
+    ly = _group(node, "lyapunov")
+    if ly is not None:
+        out.append(f"  finite-depth top Lyapunov exponent (direction; median [interval], n = "
+                   f"{ly.sizes[D.SUBSAMPLE]} images):")
+        for seg in ly["segment"].values:
+            cells = [f"{r} {_interval(ly, 'lyapunov_exponent', segment=seg, restriction=r, exponent=1)}"
+                     for r in ly["restriction"].values]
+            out.append(f"    {seg:12s} " + "; ".join(cells))
+        if "state_exponent_median" in ly:
+            out.append("    state propagator, whole depth: "
+                       + _interval(ly, "state_exponent", exponent=1))
+    st = _group(node, "stretching")
+    if st is not None:
+        med = st["log_sigma1_median"].values
+        out.append(f"  per-layer log sigma_1 (median over n = {st.sizes[D.SUBSAMPLE]}): "
+                   + _fmt(med) + f"; layers contracting every direction for most images: "
+                   + str([int(l) for l, f in zip(st[D.LAYER].values,
+                                                   st["contracting_fraction"].values) if f > 0.5]))
+    cl = _group(node, "basins/classes")
+    if cl is not None:
+        last = cl[D.DEPTH].values[-1]
+        out.append(f"  class basins (n = {cl.attrs.get('n_images')}): NCM accuracy at depth "
+                   f"{last} {float(cl['ncm_accuracy'].sel(depth=last)):.3f} [null "
+                   f"{float(cl['ncm_null_mean'].sel(depth=last)):.3f}, p "
+                   f"{float(cl['ncm_p_value'].sel(depth=last)):.3g}], AMI "
+                   f"{float(cl['ami'].sel(depth=last)):.3f} [p "
+                   f"{float(cl['ami_p_value'].sel(depth=last)):.3g}]")
+    rob = _group(node, "basins/robustness")
+    if rob is not None:
+        half = rob["half_angle"].transpose("inject_depth", "scope").values
+        top = float(rob["theta"].max())
+        out.append("  robustness: angle at which half the images leave their basin (rad), "
+                   "rotated " + "/".join(map(str, rob["scope"].values)) + ": " + "; ".join(
+                       f"depth {int(d)}: " + ", ".join(
+                           f"{v:.2f}" if np.isfinite(v) else f"> {top:g}" for v in row)
+                       for d, row in zip(rob["inject_depth"].values, half)))
+    att = _group(node, "basins/attractors")
+    if att is not None:
+        out.append(f"  attractors of the frozen layer vs class: AMI {float(att['ami']):.3f} "
+                   f"[{float(att['ami_low']):.3f}, {float(att['ami_high']):.3f}], p "
+                   f"{float(att['ami_p_value']):.3g}")
+    for group, what in (("fixed_points/state", "all tokens"), ("fixed_points/cls", "cls token")):
+        fp = _group(node, group)
+        if fp is None:
             continue
-        fp = node[group]
-        meanings = str(fp["status"].attrs.get("flag_meanings", "")).split()
-        counts = np.bincount(fp["status"].values.astype(int), minlength=len(meanings))
-        radius = fp["spectral_radius"].values if "spectral_radius" in fp else []
-        out.append(f"  fixed points (layer {fp.attrs.get('layer', '?')}, {what}): "
-                   + ", ".join(f"{m} {c}" for m, c in zip(meanings, counts) if c)
-                   + f"; {len(radius)} unique, spectral radius " + _fmt(radius[:4]))
-    if "basins" in node.children:
-        frac = np.sort(node["basins"]["fraction"].values)[::-1]
-        out.append(f"  basins (layer {node['basins'].attrs.get('layer', '?')}): {len(frac)}, "
-                   f"largest fractions " + _fmt(frac[:4]))
-    if "recovery" in node.children:
-        ratio = node["recovery"]["ratio"].mean([n, "draw", "perturb_angle"])
-        for direction in ratio["direction"].values:
-            r = ratio.sel(direction=direction).mean("inject_depth")
-            out.append(f"  recovery ratio final/injected angle ({direction}): " + ", ".join(
-                f"{k} {float(v):.2f}" for k, v in zip(r[D.KIND].values, r.values)))
-    return ["dynamics (means over the kept trajectories):", *out] if out else []
+        meanings = str(fp["stability"].attrs.get("flag_meanings", "")).split()
+        counts = np.bincount(fp["stability"].values.astype(int), minlength=len(meanings))
+        out.append(f"  fixed points ({what}): {int(fp['n_converged'])} of {fp.sizes['start']} "
+                   f"starts converged, {int(fp['n_distinct'])} distinct: "
+                   + ", ".join(f"{m} {c}" for m, c in zip(meanings, counts) if c))
+    rec = _group(node, "recovery")
+    if rec is not None:
+        last = rec[D.DEPTH].values[-1]
+        for direction in rec["direction"].values:
+            sel = rec.sel(direction=direction, depth=last).isel(perturb_angle=0)
+            out.append(f"  recovery at depth {last} ({direction}, median angle/theta): " + "; ".join(
+                f"l0={int(l0)} " + ", ".join(
+                    f"{k} {float(sel['median'].sel(inject_depth=l0, kind=k)):.2f}"
+                    for k in rec[D.KIND].values) for l0 in rec["inject_depth"].values))
+    return ["dynamics:", *out] if out else []
 
 
 def _curves(ds) -> list[str]:

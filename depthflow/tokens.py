@@ -1,4 +1,4 @@
-"""Token dynamics along depth (SCIENCE.md section 5), as pure tensor functions.
+"""Token dynamics along depth (docs/methods.md), as pure tensor functions.
 
 All functions take a batch of trajectories ``traj`` of shape ``(B, L+1, T, D)`` (depth 0 =
 embedded input) and return per-sample quantities; the streaming accumulators at the end

@@ -1,101 +1,152 @@
-"""The dynamics plugin of ``depthflow analyze`` on a tiny ViT: variables, attrs, NetCDF, figures."""
+"""The dynamics plug-in of ``depthflow analyze`` on a tiny ViT: groups, labelled per-image
+values, summaries with n and intervals, CF flags, figures, batch independence."""
 
-import types
+import json
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
+from _models import tiny_loaded
 
-from depthflow.dynamics.analysis import DynamicsAnalysis, DynamicsConfig
+import depthflow as df
+from depthflow.dynamics.analysis import DynamicsConfig
 from depthflow.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-KINDS = ["cls", "register", "register", "patch", "patch", "patch", "patch"]
+
+BUDGET = ["dynamics.samples=6", "dynamics.min_per_class=2", "dynamics.k=3",
+          "dynamics.class_samples=40", "dynamics.robustness_samples=12",
+          "dynamics.n_perm=20", "dynamics.n_boot=20", "dynamics.frozen_samples=2",
+          "dynamics.frozen_steps=8", "dynamics.frozen_transient=2",
+          "dynamics.attractor_steps=5", "dynamics.fixed_point_starts=4",
+          "dynamics.fixed_point_max_iter=3", "dynamics.norm_scan_starts=2",
+          "dynamics.recovery_depths=1", "dynamics.recovery_angles=0.1",
+          "dynamics.recovery_draws=1", "dynamics.robustness_angles=0.1,1.0"]
+GROUPS = ["lyapunov", "frozen_lyapunov", "stretching", "basins/classes", "basins/robustness",
+          "basins/attractors", "fixed_points/state", "fixed_points/cls",
+          "fixed_points/norm_scan", "recovery"]
 
 
-def _ctx(model):
-    return types.SimpleNamespace(
-        loaded=types.SimpleNamespace(model=model), source=types.SimpleNamespace(
-            class_names=[str(i) for i in range(10)]), preprocessing=None,
-        device=torch.device("cpu"), dtype="float32", batch_size=3, progress=False, seed=0,
-        token_kinds=KINDS, kinds=["cls", "register", "patch"], groups=None)
+def run(path, batch_size=8, options=BUDGET):
+    analyses = df.build_analyses(options=["phases.swap_trials=0", *options])
+    return df.analyze(tiny_loaded(0, depth=3), df.open_images("digits"), path,
+                      config=df.AnalyzeConfig(limit=40, batch_size=batch_size),
+                      analyses=analyses)
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    from _models import tiny_vit
-
-    model = tiny_vit(0, depth=3, embed_dim=16)          # float32, as streamed
-    images = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        states = model.trajectory(images)                 # (5, 4, T=7, 16)
-    config = DynamicsConfig(samples=4, k=3, lyapunov_steps=4, lyapunov_transient=2,
-                            fixed_point_max_iter=5, basin_steps=10, basin_starts=2,
-                            recovery_depths=(1,), recovery_angles=(0.1,), recovery_draws=1,
-                            token_blocks=True, spectra_samples=2)
-    plugin = DynamicsAnalysis(config)
-    ctx = _ctx(model)
-    for start in (0, 3):                                  # two streamed batches
-        tb = types.SimpleNamespace(states=states[start:start + 3], logits=None,
-                                   batch=types.SimpleNamespace(
-                                       labels=torch.tensor([1, 2, 1, 3, 3])[start:start + 3]))
-        plugin.update(tb, ctx)
-    ds = plugin.finish(ctx)
-    return plugin, ds, model, tmp_path_factory.mktemp("dyn")
+    tmp = tmp_path_factory.mktemp("dyn")
+    path = run(tmp / "a.nc")
+    return df.open_result(path), tmp
 
 
-def test_every_variable_is_labelled_and_prefixed(result):
-    _, ds, model, _ = result
-    assert ds.sizes["dyn_sample"] == 4
-    for name, var in ds.data_vars.items():
-        assert name.startswith("dyn_"), name
-        assert "long_name" in var.attrs and "units" in var.attrs, name
-    for name in ("dyn_eig_real", "dyn_eig_imag", "dyn_lyap_exponent_depth",
-                 "dyn_lyap_frozen_exponent", "dyn_fp_status", "dyn_basin_fraction",
-                 "dyn_recovery_ratio", "dyn_token_block_radius"):
-        assert name in ds, name
-    for name in ("dyn_lyap_status_depth", "dyn_basin_status", "dyn_eig_status"):
-        assert "flag_values" in ds[name].attrs and "flag_meanings" in ds[name].attrs
-    assert float(ds["dyn_basin_fraction"].sum()) == pytest.approx(1.0)
-    # the real trajectory is an orbit of the sphere maps: injected angle at l0, finite after
-    rec = ds["dyn_recovery_angle"].sel(depth=1)
-    assert np.allclose(rec.values, 0.1, atol=1e-6)
-    # the model is handed back as it came (dtype)
-    assert next(model.parameters()).dtype == torch.float32
+def test_every_group_is_there_and_labelled(result):
+    tree, _ = result
+    for group in GROUPS:
+        ds = tree[f"dynamics/{group}"].to_dataset(inherit=False)
+        assert ds.data_vars, group
+        for name, var in ds.data_vars.items():
+            assert not name.startswith("dyn_"), name                    # plain names
+            assert "long_name" in var.attrs and "units" in var.attrs, (group, name)
+            if name.endswith("status") or name == "stability":
+                assert "flag_values" in var.attrs and "flag_meanings" in var.attrs
 
 
-def test_netcdf_round_trip_and_figures(result):
-    plugin, ds, _, tmp = result
-    path = tmp / "dyn.nc"
-    ds.to_netcdf(path)
-    with xr.open_dataset(path) as back:
-        xr.testing.assert_allclose(back["dyn_lyap_exponent_depth"],
-                                   ds["dyn_lyap_exponent_depth"])
-        for value in back.attrs.values():
-            assert isinstance(value, (str, int, float, np.integer, np.floating))
-    figs = plugin.plot(ds, tmp / "figs")
-    assert {p.name for p in figs} == {"dynamics_spectra.png", "dynamics_exponents.png",
-                                      "dynamics_basins.png", "dynamics_recovery.png"}
-    assert all(p.stat().st_size > 1000 for p in figs)
+def test_jvp_subset_is_labelled_with_global_indices(result):
+    tree, _ = result
+    ly = tree["dynamics/lyapunov"].to_dataset()
+    root = tree.to_dataset()
+    idx = ly["sample_index"].values
+    labels = ly["label"].values
+    assert len(idx) >= 6 and (np.diff(idx) > 0).all()
+    np.testing.assert_array_equal(root["label"].values[idx], labels)     # same images
+    assert list(ly["sample_name"].values) == list(root["sample_name"].values[idx])
+    for c in np.unique(root["label"].values[:40]):                       # >= 2 per class
+        assert (labels == c).sum() >= min(2, (root["label"].values[:40] == c).sum())
 
 
-def test_config_validation():
-    with pytest.raises(ConfigError, match="unknown dynamics analyses"):
-        DynamicsConfig(analyses=("lyapunov", "chaos")).validate()
-    with pytest.raises(ConfigError, match="samples"):
-        DynamicsConfig(samples=0).validate()
+def test_summaries_are_medians_with_intervals(result):
+    tree, _ = result
+    ly = tree["dynamics/lyapunov"].to_dataset()
+    ex = ly["lyapunov_exponent"].sel(restriction="all->all", segment="whole depth")
+    med = ly["lyapunov_exponent_median"].sel(restriction="all->all", segment="whole depth")
+    np.testing.assert_allclose(med.values, np.nanmedian(ex.values, axis=0))
+    low = ly["lyapunov_exponent_low"].sel(restriction="all->all", segment="whole depth")
+    high = ly["lyapunov_exponent_high"].sel(restriction="all->all", segment="whole depth")
+    assert (low.values <= med.values + 1e-12).all() and (med.values <= high.values + 1e-12).all()
+    assert ly["lyapunov_exponent_median"].attrs["n_images"] == ly.sizes["subsample"]
+    exps = ex.values
+    assert (np.diff(exps, axis=-1) <= 1e-12).all()                        # sorted
+    assert list(ly["restriction"].values) == ["all->all", "cls->cls", "all->cls"]
 
 
-def test_status_flags_are_cf_integer_attributes(tmp_path):
-    from depthflow.dynamics.fixed_points import FixedPointStatus
-    from depthflow.io.netcdf import write_dataset
+def test_stretching_is_the_one_layer_spectrum(result):
+    tree, _ = result
+    st = tree["dynamics/stretching"].to_dataset()
+    assert st.sizes["layer"] == 3 and "sigma" in st
+    assert "stretch" in st["sigma"].attrs["long_name"]
+    frac = ((np.log(st["sigma"].isel(mode=0).values) < 0).mean(0))
+    np.testing.assert_allclose(st["contracting_fraction"].values, frac)
 
-    ds = xr.Dataset({"s": (("i",), np.array([0, 2], np.int8), {
-        "long_name": "status", "units": "",
-        "flag_values": np.array([int(s) for s in FixedPointStatus], np.int8),
-        "flag_meanings": " ".join(s.name.lower() for s in FixedPointStatus)})})
-    write_dataset(ds, tmp_path / "f.nc")
-    with xr.open_dataset(tmp_path / "f.nc") as back:
-        assert list(back["s"].attrs["flag_values"]) == [int(s) for s in FixedPointStatus]
-        assert len(back["s"].attrs["flag_meanings"].split()) == len(FixedPointStatus)
+
+def test_class_statistics_use_images_not_tokens(result):
+    tree, _ = result
+    cl = tree["dynamics/basins/classes"].to_dataset()
+    assert cl.attrs["n_images"] == cl.sizes["subsample"] == 40
+    assert (cl["ncm_p_value"].values >= 1 / 21 - 1e-12).all()           # 20 permutations
+    assert list(cl["class"].values) == list(tree.to_dataset()["class"].values)
+
+
+def test_figures_and_info(result, tmp_path):
+    tree, _ = result
+    from depthflow.plots.dynamics import plot_dynamics
+    from depthflow.report import describe
+
+    names = {p.name for p in plot_dynamics(tree["dynamics"], tmp_path)}
+    assert names == {"dynamics_lyapunov.png", "dynamics_stretching.png", "dynamics_basins.png",
+                     "dynamics_recovery.png", "dynamics_fixed_points.png"}
+    text = describe(tree.encoding.get("source") or result[1] / "a.nc")
+    assert "finite-depth top Lyapunov exponent" in text and "n = " in text
+
+
+def test_per_sample_values_do_not_depend_on_the_batch_size(result, tmp_path):
+    tree, _ = result
+    other = df.open_result(run(tmp_path / "b.nc", batch_size=5))
+    for group, name in [("stretching", "sigma"), ("recovery", "ratio_random"),
+                        ("basins/classes", "entry_depth")]:
+        a = tree[f"dynamics/{group}"][name].values
+        b = other[f"dynamics/{group}"][name].values
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9, err_msg=f"{group}/{name}")
+
+
+def test_models_without_labels_or_cls_skip_with_a_reason(tmp_path):
+    path = df.analyze(tiny_loaded(0, depth=3), df.open_images("digits"), tmp_path / "c.nc",
+                      config=df.AnalyzeConfig(limit=8),
+                      analyses=df.build_analyses(phases=False, dynamics="basins",
+                                                 options=["dynamics.samples=4",
+                                                          "dynamics.class_samples=1",
+                                                          "dynamics.n_perm=5",
+                                                          "dynamics.n_boot=5"]))
+    node = df.open_result(path)["dynamics/basins"]
+    assert "not defined" in node.attrs["skipped"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(analyses=("spectra",)), "unknown dynamics analyses"),
+    (dict(samples=0), "samples"),
+    (dict(tol=0.5), "tol"),
+    (dict(robustness_angles=(4.0,)), "robustness_angles"),
+    (dict(recovery_directions=("sideways",)), "recovery_directions"),
+    (dict(dtype="float16"), "dtype"),
+])
+def test_bad_config(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        DynamicsConfig(**changes)
+
+
+def test_config_is_recorded(result):
+    tree, _ = result
+    cfg = json.loads(tree["dynamics"].attrs["config"])
+    assert cfg["samples"] == 6 and cfg["k"] == 3
+    assert isinstance(xr.open_dataset, object)

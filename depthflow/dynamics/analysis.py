@@ -72,8 +72,8 @@ class DynamicsConfig(Options):
     state_spectrum: bool = True                  # also the state propagator, whole depth
     frozen_layers: tuple[int, ...] = (-1,)       # layers iterated for the asymptotic QR
     frozen_samples: int = 8
-    frozen_steps: int = 200
-    frozen_transient: int = 100
+    frozen_steps: int = 100
+    frozen_transient: int = 50
     stretching_k: int = 4
     n_perm: int = 1000                           # label permutations of the class null
     robustness_depths: tuple[int, ...] | None = None     # None: L/4, L/2, 3L/4
@@ -83,8 +83,8 @@ class DynamicsConfig(Options):
     attractor_tol: float = 0.1                   # rad
     fixed_point_layer: int = -1
     fixed_point_starts: int = 32
-    fixed_point_max_iter: int = 15
-    norm_scan_starts: int = 8                    # starts of the reference-norm scan
+    fixed_point_max_iter: int = 10
+    norm_scan_starts: int = 4                    # starts of the reference-norm scan
     fixed_point_token: int = 0                   # the one-token scope (0 = cls)
     norm_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
     recovery_depths: tuple[int, ...] | None = None       # None: L/4, L/2, 3L/4

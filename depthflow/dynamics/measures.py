@@ -299,15 +299,23 @@ def stretching(run: Run) -> xr.DataTree:
 def basins(run: Run) -> xr.DataTree:
     cfg, k, cls = run.cfg, run.kept, run.cls_token
     names = list(run.ctx.source.class_names) if run.ctx.source is not None else []
-    if cls is None or k["cls"] is None or len(set(k["cls_labels"].tolist())) < 2:
+    counts = np.bincount(k["cls_labels"], minlength=1) if len(k["cls_labels"]) else np.zeros(1)
+    usable = np.flatnonzero(counts >= 2)                  # the cross-fit needs 2 per class
+    if cls is None or k["cls"] is None or len(usable) < 2:
         why = ("this model has no cls token" if cls is None else
-               "fewer than two classes among the labelled images")
+               "fewer than two classes with at least two labelled images")
         return xr.DataTree(xr.Dataset(attrs={"skipped": f"not defined: {why}"}))
-    res = class_basins(k["cls"].double(), k["cls_labels"], seed=cfg.seed, n_perm=cfg.n_perm,
+    keep = lambda labels: np.where(np.isin(labels, usable), labels, -1)   # noqa: E731
+    dropped = sorted(set(np.flatnonzero(counts).tolist()) - set(usable.tolist()))
+    res = class_basins(k["cls"].double(), keep(k["cls_labels"]), seed=cfg.seed,
+                       n_perm=cfg.n_perm,
                        n_boot=min(cfg.n_boot, 200), level=cfg.level,
                        sample_ids=k["cls_index"])
     ds = _class_names(res.to_dataset(), names)
-    ds = run.labelled(ds, "image", index=k["cls_index"], labels=k["cls_labels"])
+    ds.attrs["classes_left_out"] = (f"{dropped}: fewer than two labelled images" if dropped
+                                    else "none")
+    ds = run.labelled(ds, "image", index=res.image_ids,            # labelled images only
+                      labels=res.classes[res.image_labels])
     children = {"classes": xr.DataTree(ds)}
     directions = k["cls"][:, -1] / k["cls"][:, -1].norm(dim=-1, keepdim=True)
     means = _class_means(directions, k["cls_labels"], len(names) or int(k["cls_labels"].max())
@@ -315,7 +323,7 @@ def basins(run: Run) -> xr.DataTree:
     if k["rob"] is not None:
         states = {d: k["rob"][:, i] for i, d in enumerate(k["rob_depths"])}
         model = run.F.model
-        rob = basin_robustness(run.F, states, k["rob_labels"], means,
+        rob = basin_robustness(run.F, states, keep(k["rob_labels"]), means,
                                thetas=cfg.robustness_angles, cls_index=cls,
                                head=(lambda x: model.readout(x)) if model.head is not None
                                else None, seed=cfg.seed, sample_ids=k["rob_index"],
@@ -323,7 +331,7 @@ def basins(run: Run) -> xr.DataTree:
         children["robustness"] = xr.DataTree(run.labelled(
             rob.to_dataset(), "image", index=k["rob_index"], labels=k["rob_labels"]))
     t = _layer(cfg.attractor_layer, run.L, "attractor_layer")
-    att = attractor_classes(run.frozen(t), run.directions(run.L), run.kept["labels"],
+    att = attractor_classes(run.frozen(t), run.directions(run.L), keep(run.kept["labels"]),
                             steps=cfg.attractor_steps, cls_index=cls,
                             tol_angle=cfg.attractor_tol, seed=cfg.seed, n_perm=cfg.n_perm,
                             n_boot=min(cfg.n_boot, 200), level=cfg.level,

@@ -1,7 +1,7 @@
 """How fixed points and basins of an iterated sphere map depend on its reference norms.
 
 A sphere map ``F_hat(u) = F(r u) / ||F(r u)||`` (:func:`depthflow.maps.sphere`) depends on the
-reference token norms ``r``, a free choice (SCIENCE.md section 6): a residual block is not
+reference token norms ``r``, a free choice (docs/methods.md): a residual block is not
 homogeneous, so its directional dynamics at ``r / 2`` and ``2 r`` differ.
 :func:`scan_reference_norms` reruns the fixed-point search (and, when starts are given, the basin iteration) with ``r``
 scaled by each factor in ``scales`` and reports per scale the number of distinct fixed

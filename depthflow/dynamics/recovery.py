@@ -1,6 +1,6 @@
 """Perturbation recovery (self-correction) along real trajectories of a depth-indexed map.
 
-Protocol (SCIENCE.md section 5; magnitudes are parameters). Run the reference trajectory
+Protocol (docs/methods.md; magnitudes are parameters). Run the reference trajectory
 ``x_l`` from ``x0``; at an injection depth ``l0`` rotate token ``i``'s direction by the angle
 ``theta * rho_i`` towards the unit tangent ``w_i / rho_i`` (``rho_i = ||w_i||``), keeping its
 norm::

@@ -1,6 +1,6 @@
 """ViT architectures: what weights imply, presets, and user overrides.
 
-:func:`infer_config` reads a :class:`~depthflow.vit.ViTConfig` off depthflow-named weights
+:func:`infer_config` reads a :class:`~depthflow.models.vit.ViTConfig` off depthflow-named weights
 (width, depth, patch size, registers, position grid, MLP kind, biases, head). The number of
 attention heads is not in the weights: it comes from a hint (an HF config, a live module),
 an override, or DINOv2's 64-wide heads. :func:`parse_arch` turns what a user types

@@ -432,7 +432,7 @@ def read_torch_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
 
 def unwrap_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
     """The tensor mapping inside common containers (``{"model": sd}``, ``{"state_dict": sd}``,
-    ``{"teacher": sd}``); key prefixes are handled by :func:`depthflow.formats.strip_prefixes`."""
+    ``{"teacher": sd}``); key prefixes are handled by :func:`depthflow.models.formats.strip_prefixes`."""
     for _ in range(len(CONTAINER_KEYS) + 1):
         if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
             return {str(k): v for k, v in obj.items()}

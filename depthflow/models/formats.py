@@ -1,7 +1,7 @@
 """Foreign ViT state dicts in depthflow's names, and the architecture their weights imply.
 
 One converter per source style maps a state dict to depthflow's (DINOv2 hub) parameter
-names and infers a :class:`~depthflow.vit.ViTConfig` from the tensor shapes:
+names and infers a :class:`~depthflow.models.vit.ViTConfig` from the tensor shapes:
 
 =======================  ===============================================================
 style                    source

@@ -1,7 +1,7 @@
 """Image preprocessing recorded with every model and every result.
 
 Inputs are first brought to floats in [0, 1] (PIL images divide by 255, the bundled digits
-by 16, arrays as described in :mod:`depthflow.data`), then resized (shorter side), centre
+by 16, arrays as described in :mod:`depthflow.images`), then resized (shorter side), centre
 cropped, and normalised per channel: ``(x - mean) / std``.
 """
 

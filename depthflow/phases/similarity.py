@@ -12,7 +12,7 @@ Metrics (all matrices symmetric):
 
 * cosine distance ``1 - cos(a_i, a_j)`` (cosine clamped to [-1, 1], norms floored at
   1e-8), averaged over observations: with the ``paper`` view this is exactly the official
-  notebook's matrix (SCIENCE.md section 2); zero on the diagonal;
+  notebook's matrix (docs/methods.md); zero on the diagonal;
 * MSE ``mean_features (a_i - a_j)^2``, averaged over observations (activation units^2);
 * linear CKA in feature space: ``||C_ij||_F^2 / (||C_ii||_F ||C_jj||_F)`` with ``C_ij`` the
   cross-covariance of depths i and j over all observations, from streaming float64 sums

@@ -127,7 +127,7 @@ def _probe_scores(ref: np.ndarray, swapped: list[np.ndarray], labels: np.ndarray
 def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu",
               dtype: str = "float32", probe: bool = True, progress: bool = False,
               total: int | None = None) -> dict[str, np.ndarray | float | int]:
-    """Run every trial on every batch (iterable of :class:`~depthflow.data.Batch`).
+    """Run every trial on every batch (iterable of :class:`~depthflow.images.Batch`).
 
     Returns per-trial arrays ``cosine``, ``r2``, ``accuracy`` and ``agreement`` (NaN where
     undefined) plus ``baseline_accuracy``, ``samples``, ``labelled`` and ``scorer``

@@ -118,15 +118,17 @@ def draw_token_dynamics(tree, out_dir: Path, *, dpi: int = 110) -> list[Path]:
     names = available_panels(ds)
     if not names:
         return []
-    title = str(ds.attrs.get("title", "depthflow"))
-    cols = 3
+    n = ds.sizes.get(D.SAMPLE, 0)
+    title = (f"{ds.attrs.get('title', 'depthflow')} (n = {n} images; lines: mean over images, "
+             "bands: +-1 standard deviation across images)")
+    cols = min(3, len(names))
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         PANELS[name][1](ax, ds)
     for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    fig.suptitle(title)
+        fig.delaxes(ax)                                   # no empty panels
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     drawn = [save_figure(fig, out_dir / "overview.png", dpi=dpi)]
     for name in names:

@@ -1,4 +1,4 @@
-"""Raptor: block-recurrent surrogates of ViTs (SCIENCE.md section 3).
+"""Raptor: block-recurrent surrogates of ViTs (docs/methods.md).
 
 ``k`` recurrent blocks trained to reproduce EVERY teacher layer. Build and fit with
 :func:`fit_raptor` (``depthflow fit`` calls :func:`depthflow.workflows.fit_checkpoint`),

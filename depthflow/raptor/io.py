@@ -10,7 +10,7 @@ A fitted surrogate is a directory::
       training_state.pt     # resume record (tensors + plain values only)
 
 :func:`load_raptor` reads the directory or the ``.safetensors`` file alone;
-:func:`depthflow.checkpoints.load_model` recognises both and returns a ``LoadedModel``
+:func:`depthflow.load_model` recognises both and returns a ``LoadedModel``
 whose ``.model`` is the :class:`~depthflow.raptor.model.Raptor`.
 """
 

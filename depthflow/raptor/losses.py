@@ -1,4 +1,4 @@
-"""Losses of the Raptor recipe (SCIENCE.md section 3).
+"""Losses of the Raptor recipe (docs/methods.md).
 
 * Stage 1, per block ``j`` on its own segment ``start_j -> stop_j``, fed the teacher state at
   the segment start: ``r L_TF + (1 - r) L_AR``; ``L_TF`` predicts every ``a_l`` from the

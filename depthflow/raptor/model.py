@@ -1,11 +1,11 @@
-"""The Raptor block and the block-recurrent surrogate (SCIENCE.md section 3).
+"""The Raptor block and the block-recurrent surrogate (docs/methods.md).
 
 A :class:`Raptor` has ``k`` blocks ``B_1..B_k``; block ``j`` produces the teacher layers of
 segment ``j``, i.e. it is applied ``n_j`` times with ``sum n_j = L``. The routing comes from
 thresholds: ``[7]`` on 12 layers gives counts ``(7, 5)`` (block 0 makes layers 1-7, block 1
 layers 8-12). The surrogate reuses the teacher's patch embedding, cls/register tokens,
 position embedding, final norm and head (frozen), so it exposes the same depth interface as
-:class:`depthflow.vit.ViT`: ``embed``, ``step(layer, state)``, ``rollout``, ``iter_states``,
+:class:`depthflow.models.vit.ViT`: ``embed``, ``step(layer, state)``, ``rollout``, ``iter_states``,
 ``trajectory``, ``readout``. ``step`` is a pure function of a ``(..., T, D)`` state, so
 ``torch.func.jvp``/``vjp``/``vmap`` apply in math attention.
 
@@ -147,7 +147,7 @@ class RaptorBlock(Block):
 class Raptor(ViT):
     """A block-recurrent surrogate of a ViT teacher: ``k`` blocks over ``L`` layers.
 
-    ``cfg`` is the teacher's :class:`~depthflow.vit.ViTConfig` (``depth = L``) and
+    ``cfg`` is the teacher's :class:`~depthflow.models.vit.ViTConfig` (``depth = L``) and
     ``raptor_cfg`` the :class:`RaptorConfig`. ``blocks`` holds the ``k`` Raptor blocks;
     :meth:`block_for` gives the block that makes a layer, and ``step(layer, state)``
     applies it with depth conditioning ``t = layer``. The embedding, final norm and head are

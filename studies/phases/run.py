@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def photo_folder(out: Path) -> Path:
-    """The scikit-image photos of :data:`depthflow.zoo.SKIMAGE_PHOTOS` as PNGs."""
+    """The scikit-image photos of :data:`depthflow.models.zoo.SKIMAGE_PHOTOS` as PNGs."""
     from PIL import Image
 
     folder = out / "skimage_photos"

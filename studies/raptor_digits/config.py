@@ -1,7 +1,7 @@
 """Every setting of the Raptor digits study, as plain dicts.
 
 ``get_config()`` is the base fit (the ``depthflow fit`` defaults on the embedded digits ViT,
-k = 2, thresholds from max-cut) and the ablation ladder of SCIENCE.md section 3, each rung a
+k = 2, thresholds from max-cut) and the ablation ladder of docs/methods.md, each rung a
 set of :class:`depthflow.raptor.FitConfig` overrides applied on top of the base.
 """
 
