@@ -50,7 +50,7 @@ def test_power_map_random_directions_split_in_halves_with_binomial_errors():
     assert ((p - 0.5).abs() < 4 * se).all()
     assert res.fractions_by_class.shape == (3, 3) and res.fractions_by_kind.shape == (2, 3)
     ds = res.to_dataset()
-    assert ds["dyn_basin_fraction_by_kind"].sel(kind="cls").sum() == pytest.approx(1.0)
+    assert ds["fraction_by_kind"].sel(kind="cls").sum() == pytest.approx(1.0)
     # state scope: 2 tokens -> 4 state attractors (+-q1 per token)
     state = basins_fractions(orc.map, n, state_shape=(2, 4), steps=60, tol_angle=0.05,
                              scope="state", seed=1)

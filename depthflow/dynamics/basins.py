@@ -103,10 +103,12 @@ class BasinResult:
     def num_attractors(self) -> int:
         return int(self.attractors.shape[0])
 
-    def to_dataset(self, *, prefix: str = "dyn_basin_"):
+    def to_dataset(self):
+        """Plain names (the caller chooses the group); the attractor directions are
+        ``attractors`` (``attractor`` is their index)."""
         import xarray as xr
 
-        p = prefix
+        p = ""
         pts = (START, D.TOKEN) if self.scope == "token" else (START,)
         basin = np.arange(-1, self.num_attractors)
         att_dims = (ATTRACTOR, D.FEATURE) if self.attractors.ndim == 2 else (
@@ -120,7 +122,7 @@ class BasinResult:
                  "angle of the end point to its nearest attractor", "rad")),
              f"{p}change": (pts, self.change.numpy(), attrs(
                  "largest per-step angle over the last steps (convergence)", "rad")),
-             f"{p}attractor": (att_dims, self.attractors.double().numpy(), attrs(
+             f"{p}attractors": (att_dims, self.attractors.double().numpy(), attrs(
                  f"attractor directions ({self.found})", "1")),
              f"{p}fraction": ((BASIN,), self.fractions.numpy(), attrs("basin fraction")),
              f"{p}fraction_stderr": ((BASIN,), self.stderr.numpy(), attrs(

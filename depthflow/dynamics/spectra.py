@@ -109,36 +109,37 @@ class SpectrumResult:
         return ("not converged to tol: raise ncv or max_restarts/max_iter, loosen tol, or use "
                 "method='dense' when the operator is small")
 
-    def to_dataset(self, prefix: str = "jacobian") -> xr.Dataset:
-        """Labelled output: real and imaginary parts as two variables (dim ``eig``) or the
-        singular values (dim ``mode``), the spectral radius/norm, and NetCDF-plain attrs."""
+    def to_dataset(self) -> xr.Dataset:
+        """Labelled output with plain names (the caller chooses the group): real and
+        imaginary parts as two variables (dim ``eig``) or the singular values (dim
+        ``mode``), the spectral radius/norm, and NetCDF-plain attrs."""
         what = "tangent Jacobian" if self.tangent else "state Jacobian"
         data: dict[str, xr.DataArray] = {}
         if self.eigenvalues is not None:
             ev = self.eigenvalues.detach().cpu().to(torch.complex128).numpy()
-            data[f"{prefix}_eig_real"] = xr.DataArray(
+            data["eig_real"] = xr.DataArray(
                 ev.real, dims=(dims.EIG,),
                 attrs={"long_name": f"real part of the top eigenvalues of the {what}",
                        "units": "1"})
-            data[f"{prefix}_eig_imag"] = xr.DataArray(
+            data["eig_imag"] = xr.DataArray(
                 ev.imag, dims=(dims.EIG,),
                 attrs={"long_name": f"imaginary part of the top eigenvalues of the {what}",
                        "units": "1"})
-            data[f"{prefix}_spectral_radius"] = xr.DataArray(
+            data["spectral_radius"] = xr.DataArray(
                 self.spectral_radius,
                 attrs={"long_name": f"largest |eigenvalue| of the {what}", "units": "1"})
         if self.singular_values is not None:
             sv = self.singular_values.detach().cpu().double().numpy()
-            data[f"{prefix}_singular_value"] = xr.DataArray(
+            data["singular_value"] = xr.DataArray(
                 sv, dims=(dims.MODE,),
                 attrs={"long_name": f"top singular values of the {what}", "units": "1"})
-            data[f"{prefix}_spectral_norm"] = xr.DataArray(
+            data["spectral_norm"] = xr.DataArray(
                 float(sv.max()) if sv.size else math.nan,
                 attrs={"long_name": f"largest singular value of the {what}", "units": "1"})
-        attrs = {f"{prefix}_method": self.method, f"{prefix}_nmatvec": int(self.nmatvec),
-                 f"{prefix}_converged": int(self.converged),
-                 f"{prefix}_tangent": int(self.tangent), f"{prefix}_size": int(self.size),
-                 f"{prefix}_map": self.map_json}
+        attrs = {"method": self.method, "nmatvec": int(self.nmatvec),
+                 "converged": int(self.converged),
+                 "tangent": int(self.tangent), "size": int(self.size),
+                 "map": self.map_json}
         return xr.Dataset(data, attrs=attrs)
 
 
