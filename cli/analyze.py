@@ -28,8 +28,8 @@ def default_output(checkpoint: str | None) -> str:
 @click.option("--phases/--no-phases", default=True, show_default=True,
               help="Layer x layer similarity, max-cut and DP segmentations, metrics, layer swaps.")
 @click.option("--dynamics", default="all", show_default=True,
-              help="Dynamics analyses: all, none, or a comma list of spectra, lyapunov, "
-                   "fixed_points, basins, recovery.")
+              help="Dynamics analyses: all, none, or a comma list of lyapunov, stretching, "
+                   "basins, fixed_points, recovery.")
 @click.option("--set", "settings", multiple=True, metavar="ANALYSIS.KEY=VALUE",
               help="An option of an analysis, e.g. phases.swap_trials=64 or dynamics.samples=16 "
                    "(repeatable; fields of depthflow.phases.analysis.PhaseConfig and "

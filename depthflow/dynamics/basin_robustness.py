@@ -1,5 +1,5 @@
 """Robustness of class basins under perturbations of the real model, and the attractor view
-of iterated autonomous maps (definitions in ``docs/methods_class_basins.md``).
+of iterated autonomous maps (definitions in ``docs/methods.md`` (class basins)).
 
 * :func:`basin_robustness`: rotate the cls token (``scope="cls"``) or every token
   (``scope="all"``) at depth l by an angle theta towards a random tangent direction, norms

@@ -1,5 +1,5 @@
 """Class-dependent angular basins of the cls token over depth, with statistics that test the
-claim (see ``docs/methods_class_basins.md`` for every definition).
+claim (see ``docs/methods.md`` (class basins) for every definition).
 
 :func:`class_basins` takes the cls directions of n labelled images at every depth
 ``0..L`` and reports, per depth: the angular dispersion within class and between class means

@@ -1,7 +1,7 @@
 """Finite-depth Lyapunov spectra of depth-indexed maps: singular values of propagators.
 
 For a depth map ``F`` (layers ``t = start+1..stop``) and states ``x`` at depth ``start``, two
-propagators (definitions in ``docs/methods_finite_depth.md``):
+propagators (definitions in ``docs/methods.md`` (finite-depth spectra)):
 
 * ``kind="state"``: ``Phi = d x_stop / d x_start``, the state propagator on ``R^(T x D)``;
 * ``kind="direction"``: ``P = d u_stop / d u_start``, the directional propagator: a tangent

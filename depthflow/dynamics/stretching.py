@@ -5,7 +5,7 @@ the one-layer directional propagator ``d u_l / d u_(l-1)`` (norms held): ``log s
 means the layer shrinks every direction perturbation. ``segment_spectra`` does the same for
 any ``(start, stop)`` segments, e.g. the phases of a segmentation. Neither composes into the
 whole-depth spectrum: a direction perturbation changes intermediate token norms, and later
-layers turn norm changes into direction changes (``docs/methods_finite_depth.md``).
+layers turn norm changes into direction changes (``docs/methods.md`` (finite-depth spectra)).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Labelled results of the phase analysis: segmentation and layer-swap Datasets, and the
 short text table of ``depthflow phases``.
 
-Variables start with ``phase_`` or ``swap_``, carry ``long_name`` and ``units``, and use the
-dimension names of :mod:`depthflow.vocabulary`; everything is NetCDF-plain (integers for flags,
-JSON strings for thresholds).
+Variables have plain names (they are written to the ``phases`` and ``phases/swap`` groups),
+carry ``long_name`` and ``units``, and use the dimension names of
+:mod:`depthflow.vocabulary`; everything is NetCDF-plain (integers for flags, JSON strings
+for thresholds).
 """
 
 from __future__ import annotations
