@@ -41,6 +41,7 @@ from depthflow.maps import DepthMap, check_states, require_autonomous
 from depthflow.tokens import angle
 from depthflow.vocabulary import attrs
 from depthflow.vocabulary import Status, flags
+from depthflow.tokens import token_groups
 
 __all__ = ["BasinResult", "basins_fractions", "random_directions", "BASIN_STATUS"]
 
@@ -350,11 +351,9 @@ def _fractions(label: Tensor, M: int, labels, token_kinds, scope: str, tokens: l
     if token_kinds is not None and scope == "token":
         if len(token_kinds) != T:
             raise InputError(f"token_kinds must name every token ({T}), got {len(token_kinds)}")
-        sel_kinds = [token_kinds[i] for i in tokens]
-        kinds = [k for k in D.TOKEN_KINDS if k in sel_kinds]
-        kinds += sorted({k for k in sel_kinds if k not in kinds})
-        rows = [_share(label[:, [j for j, k in enumerate(sel_kinds) if k == kind]], M)[:2]
-                for kind in kinds]
+        groups = token_groups([token_kinds[i] for i in tokens])
+        kinds = list(groups)
+        rows = [_share(label[:, groups[kind]], M)[:2] for kind in kinds]
         by_kind = torch.stack([r[0] for r in rows])
         se_kind = torch.stack([r[1] for r in rows])
     return p, se, counts, classes, by_class, se_class, kinds, by_kind, se_kind

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import ConfigError, InputError
+from depthflow.tokens import token_groups
 
 VIEWS = ("paper", "cls", "register", "patch", "all")
 METRICS = ("cosine", "mse", "cka")
@@ -56,8 +57,8 @@ def view_tokens(token_kinds: Sequence[str]) -> dict[str, Tensor]:
     kinds = list(token_kinds)
     if not kinds or kinds[0] != "cls":
         raise InputError(f"token kinds must start with the cls token, got {kinds[:3]}")
-    idx = {k: torch.tensor([i for i, t in enumerate(kinds) if t == k], dtype=torch.long)
-           for k in ("register", "patch")}
+    groups = token_groups(kinds)
+    idx = {k: groups.get(k, torch.zeros(0, dtype=torch.long)) for k in ("register", "patch")}
     out = {"cls": torch.tensor([0]), "all": torch.arange(len(kinds))}
     if len(idx["register"]):
         out["register"] = idx["register"]

@@ -29,6 +29,7 @@ from depthflow.models.preprocessing import Preprocessing
 from depthflow.models.vit import ViT
 from depthflow.raptor.model import Raptor
 from depthflow.raptor.teacher import teacher_states
+from depthflow.tokens import token_groups
 
 PAPER_EPS = 1e-6
 GROUPS = ("all", *D.TOKEN_KINDS)
@@ -39,7 +40,8 @@ class FidelityAccumulator:
 
     def __init__(self, depth: int, kinds: list[str]) -> None:
         self.groups = [g for g in GROUPS if g == "all" or g in kinds]
-        self.index = {g: torch.tensor([i for i, k in enumerate(kinds) if g in ("all", k)])
+        groups = token_groups(kinds)
+        self.index = {g: torch.arange(len(kinds)) if g == "all" else groups[g]
                       for g in self.groups}
         shape = (depth + 1, len(self.groups))
         self.sums = {name: torch.zeros(shape, dtype=torch.float64)
