@@ -26,9 +26,10 @@ from depthflow.loader import load_model
 from depthflow.images import open_images
 from depthflow.errors import DepthflowError
 from depthflow.io.files import atomic_path
-from depthflow.io.netcdf import write_dataset
+from depthflow.io.netcdf import write_tree
 from depthflow.plots.phases import plot_phases
-from depthflow.phases.analysis import PhaseConfig, describe_phases, phase_dataset
+from depthflow.phases.analysis import PhaseConfig, phase_tree
+from depthflow.phases.datasets import describe_phases
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,17 +52,19 @@ def run_model(name: str, spec: dict[str, Any], cfg: dict[str, Any], out: Path,
               overwrite: bool) -> str:
     images = str(photo_folder(out)) if spec["images"] == "skimage" else spec["images"]
     loaded = load_model(spec["checkpoint"])
-    source = open_images(images, limit=spec["limit"])
+    source = open_images(images).head(spec["limit"])
     config = PhaseConfig(**{k: tuple(v) if isinstance(v, list) else v
                             for k, v in cfg["phases"].items()},
                          swap_samples=spec["swap_samples"])
     start = time.perf_counter()
-    ds = phase_dataset(loaded, source, config=config, batch_size=cfg["batch_size"],
-                       device=cfg["device"], seed=cfg["seed"], progress=True)
+    tree = phase_tree(loaded, source, config=config, batch_size=cfg["batch_size"],
+                      device=cfg["device"], seed=cfg["seed"], progress=True)
     seconds = time.perf_counter() - start
-    write_dataset(ds, out / f"{name}.nc", overwrite=overwrite)
-    plot_phases(ds, out / f"{name}-figures")
-    text = (f"# {name}: {source.describe()}, {seconds:.0f} s\n" + describe_phases(ds) + "\n")
+    write_tree(tree, out / f"{name}.nc", overwrite=overwrite)
+    (out / f"{name}-figures").mkdir(parents=True, exist_ok=True)
+    plot_phases(tree["phases"], out / f"{name}-figures")
+    text = (f"# {name}: {source.describe()}, {seconds:.0f} s\n"
+            + describe_phases(tree["phases"]) + "\n")
     with atomic_path(out / f"{name}.txt", overwrite=True) as tmp:
         tmp.write_text(text)
     return text
