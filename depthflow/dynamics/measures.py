@@ -383,7 +383,9 @@ def fixed_points(run: Run) -> xr.DataTree:
         scan = scan_reference_norms(g, starts[:cfg.norm_scan_starts], scales=cfg.norm_scales,
                                     scope="state", k=min(cfg.k, T * (Dm - 1) - 2),
                                     basin_starts=data[:n0], **common)
-        children["norm_scan"] = xr.DataTree(scan.to_dataset())
+        sds = scan.to_dataset()
+        sds.attrs["n_starts"] = int(min(cfg.norm_scan_starts, starts.shape[0]))
+        children["norm_scan"] = xr.DataTree(sds)
     root = xr.Dataset(attrs={"layer": t, "n_starts": int(starts.shape[0]),
                              "starts": f"directions of {n0} images at depth {t - 1}, each "
                              f"with {perturb} copies rotated by 0.2 rad"})

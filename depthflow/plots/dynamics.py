@@ -85,7 +85,11 @@ def fig_stretching(node: Any, plt) -> Any:
     ax.legend(fontsize=7)
     ax.set_title(f"largest stretch of a direction perturbation per layer (n = {per.shape[0]})",
                  fontsize=9)
-    ax2.bar(layers, ds["contracting_fraction"], color="tab:green")
+    frac = ds["contracting_fraction"].values
+    ax2.bar(layers, frac, color="tab:green")
+    if not frac.any():
+        ax2.text(0.5, 0.5, f"none: every layer stretches some direction\nfor all {per.shape[0]} "
+                 "images (sigma_1 > 1)", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("layer l")
     ax2.set_ylabel("fraction of images with sigma_1 < 1")
@@ -228,7 +232,7 @@ def fig_fixed_points(node: Any, plt) -> Any:
         ax2.set_ylabel("distinct fixed points")
         ax2.legend(fontsize=7)
         ax2.set_title(f"fixed points with the reference norms r scaled\n"
-                      f"({scan.sizes.get('start', '?')} starts; converged per scale: "
+                      f"({scan.attrs.get('n_starts', '?')} starts; converged per scale: "
                       f"{', '.join(str(int(c)) for c in scan['n_converged'].values)})",
                       fontsize=9)
     else:
