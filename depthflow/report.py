@@ -100,7 +100,7 @@ def _dynamics(node) -> list[str]:
     if st is not None:
         med = st["log_sigma1_median"].values
         out.append(f"  per-layer log sigma_1 (median over n = {st.sizes[D.SUBSAMPLE]}): "
-                   + _fmt(med) + f"; layers contracting every direction for most images: "
+                   + _fmt(med) + "; layers contracting every direction for most images: "
                    + str([int(l) for l, f in zip(st[D.LAYER].values,
                                                    st["contracting_fraction"].values) if f > 0.5]))
     cl = _group(node, "basins/classes")
