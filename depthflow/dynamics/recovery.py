@@ -49,7 +49,8 @@ from depthflow import vocabulary as D
 from depthflow.errors import ConfigError, InputError
 from depthflow.maps import DepthMap, check_states, tangent_project
 from depthflow.tokens import angle
-from depthflow.dynamics._propagator import DirectionalPropagator, start_seed, top_singular_direction
+from depthflow.dynamics._propagator import (DirectionalPropagator, start_seed,
+                                            top_singular_direction)
 from depthflow.vocabulary import attrs
 from depthflow.vocabulary import flag_attrs
 from depthflow.dynamics._class_stats import median_interval

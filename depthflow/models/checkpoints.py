@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from depthflow.errors import ArchitectureError, CheckpointError, ConfigError
-from depthflow.models.formats import (convert_state_dict, default_preprocessing, hf_style, parse_arch,
-                      preprocessing_from_hf)
+from depthflow.models.formats import (convert_state_dict, default_preprocessing, hf_style,
+                                      parse_arch, preprocessing_from_hf)
 from depthflow.io.files import atomic_path, sha256_file
 from depthflow.models.preprocessing import Preprocessing
 from depthflow.models.vit import ViT, ViTConfig

@@ -12,8 +12,8 @@ frozen ``t`` an autonomous one.
 from depthflow.raptor.evaluate import Fidelity, evaluate_fidelity
 from depthflow.raptor.fit import FitConfig, FitResult, fit_raptor
 from depthflow.raptor.io import load_raptor, save_raptor
-from depthflow.raptor.model import (Raptor, RaptorBlock, RaptorConfig, build_raptor, check_thresholds,
-                    counts_from_thresholds)
+from depthflow.raptor.model import (Raptor, RaptorBlock, RaptorConfig, build_raptor,
+                                    check_thresholds, counts_from_thresholds)
 from depthflow.raptor.train import FitError, FitInterrupted
 
 __all__ = [

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from depthflow.models.checkpoints import (RAPTOR_FORMAT, checkpoint_format, LoadedModel, _canonicalize_header, check_finite,
-                           read_safetensors)
+from depthflow.models.checkpoints import (RAPTOR_FORMAT, checkpoint_format, LoadedModel,
+                                          _canonicalize_header, check_finite, read_safetensors)
 from depthflow.errors import ArchitectureError, CheckpointError, OutputError
 from depthflow.io.files import atomic_path, sha256_file
 from depthflow.models.preprocessing import Preprocessing
