@@ -184,9 +184,9 @@ def rule_late_reorientation(m: np.ndarray, lo: np.ndarray, steps: np.ndarray
 
 
 def rule_speed_order(means: dict[str, float]) -> tuple[str, str]:
-    """Speed ordering (registers slow, patches moderate, cls fast), on the mean over steps
-    of the median angular speed per kind: *yes* when register < patch < cls (patch < cls
-    without registers); *partly* when cls is fastest but registers are not the slowest;
+    """Speed ordering (registers slow, patches moderate, cls fast), on the median over
+    images of each image's mean angular speed over the steps, per kind: *yes* when
+    register < patch < cls (patch < cls without registers); *partly* when cls is fastest but registers are not the slowest;
     *no* when cls is not the fastest."""
     why = ", ".join(f"{k} {num(v)}" for k, v in means.items())
     order = [k for k in ("register", "patch", "cls") if k in means]
@@ -203,7 +203,7 @@ def rule_late_rise(m0: float, mid: tuple, last: tuple, what: str) -> tuple[str, 
     kappa_L's lower bound exceeds kappa_(L/2)'s upper bound and the rise over the second half
     of the depths is at least that over the first; *partly* when it rises from depth 0 to
     L (non-overlapping) but mostly early or with overlapping late intervals; *no* otherwise."""
-    (mm, mlo, mhi), (lm, llo, lhi) = mid, last
+    (mm, _, mhi), (lm, llo, _) = mid, last
     why = f"{what}: depth 0 {num(m0)}, middle {num(mm)}, last {num(lm)}"
     late_sig, late_big = llo > mhi, (lm - mm) >= (mm - m0)
     if late_sig and late_big:
@@ -310,12 +310,15 @@ def rule_robust(stays: list[tuple[float, int, int]]) -> tuple[str, str]:
     return NO, why
 
 
-def rule_attractors(ami: float, p: float) -> tuple[str, str]:
+def rule_attractors(ami: float, p: float, unassigned: float) -> tuple[str, str]:
     """Class-dependent attractors (the frozen last layer iterated from the images' final
-    cls directions): *yes* when the AMI of attractor vs class beats its permutation null
-    (p < 0.05) and is at least 0.5; *partly* when significant but below 0.5; *no*
-    otherwise."""
+    cls directions): *not comparable* when at least half of the images reach no attractor
+    (the test has nothing to compare); else *yes* when the AMI of attractor vs class beats
+    its permutation null (p < 0.05) and is at least 0.5; *partly* when significant but below
+    0.5; *no* otherwise."""
     why = f"AMI {num(ami)}, {pval(p)}"
+    if not unassigned < 0.5:
+        return NC, why + f"; {num(100 * unassigned, 0)}% of the images reach no attractor"
     if p < ALPHA and ami >= 0.5:
         return YES, why
     if p < ALPHA:
@@ -365,8 +368,11 @@ class Builder:
         self.results = list(results)
         self.verdicts: list[Verdict] = []
 
-    def judge(self, claim: str, model: str, rule: tuple[str, str]) -> tuple[str, str]:
-        self.verdicts.append(Verdict(claim, model, *rule))
+    def judge(self, claim: str, model: str, rule: tuple[str, str], where: str = ""
+              ) -> tuple[str, str]:
+        """Record a row's verdict (``where`` names the row in the summary)."""
+        verdict, why = rule
+        self.verdicts.append(Verdict(claim, model, verdict, f"{where}: {why}" if where else why))
         return rule
 
     # ---------------------------------------------------------------- trajectories
@@ -390,27 +396,23 @@ class Builder:
                            (NC, "the paper states the S-curve for the cls token"))
                 t.add(r.name, f"gamma ({kind})", n, *cells, *verdict)
             steps = ds["step"].values
-            speeds = {}
             for kind in kinds:
                 m, lo, hi = boot(ds["angular_speed"].sel(kind=kind).values)
-                speeds[kind] = float(np.nanmean(m))
                 idx = [int(np.flatnonzero(steps == s)[0]) for s in (1, L // 2, L)]
                 cells = [f"step {steps[i]}: {ci(m[i], lo[i], hi[i])}" for i in idx]
                 verdict = (self.judge("cls reorientation late", r.name,
                                       rule_late_reorientation(m, lo, steps))
                            if kind == "cls" else (NC, "see the ordering row"))
                 t.add(r.name, f"angular speed ({kind}), rad", n, *cells, *verdict)
-            ms = {k: float(np.nanmean(boot(ds["angular_speed"].sel(kind=k).values)[j]))
-                  for k in kinds for j in (0,)}
-            bounds = {k: boot(ds["angular_speed"].sel(kind=k).values) for k in kinds}
-            cells = []
-            for k in ("register", "patch", "cls"):
-                if k in bounds:
-                    m, lo, hi = (float(np.nanmean(a)) for a in bounds[k])
-                    cells.append(f"{k}: {ci(m, lo, hi)}")
+            # per image, the mean over steps; then the median over images
+            mean_speed = {k: boot1(np.nanmean(ds["angular_speed"].sel(kind=k).values, axis=1))
+                          for k in ("register", "patch", "cls") if k in kinds}
+            ms = {k: v[0] for k, v in mean_speed.items()}
+            cells = [f"{k}: {ci(*v)}" for k, v in mean_speed.items()]
+            cells += ["-"] * (3 - len(cells))                  # no registers: two kinds
             while len(cells) < 3:
                 cells.append("-")
-            t.add(r.name, "mean angular speed over steps, rad", n, *cells,
+            t.add(r.name, "angular speed, mean over steps, rad", n, *cells,
                   *self.judge("speed ordering (registers slow, patches moderate, cls fast)",
                               r.name, rule_speed_order(ms)))
             if "patch_coherence" in ds:
@@ -459,7 +461,7 @@ class Builder:
                     mk = boot1(e[:, kk - 1]) if kk else (math.nan,) * 3
                     conv = int((s["status"].sel(restriction=res).values == 0).sum())
                     verdict = self.judge("directions contract along the trajectory", r.name,
-                                         rule_contracts(*m1, "lambda_1"))
+                                         rule_contracts(*m1, "lambda_1"), f"{seg} {res}")
                     t.add(r.name, depths, res, n, ci(*m1), f"lambda_{kk}: {ci(*mk)}",
                           f"{conv}/{n}", *verdict)
             if "state_exponent" in ds:
@@ -541,26 +543,29 @@ class Builder:
             if ds is None:
                 continue
             n, L = int(ds.attrs.get("n_images", ds.sizes["subsample"])), r.L
-            depths = sorted({1, L // 4, L // 2, (3 * L) // 4, L})
-            for d in depths:
+
+            def w(d: int) -> tuple[float, float, float]:
+                return tuple(float(ds[f"within_dispersion{s}"].sel(depth=d))
+                             for s in ("", "_low", "_high"))
+
+            def b(d: int) -> tuple[float, float, float]:
+                return tuple(float(ds[f"between_angle{s}"].sel(depth=d))
+                             for s in ("", "_low", "_high"))
+
+            for d in sorted({1, L // 4, L // 2, (3 * L) // 4, L}):
                 s = ds.sel(depth=d)
                 g = {v: float(s[v]) for v in s.data_vars if s[v].ndim == 0}
                 verdict = self.judge("class-dependent angular basins (class dependence)",
                                      r.name, rule_class_dependent(
                                          g["ncm_p_value"], g["ami_p_value"],
-                                         g["ncm_accuracy_low"], g["ncm_null_mean"]))
+                                         g["ncm_accuracy_low"], g["ncm_null_mean"]),
+                                     f"depth {d}")
                 t.add(r.name, d, n,
                       ci(g["ncm_accuracy"], g["ncm_accuracy_low"], g["ncm_accuracy_high"]),
                       num(g["ncm_null_mean"]), num(g["ncm_p_value"]),
                       ci(g["ami"], g["ami_low"], g["ami_high"]), num(g["ami_null_mean"]),
                       num(g["ami_p_value"]),
-                      f"{ci(g['within_dispersion'], g['within_dispersion_low'], g['within_dispersion_high'])}"
-                      f" / {ci(g['between_angle'], g['between_angle_low'], g['between_angle_high'])}",
-                      *verdict)
-            w = lambda d: tuple(float(ds[f"within_dispersion{s}"].sel(depth=d))  # noqa: E731
-                                for s in ("", "_low", "_high"))
-            b = lambda d: tuple(float(ds[f"between_angle{s}"].sel(depth=d))  # noqa: E731
-                                for s in ("", "_low", "_high"))
+                      f"{ci(*w(d))} / {ci(*b(d))}", *verdict)
             verdict = self.judge("class-dependent angular basins (convergence)", r.name,
                                  rule_converges(w(L // 2), w(L), b(L // 2), b(L)))
             t.add(r.name, f"{L // 2} -> {L}", n, "-", "-", "-", "-", "-", "-",
@@ -635,7 +640,7 @@ class Builder:
                             head = f"{num(show, 2)}: {frac(int(round(hf * nn)), nn)}"
                     t.add(r.name, int(d), scope, n, half, cell, head,
                           *self.judge("class-dependent angular basins (robustness)", r.name,
-                                      rule_robust(stays)))
+                                      rule_robust(stays), f"{scope} rotated at depth {d}"))
         return t
 
     def attractors(self) -> Table:
@@ -657,7 +662,7 @@ class Builder:
                   ci(ami, float(ds["ami_low"]), float(ds["ami_high"])),
                   num(float(ds["ami_null_mean"])), num(p), n_att, frac(un, n),
                   *self.judge("class-dependent angular basins (attractors)", r.name,
-                              rule_attractors(ami, p)))
+                              rule_attractors(ami, p, un / max(n, 1))))
         return t
 
     # ---------------------------------------------------------------- fixed points
@@ -696,9 +701,9 @@ class Builder:
             ns = r.group("dynamics/fixed_points/norm_scan")
             if ns is None:
                 continue
-            cfg = ns.attrs.get("fixed_point_config", "{}")
-            m = re.search(r'"n_starts": (\d+)', cfg)
-            n0 = int(m.group(1)) if m else -1
+            m = re.search(r'"n_starts": (\d+)', ns.attrs.get("fixed_point_config", "{}"))
+            n0 = int(ns.attrs["n_starts"]) if "n_starts" in ns.attrs else \
+                int(m.group(1)) if m else -1
             for sc in ns["norm_scale"].values:
                 s = ns.sel(norm_scale=sc)
                 stab_cell = stab(s["stability"].values)
@@ -741,8 +746,9 @@ class Builder:
                                                    kind=kind))
                         t.add(r.name, kind, direction, int(d), n, num(theta, 2),
                               ci(m, lo, hi, 2), peak,
-                              *self.judge("self-correction", r.name,
-                                          rule_recovery(m, lo, hi)))
+                              *self.judge(f"self-correction ({direction} perturbations)",
+                                          r.name, rule_recovery(m, lo, hi),
+                                          f"{kind} from depth {d}"))
         return t
 
     # ---------------------------------------------------------------- all
@@ -752,24 +758,30 @@ class Builder:
                 self.recovery(), self.frozen()]
 
     def summary(self) -> str:
-        """Plain sentences per claim and model: what agrees with the paper, what does not."""
-        combined: dict[tuple[str, str], list[Verdict]] = {}
+        """Plain sentences per claim: for each model whether it agrees with the paper (all
+        rows yes: agrees; all no: does not; mixed: in part), with the rows' evidence."""
+        claims: dict[str, dict[str, list[Verdict]]] = {}
         for v in self.verdicts:
             if v.verdict != NC:
-                combined.setdefault((v.claim, v.model), []).append(v)
+                claims.setdefault(v.claim, {}).setdefault(v.model, []).append(v)
+        word = {YES: "agrees", NO: "does not agree", PARTLY: "agrees in part"}
         lines = []
-        for (claim, model), vs in combined.items():
-            kinds = {v.verdict for v in vs}
-            overall = next(iter(kinds)) if len(kinds) == 1 else PARTLY
-            word = {YES: "agrees with the paper", NO: "does not agree with the paper",
-                    PARTLY: "agrees only in part with the paper"}[overall]
+        for claim, models in claims.items():
             parts = []
-            for verdict in (YES, PARTLY, NO):
-                rows = [v for v in vs if v.verdict == verdict]
-                if rows:
-                    parts.append(f"{verdict} in {len(rows)}/{len(vs)} rows (e.g. "
-                                 f"{rows[0].why})")
-            lines.append(f"- **{claim}**, {model}: {word}; " + "; ".join(parts) + ".")
+            for model, vs in models.items():
+                kinds = {v.verdict for v in vs}
+                overall = next(iter(kinds)) if len(kinds) == 1 else PARTLY
+                if len(vs) == 1:
+                    parts.append(f"{model} {word[overall]} ({vs[0].why})")
+                    continue
+                detail = []
+                for verdict in (YES, PARTLY, NO):
+                    rows = [v for v in vs if v.verdict == verdict]
+                    if rows:
+                        detail.append(f"{verdict} in {len(rows)}/{len(vs)} rows, e.g. "
+                                      f"{rows[0].why}")
+                parts.append(f"{model} {word[overall]} ({'; '.join(detail)})")
+            lines.append(f"- **{claim}**: " + "; ".join(parts) + ".")
         return "\n".join(lines)
 
 
