@@ -186,8 +186,8 @@ def rule_late_reorientation(m: np.ndarray, lo: np.ndarray, steps: np.ndarray
 def rule_speed_order(means: dict[str, float]) -> tuple[str, str]:
     """Speed ordering (registers slow, patches moderate, cls fast), on the median over
     images of each image's mean angular speed over the steps, per kind: *yes* when
-    register < patch < cls (patch < cls without registers); *partly* when cls is fastest but registers are not the slowest;
-    *no* when cls is not the fastest."""
+    register < patch < cls (patch < cls without registers); *partly* when cls is fastest
+    but registers are not the slowest; *no* when cls is not the fastest."""
     why = ", ".join(f"{k} {num(v)}" for k, v in means.items())
     order = [k for k in ("register", "patch", "cls") if k in means]
     vals = [means[k] for k in order]
@@ -718,11 +718,15 @@ class Builder:
     def recovery(self) -> Table:
         t = Table("Recovery: angle_L / theta after a perturbation injected at depth l0",
                   ["model", "kind", "direction", "inject depth", "n", "theta", "final ratio",
-                   "largest ratio after l0", "agrees", "why"],
+                   "largest ratio after l0", "propagator gain s_1 (l0 -> L)", "agrees", "why"],
                   note="Median over images [bootstrap 95%] of the final angle ratio, for "
                        "the smallest injected angle; adversarial = top right singular vector "
                        "of the all-tokens-in -> kind-out propagator (converged solves only). "
-                       "< 1: the perturbation shrank.")
+                       "< 1: the perturbation shrank. The ratio compares the kind's RMS angle "
+                       "with the per-token RMS input angle theta; an all-token perturbation "
+                       "has total size sqrt(T) theta, so for one token (cls) the ratio is "
+                       "about sqrt(T) times the propagator gain s_1 (the last column, median "
+                       "over images [bootstrap 95%]) while perturbations stay linear.")
         for r in self.results:
             ds = r.group("dynamics/recovery")
             if ds is None:
@@ -744,8 +748,13 @@ class Builder:
                                 f"{num(float(ds['median_high'].sel(**sel)[j]), 2)}]")
                         n = int(ds["n_images"].sel(direction=direction, inject_depth=d,
                                                    kind=kind))
+                        gain = "-"
+                        if direction == "adversarial" and "adversarial_gain" in ds:
+                            g = ds["adversarial_gain"].sel(inject_depth=d, kind=kind).values
+                            g = g[np.isfinite(g)]
+                            gain = f"{ci(*boot1(g), 2)} (n={len(g)})" if len(g) else "n/a"
                         t.add(r.name, kind, direction, int(d), n, num(theta, 2),
-                              ci(m, lo, hi, 2), peak,
+                              ci(m, lo, hi, 2), peak, gain,
                               *self.judge(f"self-correction ({direction} perturbations)",
                                           r.name, rule_recovery(m, lo, hi),
                                           f"{kind} from depth {d}"))
@@ -762,20 +771,22 @@ class Builder:
         rows yes: agrees; all no: does not; mixed: in part), with the rows' evidence."""
         claims: dict[str, dict[str, list[Verdict]]] = {}
         for v in self.verdicts:
-            if v.verdict != NC:
-                claims.setdefault(v.claim, {}).setdefault(v.model, []).append(v)
-        word = {YES: "agrees", NO: "does not agree", PARTLY: "agrees in part"}
+            claims.setdefault(v.claim, {}).setdefault(v.model, []).append(v)
+        word = {YES: "agrees", NO: "does not agree", PARTLY: "agrees in part",
+                NC: "is not comparable"}
         lines = []
         for claim, models in claims.items():
             parts = []
             for model, vs in models.items():
+                judged = [v for v in vs if v.verdict != NC]
+                vs = judged or vs                    # not comparable only when nothing else
                 kinds = {v.verdict for v in vs}
                 overall = next(iter(kinds)) if len(kinds) == 1 else PARTLY
                 if len(vs) == 1:
                     parts.append(f"{model} {word[overall]} ({vs[0].why})")
                     continue
                 detail = []
-                for verdict in (YES, PARTLY, NO):
+                for verdict in (YES, PARTLY, NO, NC):
                     rows = [v for v in vs if v.verdict == verdict]
                     if rows:
                         detail.append(f"{verdict} in {len(rows)}/{len(vs)} rows, e.g. "

