@@ -7,6 +7,8 @@ anything back from this module.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from depthflow.cli import options
@@ -27,8 +29,13 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="depthflow")
-def main() -> None:
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Refuse image files of more than N pixels before decoding them "
+                   "[default: 67108864 = 8192x8192, or $DEPTHFLOW_MAX_IMAGE_PIXELS].")
+def main(max_image_pixels) -> None:
     """depthflow: a Vision Transformer as a dynamical system over depth."""
+    if max_image_pixels is not None:
+        os.environ["DEPTHFLOW_MAX_IMAGE_PIXELS"] = str(max_image_pixels)
 
 
 @click.command()

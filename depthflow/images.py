@@ -8,25 +8,30 @@ folders decode one batch at a time, arrays are memory-mapped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-
 import dataclasses
 import os
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from depthflow.config import check_int
-from depthflow.errors import InputError
+from depthflow.errors import ConfigError, InputError
 
 DIGITS_TEST_SIZE = 0.25
 DIGITS_SPLIT_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
 ARRAY_SUFFIXES = (".npy", ".npz")
+MAX_IMAGE_PIXELS = 1 << 26          # 8192 x 8192; larger images are refused before decoding
+MAX_PIXELS_ENV = "DEPTHFLOW_MAX_IMAGE_PIXELS"
 
 
 @dataclasses.dataclass
@@ -218,19 +223,116 @@ class FolderSource(ImageSource):
                 f"{len(self.class_names)} classes")
 
     def _read(self, start: int, stop: int) -> list[Tensor]:
-        from PIL import Image, UnidentifiedImageError
+        return [read_image(path, str(path)) for path in self.files[start:stop]]
 
-        out = []
-        for path in self.files[start:stop]:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
-                    arr = np.asarray(img, dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-                raise InputError(f"cannot read image {str(path)!r}: {exc}") from exc
-            arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-            out.append(torch.from_numpy(np.ascontiguousarray(arr)))
-        return out
+
+def max_image_pixels() -> int:
+    """The pixel limit of :func:`read_image`: ``DEPTHFLOW_MAX_IMAGE_PIXELS`` when set (the
+    CLI's ``depthflow --max-image-pixels N`` sets it), else :data:`MAX_IMAGE_PIXELS`."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{MAX_PIXELS_ENV} must be a positive integer, got {text!r}")
+    return value
+
+
+def read_image(source: str | os.PathLike[str] | BinaryIO, name: str | None = None, *,
+               max_pixels: int | None = None) -> Tensor:
+    """Decode one image file (a path or a binary file object) into a ``(C, H, W)`` float32
+    tensor in [0, 1], faithfully or not at all.
+
+    * The header is read first: an image of more than ``max_pixels`` pixels (default
+      :func:`max_image_pixels`, 67,108,864 = 8192 x 8192) is refused before anything is
+      decoded (decompression bombs).
+    * 8-bit grey/RGB are divided by 255; 16-bit grey (``I;16``) by 65,535; 32-bit integer
+      grey (``I``) by 65,535 when its values fit 16 bits (how 16-bit PNGs are often
+      read), refused otherwise; 32-bit float grey (``F``, e.g. float TIFF) is kept as is and
+      must lie in [0, 1]. Palette, bilevel, CMYK, YCbCr and alpha images become RGB (alpha
+      dropped); grey+alpha becomes grey.
+
+    Raises :class:`InputError` naming ``name`` (default: the path) for anything unreadable,
+    too large, out of range or of an unsupported mode.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    label = name if name is not None else str(getattr(source, "name", source))
+    limit = max_image_pixels() if max_pixels is None else int(max_pixels)
+    try:
+        with _pil_limit_off(Image):
+            img = Image.open(source)                 # reads the header only
+        with img:
+            width, height = img.size
+            if width * height > limit:
+                raise InputError(_too_large(label, width, height, limit))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                arr = _decode(img, label)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image {label!r}: {exc}".splitlines()[0]) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+            MemoryError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read image {label!r}: {text}") from exc
+    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    return torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))
+
+
+_PIL_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pil_limit_off(image_module) -> Iterator[None]:
+    """PIL's own bomb check off while a header is read (ours, with the size, decides);
+    restored afterwards so that other users of PIL in the process keep theirs."""
+    with _PIL_LOCK:
+        saved = image_module.MAX_IMAGE_PIXELS
+        image_module.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            image_module.MAX_IMAGE_PIXELS = saved
+
+
+def _too_large(label: str, width: int, height: int, limit: int) -> str:
+    return (f"image {label!r} declares {width}x{height} = {width * height:,} pixels, more than "
+            f"the limit of {limit:,} (a decompression bomb?); raise it with depthflow "
+            f"--max-image-pixels N or {MAX_PIXELS_ENV}=N if the image is genuine")
+
+
+def _decode(img, label: str) -> np.ndarray:
+    """Pixels of an opened PIL image as float32 in [0, 1], ``(H, W)`` or ``(H, W, C)``."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return np.asarray(img, dtype=np.float32) / 255.0
+    if mode.startswith("I;16"):
+        return np.asarray(img).astype(np.float32) / 65535.0
+    if mode == "I":
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise InputError(f"image {label!r} is 32-bit integer with values "
+                             f"{arr.min()}..{arr.max()} beyond 16 bits; store it as 8- or "
+                             "16-bit, or as float in [0, 1]")
+        return arr.astype(np.float32) / 65535.0
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise InputError(f"float image {label!r} holds NaN or inf values")
+        if arr.size and (arr.min() < 0 or arr.max() > 1):
+            raise InputError(f"float image {label!r} must lie in [0, 1] (found "
+                             f"{arr.min():.3g}..{arr.max():.3g}); rescale it")
+        return arr
+    if mode in ("LA", "La"):
+        return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    if mode in ("1", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    raise InputError(f"image {label!r} has the unsupported pixel mode {mode!r}")
 
 
 class ArraySource(ImageSource):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from depthflow._crash import crash_point
 from depthflow.analysis.context import Analysis
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.errors import ConfigError
@@ -55,8 +56,10 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
         check_figure_dir(figures, overwrite=overwrite)
     loaded = load_model(checkpoint, arch=arch)
     source = open_images(images).head(config.limit)
+    crash_point("analyze.start")
     path = analyze(loaded, source, output, config=config, analyses=analyses,
                    overwrite=overwrite, progress=progress, command=command)
+    crash_point("analyze.written")
     drawn: list[Path] = []
     if figures is not None:
         drawers = [draw_token_dynamics, *(a.plot for a in analyses)]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from depthflow import vocabulary as D
+from depthflow._crash import crash_point
 from depthflow.analysis.context import Analysis, AnalysisContext, TokenLayout
 from depthflow.analysis.summaries import SAMPLE_COORDS, TrajectorySummaries
 from depthflow.config import Options, check_choice, check_int
@@ -125,7 +126,9 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
             summaries.add(tb, writer)
             for analysis in analyses:
                 analysis.update(tb, ctx)
+            crash_point("analyze.batch")
         accuracy = summaries.finish(writer)
+        crash_point("analyze.analyses")
         for analysis in analyses:              # in order: later ones may read earlier ones
             ctx.results[analysis.name] = result = analysis.finish(ctx)
             writer.add_tree(result, group=analysis.group)

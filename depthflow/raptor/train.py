@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from depthflow._crash import crash_point
 from depthflow.errors import DepthflowError
 from depthflow.raptor.data import IndexedImages, batch_indices, step_noise
 from depthflow.raptor.distributed import DistInfo, all_mean, barrier
@@ -228,6 +229,7 @@ class Trainer:
                             self.step == cfg.stage1_steps:
                         self.checkpoint()
                         good_step = self.step
+                crash_point("fit.step")
         except KeyboardInterrupt:
             raise FitInterrupted(
                 f"interrupted at step {self.step}; the resumable state of step {good_step} is "
