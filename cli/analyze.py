@@ -50,8 +50,9 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, s
     from depthflow.analysis.registry import build_analyses
     from depthflow.workflows import analyze_checkpoint
 
-    output = output or default_output(checkpoint)
-    figures = None if no_figures else (figures or f"{Path(output).with_suffix('')}-figures")
+    output = default_output(checkpoint) if output is None else output
+    figures = None if no_figures else (f"{Path(output).with_suffix('')}-figures"
+                                       if figures is None else figures)
     config = options.build_config(AnalyzeConfig, run_options)
     analyses = build_analyses(phases=phases, dynamics=dynamics, options=settings,
                               seed=config.seed)

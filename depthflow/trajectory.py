@@ -26,9 +26,15 @@ class TrajectoryBatch:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {str(device)!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {str(device)!r} requested but CUDA is not available here; "
+                          "use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {str(device)!r} requested but MPS is not available here; "
                           "use --device cpu")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {str(device)!r}")

@@ -19,9 +19,9 @@ from depthflow.analysis.context import Analysis
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.errors import ConfigError
 from depthflow.images import open_images
-from depthflow.io.files import check_output_path
+from depthflow.io.files import atomic_path, check_output_path
 from depthflow.io.netcdf import write_tree
-from depthflow.io.results import open_result
+from depthflow.io.results import figure_record, open_result
 from depthflow.loader import load_model
 from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig, phase_tree, phase_tree_from_file
 from depthflow.plots import check_figure_dir, write_figures
@@ -49,7 +49,13 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
                        analyses: Sequence[Analysis] = (), overwrite: bool = False,
                        progress: bool = False,
                        command: Sequence[str] | None = None) -> AnalysisOutputs:
-    """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``."""
+    """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``.
+
+    The result is written to a temporary file, the figures are drawn from it into a
+    temporary folder (recording the file's SHA-256 in ``depthflow-figures.json``), the
+    folder is renamed into place, then the file: a crash leaves either the old pair, or the
+    old file with a new figure set whose record says it belongs to another file.
+    """
     config = config or AnalyzeConfig()
     check_output_path(output, overwrite=overwrite)
     if figures is not None:
@@ -57,15 +63,17 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
     loaded = load_model(checkpoint, arch=arch)
     source = open_images(images).head(config.limit)
     crash_point("analyze.start")
-    path = analyze(loaded, source, output, config=config, analyses=analyses,
-                   overwrite=overwrite, progress=progress, command=command)
-    crash_point("analyze.written")
     drawn: list[Path] = []
-    if figures is not None:
-        drawers = [draw_token_dynamics, *(a.plot for a in analyses)]
-        with open_result(path) as tree:
-            drawn = write_figures(tree, figures, drawers, overwrite=overwrite)
-    return AnalysisOutputs(path, drawn, len(source), loaded.config.depth)
+    with atomic_path(output, overwrite=overwrite) as tmp:
+        analyze(loaded, source, tmp, config=config, analyses=analyses, overwrite=True,
+                progress=progress, command=command)
+        if figures is not None:
+            drawers = [draw_token_dynamics, *(a.plot for a in analyses)]
+            with open_result(tmp) as tree:
+                drawn = write_figures(tree, figures, drawers, overwrite=overwrite,
+                                      record=figure_record(tmp, output))
+        crash_point("analyze.written")
+    return AnalysisOutputs(Path(output), drawn, len(source), loaded.config.depth)
 
 
 def phases_checkpoint(checkpoint: str | os.PathLike[str] | None, *,

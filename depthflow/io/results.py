@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from depthflow.errors import InputError
+from depthflow.io.files import sha256_file
 from depthflow.vocabulary import FORMAT_VERSION
 
-__all__ = ["open_result", "check_result"]
+__all__ = ["open_result", "check_result", "FIGURE_RECORD", "figure_record", "figures_match"]
+
+FIGURE_RECORD = "depthflow-figures.json"      # inside a figure folder: the file it shows
 
 
 def open_result(path: str | os.PathLike[str]) -> Any:
@@ -56,3 +60,24 @@ def check_result(tree: Any, name: str = "result") -> None:
         raise InputError(f"{name!r} was written in depthflow's result layout {version} "
                          f"(this depthflow reads layout {FORMAT_VERSION}: one group per "
                          "analysis); re-run depthflow analyze to get a readable file")
+
+
+def figure_record(result: str | os.PathLike[str], name: str | os.PathLike[str]
+                  ) -> dict[str, Any]:
+    """What a figure folder records of the result file it was drawn from: the file's name
+    and SHA-256 (``depthflow info`` compares them with the file next to it)."""
+    from depthflow._version import __version__
+
+    return {"result": Path(name).name, "result_sha256": sha256_file(result),
+            "depthflow_version": __version__}
+
+
+def figures_match(result: str | os.PathLike[str], figures: str | os.PathLike[str]
+                  ) -> bool | None:
+    """Whether the figure folder ``figures`` was drawn from ``result`` (None: the folder
+    records nothing, e.g. figures of an older depthflow, or does not exist)."""
+    try:
+        record = json.loads((Path(figures) / FIGURE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("result_sha256") == sha256_file(result)
