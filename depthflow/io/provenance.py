@@ -39,3 +39,16 @@ def provenance(*, config: Mapping[str, Any], command: Sequence[str] | None = Non
     attrs.update({f"{k}_version": val for k, val in v.items()})
     attrs.update(extra or {})
     return attrs
+
+
+def resumed_provenance(original: Mapping[str, Any] | None, current: Mapping[str, Any]
+                       ) -> dict[str, Any]:
+    """Provenance of a resumed run: the ``original`` run's (its command line and creation
+    time kept), with ``resume_history`` listing every resume (time and command line) after
+    it, the ``current`` one last. Without an original record, ``current`` is returned."""
+    if not original or "command" not in original:
+        return dict(current)
+    history = list(original.get("resume_history") or [])
+    history.append({"time": str(current.get("history", "")).split(" ", 1)[0],
+                    "command": current.get("command", "")})
+    return {**original, "resume_history": history}

