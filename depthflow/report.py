@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
 from depthflow import vocabulary as D
-from depthflow.io.results import open_result
+from depthflow.io.results import figures_match, open_result
 from depthflow.phases.datasets import describe_phases
 
 
@@ -29,6 +30,7 @@ def describe(path: str | os.PathLike[str]) -> str:
             if key in a:
                 lines.append(f"  {key:18s} {a[key]}")
         lines += _architecture(a)
+        lines += _figures(path)
         lines.append("groups: " + ", ".join(["/", *(n.path for n in tree.subtree
                                                     if n is not tree)]))
         lines.append("root dimensions: " + ", ".join(f"{k}={v}" for k, v in ds.sizes.items()))
@@ -43,6 +45,21 @@ def describe(path: str | os.PathLike[str]) -> str:
         if "dynamics" in tree.children:
             lines += _dynamics(tree["dynamics"])
     return "\n".join(lines)
+
+
+def _figures(path: str | os.PathLike[str]) -> list[str]:
+    """Whether the default figure folder next to the file was drawn from it."""
+    folder = Path(path).with_suffix("")
+    folder = folder.with_name(folder.name + "-figures")
+    if not folder.is_dir():
+        return []
+    match = figures_match(path, folder)
+    if match is None:
+        return [f"  figures            {folder} (records no result file)"]
+    if match:
+        return [f"  figures            {folder} (drawn from this file)"]
+    return [f"  figures            {folder} WERE DRAWN FROM ANOTHER FILE (an interrupted "
+            "run?); re-run depthflow analyze --overwrite"]
 
 
 def _architecture(a) -> list[str]:

@@ -27,6 +27,7 @@ from depthflow.images import ImageSource
 from depthflow.io.files import check_output_path
 from depthflow.io.netcdf import StreamingWriter
 from depthflow.io.provenance import provenance
+from depthflow.limits import check_analyze_resources
 from depthflow.models.checkpoints import LoadedModel
 from depthflow.models.preprocessing import Preprocessing, model_preprocessing
 from depthflow.trajectory import DTYPES, TrajectoryBatch, iter_trajectories, resolve_device
@@ -106,6 +107,7 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
     preprocessing = model_preprocessing(loaded)
     batch_size = config.batch_size or auto_batch_size(loaded, preprocessing)
     config = config.replace(batch_size=batch_size)                  # recorded as used
+    check_analyze_resources(loaded, source, preprocessing, config, analyses, output)
     stream = iter_trajectories(loaded.model, source, preprocessing=preprocessing,
                                batch_size=batch_size, device=config.device,
                                dtype=config.dtype, progress=progress)
