@@ -7,6 +7,7 @@ anything back from this module.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import click
@@ -34,8 +35,17 @@ class _Group(click.Group):
                    "[default: 67108864 = 8192x8192, or $DEPTHFLOW_MAX_IMAGE_PIXELS].")
 def main(max_image_pixels) -> None:
     """depthflow: a Vision Transformer as a dynamical system over depth."""
-    if max_image_pixels is not None:
+    if max_image_pixels is not None:        # for this command only (also in-process)
+        saved = os.environ.get("DEPTHFLOW_MAX_IMAGE_PIXELS")
         os.environ["DEPTHFLOW_MAX_IMAGE_PIXELS"] = str(max_image_pixels)
+        click.get_current_context().call_on_close(functools.partial(_restore, saved))
+
+
+def _restore(saved: str | None) -> None:
+    if saved is None:
+        os.environ.pop("DEPTHFLOW_MAX_IMAGE_PIXELS", None)
+    else:
+        os.environ["DEPTHFLOW_MAX_IMAGE_PIXELS"] = saved
 
 
 @click.command()
