@@ -15,13 +15,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from depthflow.phases import segmentation as seg
 from depthflow.phases.similarity import LinearCKAAccumulator, linear_cka_gram
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+from report import emit  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -34,7 +39,11 @@ def parse_args(argv=None):
                    help="time only this many Gram-form pairs and scale to all pairs")
     p.add_argument("--layers", type=int, default=24, help="max-cut size")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true", help="tiny sizes (make test's smoke test)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.samples, args.depths, args.dim, args.batch, args.layers = 64, 4, 16, 32, 8
+    return args
 
 
 def states(n: int, depths: int, dim: int, seed: int) -> torch.Tensor:
@@ -78,6 +87,8 @@ def main(argv=None) -> None:
           f"(D^2 float64), Gram form {2 * n * n * 4 / 2**20:.0f} MiB (two n x n float32)")
     print(f"  streaming total state   : {(depths * dim) ** 2 * 8 / 2**20:.0f} MiB")
     print(f"  max |difference|        : {worst:.2e}")
+    emit(f"linear CKA, {n} x {depths} depths x D={dim}: streaming vs Gram form", t_stream,
+         baseline=t_naive, unit="s", target=1.0, note=f"max |diff| {worst:.1e}")
 
     rng = np.random.default_rng(args.seed)
     w = rng.random((args.layers, args.layers))
@@ -99,6 +110,8 @@ def main(argv=None) -> None:
     print(f"  full bisection (f=0.01) : {t_bis:8.3f} s  ({result.k} phases, "
           f"{len(result.cuts)} cuts)")
     print(f"  DP, k = 1..8            : {t_dp:8.4f} s")
+    emit(f"exact max-cut, {args.layers} layers, vs one Gram-form CKA pair", t_cut,
+         baseline=t_pair, unit="s")
 
 
 if __name__ == "__main__":
