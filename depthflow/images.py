@@ -459,6 +459,15 @@ def _check_pixel_dtype(dtype: np.dtype, path: Path) -> None:
 
 
 def _array_layout(array: np.ndarray, path: Path) -> str:
+    layout = _layout_of(array, path)
+    height, width = (array.shape[1:3] if layout in ("NHW", "NHWC") else array.shape[2:4])
+    if height == 0 or width == 0:
+        raise InputError(f"array {str(path)!r} holds images of {height}x{width} pixels; "
+                         "images need at least one pixel")
+    return layout
+
+
+def _layout_of(array: np.ndarray, path: Path) -> str:
     if array.ndim == 3:
         return "NHW"
     if array.ndim == 4 and array.shape[1] in (1, 3, 4):

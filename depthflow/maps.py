@@ -141,6 +141,10 @@ class ModelMap(DepthMap):
         self.name = f"{type(model).__name__} layers 1..{model.depth}"
 
     def _apply(self, t: int | None, x: Tensor) -> Tensor:
+        width = getattr(getattr(self.model, "cfg", None), "embed_dim", None)
+        if width is not None and (x.ndim < 2 or x.shape[-1] != width):
+            raise InputError(f"{self.name}: states must have shape (..., T, {width}), got "
+                             f"{tuple(x.shape)}")
         if self._ask:
             return self.model.step(t, x, attention=self.attention)
         return self.model.step(t, x)

