@@ -9,9 +9,10 @@ appears only when complete (temporary file + rename).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,21 @@ import torch
 from depthflow import vocabulary as D
 from depthflow.analysis.context import Analysis, AnalysisContext, TokenLayout
 from depthflow.analysis.summaries import SAMPLE_COORDS, TrajectorySummaries
+from depthflow._memory import pin_mmap_threshold
+from depthflow.collections import load_batches
 from depthflow.config import Options, check_choice, check_int
-from depthflow.errors import InputError
+from depthflow.distributed import (DistInfo, broadcast_object, check_step, gather_to_main,
+                                   global_spans, my_spans, num_steps, reduce_sums, setup,
+                                   teardown)
+from depthflow.errors import ConfigError, InputError
 from depthflow.images import ImageSource
 from depthflow.io.files import check_output_path
 from depthflow.io.netcdf import StreamingWriter
 from depthflow.io.provenance import provenance
 from depthflow.models.checkpoints import LoadedModel
 from depthflow.models.preprocessing import Preprocessing, model_preprocessing
-from depthflow.trajectory import DTYPES, TrajectoryBatch, iter_trajectories, resolve_device
+from depthflow.trajectory import (DTYPES, TrajectoryBatch, forward_batch, resolve_device,
+                                  resolve_dtype)
 
 __all__ = ["AnalyzeConfig", "analyze", "auto_batch_size", "STATES"]
 
@@ -66,6 +73,10 @@ class AnalyzeConfig(Options):
         "seed": "Seed for every random path (recorded in the output).",
         "image_ranks": "Rank measures of each image's update matrix (tokens stacked); costs "
                        "a float64 eigenproblem per image and step.",
+        "workers": "Processes decoding images ahead of the forward pass (0: decode in this "
+                   "process).",
+        "checkpoint_every": "With --resume: steps (global batches per process) between "
+                            "checkpoints.",
     }
 
     batch_size: int | None = None
@@ -75,6 +86,8 @@ class AnalyzeConfig(Options):
     limit: int | None = None
     seed: int = 0
     image_ranks: bool = False
+    workers: int = 0
+    checkpoint_every: int = 20
 
     def validate(self) -> AnalyzeConfig:
         check_int(self.batch_size, "batch_size", optional=True)
@@ -82,6 +95,8 @@ class AnalyzeConfig(Options):
         check_choice(self.states, "states", STATES)
         check_int(self.limit, "limit", optional=True)
         check_int(self.seed, "seed", minimum=0)
+        check_int(self.workers, "workers", minimum=0)
+        check_int(self.checkpoint_every, "checkpoint_every")
         resolve_device(self.device)
         return self
 
@@ -89,58 +104,263 @@ class AnalyzeConfig(Options):
 def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[str], *,
             config: AnalyzeConfig | None = None, analyses: Sequence[Analysis] = (),
             overwrite: bool = False, progress: bool = False,
-            command: Sequence[str] | None = None) -> Path:
+            command: Sequence[str] | None = None, resume: bool = False) -> Path | None:
     """Extract trajectories of ``source`` through ``loaded`` and write ``output`` (NetCDF).
 
     Memory is bounded by one batch of states plus ``O(L K D^2)`` accumulators, whatever the
     number of images. Each plug-in of ``analyses`` sees every batch and writes its group at
     the end. The file appears only when complete; ``source`` is not changed.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the same
+    arguments: the images are sharded in global batches (:mod:`depthflow.distributed`),
+    rank 0 writes the file and returns its path, the other ranks return ``None``. The
+    file does not depend on the number of processes. ``resume`` continues an interrupted
+    run from its last checkpoint (:mod:`depthflow.analysis.checkpoint`).
     """
     config = config or AnalyzeConfig()
-    check_output_path(output, overwrite=overwrite)
-    torch.manual_seed(config.seed)
-    source = source.head(config.limit)
-    if len(source) == 0:
-        raise InputError("no images to analyse")
-    preprocessing = model_preprocessing(loaded)
-    batch_size = config.batch_size or auto_batch_size(loaded, preprocessing)
-    config = config.replace(batch_size=batch_size)                  # recorded as used
-    stream = iter_trajectories(loaded.model, source, preprocessing=preprocessing,
-                               batch_size=batch_size, device=config.device,
-                               dtype=config.dtype, progress=progress)
-    first = next(stream)
-    layout = TokenLayout.of(loaded.model, *first.batch.images.shape[-2:])
-    summaries = TrajectorySummaries(loaded.model, layout, source.class_names,
-                                    states=config.states, image_ranks=config.image_ranks,
-                                    device=first.states.device)
-    if summaries.has_head:
-        summaries.num_logits = first.logits.shape[-1]
-    ctx = AnalysisContext(layout=layout, loaded=loaded, source=source,
-                          preprocessing=preprocessing, device=first.states.device,
-                          dtype=config.dtype, batch_size=batch_size, seed=config.seed,
-                          progress=progress, config=config)
-    with StreamingWriter(output, overwrite=overwrite, sample_coords=SAMPLE_COORDS) as writer:
-        summaries.define(writer)
-        for tb in _chain(first, stream):
-            summaries.add(tb, writer)
-            for analysis in analyses:
-                analysis.update(tb, ctx)
+    info, device = setup(config.device)
+    try:
+        return _Run(loaded, source, output, config=config.replace(device=device),
+                    analyses=analyses, overwrite=overwrite, progress=progress,
+                    command=command, info=info, resume=resume).run()
+    finally:
+        teardown(info)
+
+
+class _Run:
+    """One (possibly sharded) streaming run of :func:`analyze`."""
+
+    def __init__(self, loaded, source, output, *, config, analyses, overwrite, progress,
+                 command, info: DistInfo, resume: bool) -> None:
+        self.loaded, self.output, self.analyses = loaded, Path(output), list(analyses)
+        self.overwrite, self.command, self.info = overwrite, command, info
+        self.progress = progress and info.main
+        self.resume = resume
+        self.config = config
+        self.source = source.head(config.limit)
+        self.summaries: TrajectorySummaries | None = None
+        self.ctx: AnalysisContext | None = None
+        self.writer: StreamingWriter | None = None
+        self.store = None
+
+    # ---------------------------------------------------------------- helpers
+    def _all(self, fn, what: str):
+        """Run ``fn`` on every rank; any rank's failure stops all (one error)."""
+        error, out = None, None
+        try:
+            out = fn()
+        except Exception as exc:          # noqa: BLE001 - reported through check_step
+            error = exc
+        check_step(self.info, error, what=what)
+        return out
+
+    def _main(self, fn, what: str):
+        return self._all(lambda: fn() if self.info.main else None, what)
+
+    def _sum_holders(self) -> list:
+        return [a for a in self.analyses if hasattr(a, "sums")]
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> Path | None:
+        info, config = self.info, self.config
+        for a in self.analyses:
+            if info.active and not (hasattr(a, "sums") or hasattr(a, "shard_update")):
+                raise ConfigError(f"analysis {a.name!r} cannot run distributed (it has "
+                                  "neither sums nor shard_update)")
+        self._main(lambda: check_output_path(self.output, overwrite=self.overwrite),
+                   "checking the output")
+        torch.manual_seed(config.seed)
+        n = len(self.source)
+        if n == 0:
+            raise InputError("no images to analyse")
+        preprocessing = model_preprocessing(self.loaded)
+        batch_size = broadcast_object(
+            config.batch_size or auto_batch_size(self.loaded, preprocessing), info)
+        counts = broadcast_object(n, info)
+        self._all(lambda: _same_count(counts, n, info), "checking the images")
+        self.config = config = config.replace(batch_size=batch_size)     # recorded as used
+        self.preprocessing = preprocessing
+        spans = global_spans(n, batch_size)
+        steps = num_steps(len(spans), info.world)
+        dev, tdtype = resolve_device(config.device), resolve_dtype(config.dtype)
+        pin_mmap_threshold()              # flat resident memory over many batches
+        out_dtype = torch.float64 if tdtype == torch.float64 else torch.float32
+        model = self.loaded.model.to(device=dev, dtype=out_dtype).eval()
+        first_step = 0
+        if self.resume or self.store is not None:
+            first_step = self._open_store(spans, steps)
+        mine = my_spans(spans, info)[first_step:]
+        batches = load_batches(self.source, mine, preprocessing=preprocessing,
+                               workers=config.workers)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=n, initial=spans[min(first_step * info.world, len(spans)) - 1][1]
+                       if first_step else 0, unit="img", desc="trajectories", leave=False)
+        try:
+            with contextlib.ExitStack() as stack, torch.inference_mode():
+                self.stack = stack
+                for step in range(first_step, steps):
+                    b = step * info.world + info.rank
+                    payload = self._step(step, b, spans, batches, model, dev, tdtype,
+                                         first=step == first_step)
+                    parts = gather_to_main(payload, info)
+                    if info.main:
+                        self._all(lambda: self._merge(parts, step), "writing the results")
+                        if bar is not None:
+                            bar.update(sum(p["count"] for p in parts if p))
+                    else:
+                        self._all(lambda: None, "writing the results")
+                    if self.store is not None and self.store.due(step, steps):
+                        self._checkpoint(step)
+                    _crash_hook("analyze.step", step)
+                return self._finish()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _step(self, step, b, spans, batches, model, dev, tdtype, *, first: bool):
+        info = self.info
+        state = {"tb": None, "payload": None}
+
+        def forward():
+            if b < len(spans):
+                batch = next(batches)
+                state["tb"] = tb = forward_batch(model, batch, dev, tdtype)
+                if self.summaries is None:
+                    self._setup(tb)
+                if not first or info.main or not info.active:
+                    state["payload"] = self._local(tb, spans[b][0])
+            if info.main and self.writer is None and self.store is None:
+                self._open_writer()
+
+        self._all(forward, f"step {step}")
+        if first and info.active:        # every rank adds the same CKA shifts as rank 0
+            shared = broadcast_object(
+                {a.name: a.shared_state() for a in self.analyses
+                 if hasattr(a, "shared_state")} if info.main else None, info)
+
+            def adopt():
+                if not info.main and state["tb"] is not None:
+                    for a in self.analyses:
+                        if a.name in shared:
+                            a.adopt_shared_state(shared[a.name], self.ctx.layout.token_kinds,
+                                                 self.ctx.device)
+                    state["payload"] = self._local(state["tb"], spans[b][0])
+
+            self._all(adopt, f"step {step}")
+        return state["payload"]
+
+    def _setup(self, tb: TrajectoryBatch) -> None:
+        config = self.config
+        layout = TokenLayout.of(self.loaded.model, *tb.batch.images.shape[-2:])
+        self.summaries = TrajectorySummaries(
+            self.loaded.model, layout, self.source.class_names, states=config.states,
+            image_ranks=config.image_ranks, device=tb.states.device)
+        if self.summaries.has_head:
+            self.summaries.num_logits = tb.logits.shape[-1]
+        self.ctx = AnalysisContext(
+            layout=layout, loaded=self.loaded, source=self.source,
+            preprocessing=self.preprocessing, device=tb.states.device, dtype=config.dtype,
+            batch_size=config.batch_size, seed=config.seed, progress=self.progress,
+            config=config)
+        if self.store is not None and self.store.state is not None:
+            self.store.restore(self)
+
+    def _open_writer(self) -> None:
+        self.writer = self.stack.enter_context(StreamingWriter(
+            self.output, overwrite=self.overwrite, sample_coords=SAMPLE_COORDS))
+        self.summaries.define(self.writer)
+
+    def _local(self, tb: TrajectoryBatch, start: int) -> dict[str, Any]:
+        """This rank's part of a batch: per-sample values and plug-in payloads (sums stay
+        local)."""
+        values = self.summaries.values(tb, start=start)
+        plugins = {}
+        for analysis in self.analyses:
+            if hasattr(analysis, "shard_update"):
+                plugins[analysis.name] = analysis.shard_update(tb, self.ctx, start=start)
+            else:
+                analysis.update(tb, self.ctx)
+        return {"values": values, "plugins": plugins, "count": len(tb.batch.names),
+                "start": start}
+
+    def _merge(self, parts: list, step: int) -> None:
+        """Rank 0: every rank's part of one step, in global order."""
+        for part in parts:
+            if not part:
+                continue
+            if self.store is not None:
+                self.store.save_values(part["start"], part["values"])
+            else:
+                self.summaries.append(part["values"], self.writer)
+            for analysis in self.analyses:
+                if analysis.name in part["plugins"]:
+                    analysis.merge(part["plugins"][analysis.name], self.ctx)
+
+    def _reduce(self) -> None:
+        """Every rank's sums onto rank 0 (the others keep theirs)."""
+        holders = [self.summaries, *self._sum_holders()]
+        for holder in holders:
+            local = holder.sums() if holder is not None else {}
+            total = reduce_sums(local, self.info)
+            if self.info.main and self.info.active:
+                self._load(holder, total)
+
+    def _load(self, holder, sums) -> None:
+        if holder is self.summaries:
+            holder.load_sums(sums)
+        else:
+            holder.load_sums(sums, self.ctx.layout.token_kinds)
+
+    def _finish(self) -> Path | None:
+        self._reduce()
+        if not self.info.main:
+            return None
+        if self.store is not None:
+            self._open_writer()
+            self.store.replay(self.summaries, self.writer)
+        writer, summaries, ctx = self.writer, self.summaries, self.ctx
         accuracy = summaries.finish(writer)
-        for analysis in analyses:              # in order: later ones may read earlier ones
+        for analysis in self.analyses:      # in order: later ones may read earlier ones
             ctx.results[analysis.name] = result = analysis.finish(ctx)
             writer.add_tree(result, group=analysis.group)
-        attrs = _global_attrs(loaded, source, preprocessing, config, writer.n, accuracy,
-                              command)
-        attrs["analyses"] = ",".join(["trajectories", *(a.name for a in analyses)])
+        attrs = _global_attrs(self.loaded, self.source, self.preprocessing, self.config,
+                              writer.n, accuracy, self.command)
+        attrs["analyses"] = ",".join(["trajectories", *(a.name for a in self.analyses)])
+        attrs["processes"] = self.info.world
         writer.attrs(attrs)
         writer.commit()
-    return Path(output)
+        if self.store is not None:
+            self.store.remove()
+        return self.output
+
+    # ------------------------------------------------------------ checkpoints
+    def _open_store(self, spans, steps) -> int:
+        raise ConfigError("--resume is not available yet")
+
+    def _checkpoint(self, step: int) -> None:  # pragma: no cover - see _open_store
+        raise NotImplementedError
 
 
-def _chain(first: TrajectoryBatch, rest: Iterator[TrajectoryBatch]
-           ) -> Iterator[TrajectoryBatch]:
-    yield first
-    yield from rest
+def _same_count(main_count: int, n: int, info: DistInfo) -> None:
+    if main_count != n:
+        raise InputError(f"rank {info.rank} sees {n} images, rank 0 sees {main_count}: every "
+                         "process must be given the same images")
+
+
+def _crash_hook(point: str, step: int) -> None:
+    """Test hook: ``DEPTHFLOW_CRASH_AT=analyze.step:3`` kills this process (SIGKILL, no
+    clean-up) after step 3; ``analyze.step:3@1`` only on rank 1."""
+    spec = os.environ.get("DEPTHFLOW_CRASH_AT")
+    if not spec:
+        return
+    where, _, rank = spec.partition("@")
+    name, _, at = where.rpartition(":")
+    if name == point and at == str(step) and (not rank or rank == os.environ.get("RANK", "0")):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _global_attrs(loaded: LoadedModel, source: ImageSource, preprocessing: Preprocessing,

@@ -165,14 +165,67 @@ class PhaseAnalysis:
 
     def update_states(self, states: torch.Tensor, token_kinds: Sequence[str]) -> None:
         """Add trajectories ``(B, L+1, T, D)`` with token kinds ``[cls, registers, ...]``."""
+        self._prepare(token_kinds)
+        self._sim.update(states)
+        self.num_samples += states.shape[0]
+
+    def _prepare(self, token_kinds: Sequence[str]) -> None:
         if self._sim is None:
             cfg = self.config
             self._sim = DepthSimilarity(
                 token_kinds,
                 views=cfg.views if {"cosine", "mse"} & set(cfg.metrics) else (),
                 cka_views=cfg.cka_views if "cka" in cfg.metrics else ())
-        self._sim.update(states)
-        self.num_samples += states.shape[0]
+
+    # ------------------------------------------------------- distributed runs (sums)
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """What every process must share before its first batch: the CKA shifts (rank 0's
+        first batch mean), so that every process adds the same float64 terms."""
+        if self._sim is None:
+            return {}
+        return {f"{v}/{i}": acc.shift for v, accs in self._sim.cka.items()
+                for i, acc in enumerate(accs) if acc.shift is not None}
+
+    def adopt_shared_state(self, state: dict[str, torch.Tensor],
+                           token_kinds: Sequence[str], device=None) -> None:
+        self._prepare(token_kinds)
+        for v, accs in self._sim.cka.items():
+            for i, acc in enumerate(accs):
+                if f"{v}/{i}" in state:
+                    acc.shift = state[f"{v}/{i}"].to(device or state[f"{v}/{i}"].device)
+
+    def sums(self) -> dict[str, object]:
+        """The accumulators, all sums (reducible over processes; see
+        :mod:`depthflow.distributed`)."""
+        out: dict[str, object] = {"num_samples": self.num_samples}
+        if self._sim is None:
+            return out
+        for v, acc in self._sim.pairwise.items():
+            out.update({f"pair/{v}/cosine": acc.cosine, f"pair/{v}/mse": acc.mse,
+                        f"pair/{v}/count": acc.count})
+        for v, accs in self._sim.cka.items():
+            for i, acc in enumerate(accs):
+                out.update({f"cka/{v}/{i}/{k}": getattr(acc, k)
+                            for k in ("cross", "total", "hsic", "count", "batches")})
+        return out
+
+    def load_sums(self, sums: dict[str, object], token_kinds: Sequence[str]) -> None:
+        """Replace the accumulators by ``sums`` (e.g. reduced over processes)."""
+        self._prepare(token_kinds)
+        self.num_samples = int(sums["num_samples"])
+        shapes = [t.shape[-1] for k, t in sums.items()
+                  if isinstance(t, torch.Tensor) and k.endswith(("/cosine", "/hsic"))]
+        if self._sim.depths is None and shapes:
+            self._sim.depths = int(shapes[0])
+        for v, acc in self._sim.pairwise.items():
+            acc.cosine, acc.mse = sums[f"pair/{v}/cosine"], sums[f"pair/{v}/mse"]
+            acc.count = int(sums[f"pair/{v}/count"])
+        for v, accs in self._sim.cka.items():
+            for i, acc in enumerate(accs):
+                for k in ("cross", "total", "hsic"):
+                    setattr(acc, k, sums[f"cka/{v}/{i}/{k}"])
+                acc.count = int(sums[f"cka/{v}/{i}/count"])
+                acc.batches = int(sums[f"cka/{v}/{i}/batches"])
 
     # ------------------------------------------------------------------------ finish
     def finish(self, ctx: AnalysisContext) -> xr.DataTree:
