@@ -42,7 +42,7 @@ from depthflow.errors import ConfigError, DepthflowError
 
 __all__ = ["DistInfo", "RankError", "setup", "teardown", "barrier", "all_mean",
            "broadcast_object", "check_step", "gather_to_main", "reduce_sums", "global_spans",
-           "my_spans", "num_steps", "collective", "TIMEOUT_ENV", "host_tag"]
+           "my_spans", "num_steps", "collective", "TIMEOUT_ENV", "host_tag", "quiet_followers"]
 
 TIMEOUT_ENV = "DEPTHFLOW_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -65,7 +65,32 @@ class DistInfo:
 
 
 class RankError(DepthflowError, RuntimeError):
-    """A rank of a distributed run failed (or was lost); every rank raises this."""
+    """A rank of a distributed run failed (or was lost); every rank raises this.
+
+    ``relayed``: the error was reported to every rank by :func:`check_step` (rank 0 also
+    raises it, so the others need not print it again)."""
+
+    def __init__(self, message: str, *, relayed: bool = False) -> None:
+        super().__init__(message)
+        self.relayed = relayed
+
+
+def quiet_followers(func):
+    """For a command entry point: on ranks > 0, an error that rank 0 reports too ends the
+    process with exit code 1 without printing it again (one line per failure, not N)."""
+    import functools
+    import sys
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except RankError as exc:
+            if exc.relayed and int(os.environ.get("RANK", "0")) != 0:
+                sys.exit(1)
+            raise
+
+    return wrapper
 
 
 def timeout_seconds() -> float:
@@ -194,8 +219,8 @@ def check_step(info: DistInfo, error: BaseException | None, *, what: str = "a ba
     rank, text, _ = min(r for r in reports if r is not None)
     message = f"rank {rank} of {info.world} failed: {text}"
     if error is not None:
-        raise RankError(message) from error
-    raise RankError(message)
+        raise RankError(message, relayed=True) from error
+    raise RankError(message, relayed=True)
 
 
 def _collective_device() -> torch.device:

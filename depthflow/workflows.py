@@ -46,9 +46,10 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
                        figures: str | os.PathLike[str] | None = None,
                        arch: str | None = None, config: AnalyzeConfig | None = None,
                        analyses: Sequence[Analysis] = (), overwrite: bool = False,
-                       progress: bool = False,
-                       command: Sequence[str] | None = None) -> AnalysisOutputs:
-    """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``."""
+                       progress: bool = False, command: Sequence[str] | None = None,
+                       resume: bool = False) -> AnalysisOutputs | None:
+    """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``
+    (``None`` on the ranks > 0 of a distributed run: rank 0 writes)."""
     config = config or AnalyzeConfig()
     check_output_path(output, overwrite=overwrite)
     if figures is not None:
@@ -56,7 +57,9 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
     loaded = load_model(checkpoint, arch=arch)
     source = open_images(images).head(config.limit)
     path = analyze(loaded, source, output, config=config, analyses=analyses,
-                   overwrite=overwrite, progress=progress, command=command)
+                   overwrite=overwrite, progress=progress, command=command, resume=resume)
+    if path is None:
+        return None
     drawn: list[Path] = []
     if figures is not None:
         drawers = [draw_token_dynamics, *(a.plot for a in analyses)]
@@ -71,7 +74,7 @@ def phases_checkpoint(checkpoint: str | os.PathLike[str] | None, *,
                       batch_size: int = 64, device: str = "cpu", dtype: str = "float32",
                       seed: int = 0, output: str | os.PathLike[str] | None = None,
                       figures: str | os.PathLike[str] | None = None, overwrite: bool = False,
-                      progress: bool = False) -> tuple[Any, list[Path]]:
+                      progress: bool = False, workers: int = 0) -> tuple[Any, list[Path]]:
     """``depthflow phases``: a checkpoint (or a ``.nc`` file with ``state``) -> the phase
     tree, optionally written to ``output`` (NetCDF, group ``phases``) and ``figures``."""
     config = config or PhaseConfig()
@@ -88,7 +91,10 @@ def phases_checkpoint(checkpoint: str | os.PathLike[str] | None, *,
         loaded = load_model(checkpoint, arch=arch)
         source = open_images(images).head(limit)
         tree = phase_tree(loaded, source, config=config, batch_size=batch_size,
-                          device=device, dtype=dtype, seed=seed, progress=progress)
+                          device=device, dtype=dtype, seed=seed, progress=progress,
+                          workers=workers)
+        if tree is None:                 # a rank > 0 of a distributed run
+            return None, []
     written: list[Path] = []
     if output is not None:
         written.append(write_tree(tree, output, overwrite=overwrite))

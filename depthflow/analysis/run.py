@@ -37,7 +37,7 @@ from depthflow.models.preprocessing import Preprocessing, model_preprocessing
 from depthflow.trajectory import (DTYPES, TrajectoryBatch, forward_batch, resolve_device,
                                   resolve_dtype)
 
-__all__ = ["AnalyzeConfig", "analyze", "auto_batch_size", "STATES"]
+__all__ = ["AnalyzeConfig", "analyze", "stream_analyses", "auto_batch_size", "STATES"]
 
 STATES = ("none", "cls", "all")
 STATE_BUDGET_BYTES = 256 << 20      # one batch of trajectories, when batch_size is automatic
@@ -131,8 +131,10 @@ class _Run:
     """One (possibly sharded) streaming run of :func:`analyze`."""
 
     def __init__(self, loaded, source, output, *, config, analyses, overwrite, progress,
-                 command, info: DistInfo, resume: bool) -> None:
-        self.loaded, self.output, self.analyses = loaded, Path(output), list(analyses)
+                 command, info: DistInfo, resume: bool, trajectories: bool = True) -> None:
+        self.loaded, self.analyses = loaded, list(analyses)
+        self.output = None if output is None else Path(output)
+        self.trajectories = trajectories
         self.overwrite, self.command, self.info = overwrite, command, info
         self.progress = progress and info.main
         self.resume = resume
@@ -167,8 +169,9 @@ class _Run:
             if info.active and not (hasattr(a, "sums") or hasattr(a, "shard_update")):
                 raise ConfigError(f"analysis {a.name!r} cannot run distributed (it has "
                                   "neither sums nor shard_update)")
-        self._main(lambda: check_output_path(self.output, overwrite=self.overwrite),
-                   "checking the output")
+        if self.output is not None:
+            self._main(lambda: check_output_path(self.output, overwrite=self.overwrite),
+                       "checking the output")
         torch.manual_seed(config.seed)
         n = len(self.source)
         if n == 0:
@@ -231,7 +234,8 @@ class _Run:
                     self._setup(tb)
                 if not first or info.main or not info.active:
                     state["payload"] = self._local(tb, spans[b][0])
-            if info.main and self.writer is None and self.store is None:
+            if info.main and self.writer is None and self.store is None and \
+                    self.trajectories:
                 self._open_writer()
 
         self._all(forward, f"step {step}")
@@ -259,6 +263,7 @@ class _Run:
             image_ranks=config.image_ranks, device=tb.states.device)
         if self.summaries.has_head:
             self.summaries.num_logits = tb.logits.shape[-1]
+
         self.ctx = AnalysisContext(
             layout=layout, loaded=self.loaded, source=self.source,
             preprocessing=self.preprocessing, device=tb.states.device, dtype=config.dtype,
@@ -275,7 +280,7 @@ class _Run:
     def _local(self, tb: TrajectoryBatch, start: int) -> dict[str, Any]:
         """This rank's part of a batch: per-sample values and plug-in payloads (sums stay
         local)."""
-        values = self.summaries.values(tb, start=start)
+        values = self.summaries.values(tb, start=start) if self.trajectories else None
         plugins = {}
         for analysis in self.analyses:
             if hasattr(analysis, "shard_update"):
@@ -290,7 +295,9 @@ class _Run:
         for part in parts:
             if not part:
                 continue
-            if self.store is not None:
+            if not self.trajectories:
+                pass
+            elif self.store is not None:
                 self.store.save_values(part["start"], part["values"])
             else:
                 self.summaries.append(part["values"], self.writer)
@@ -300,7 +307,9 @@ class _Run:
 
     def _reduce(self) -> None:
         """Every rank's sums onto rank 0 (the others keep theirs)."""
-        holders = [self.summaries, *self._sum_holders()]
+        holders = [self.summaries if self.trajectories else None, *self._sum_holders()]
+        if not self.trajectories:
+            holders = holders[1:]
         for holder in holders:
             local = holder.sums() if holder is not None else {}
             total = reduce_sums(local, self.info)
@@ -317,6 +326,8 @@ class _Run:
         self._reduce()
         if not self.info.main:
             return None
+        if not self.trajectories:
+            return self.ctx
         if self.store is not None:
             self._open_writer()
             self.store.replay(self.summaries, self.writer)
@@ -341,6 +352,27 @@ class _Run:
 
     def _checkpoint(self, step: int) -> None:  # pragma: no cover - see _open_store
         raise NotImplementedError
+
+
+def stream_analyses(loaded: LoadedModel, source: ImageSource, analyses: Sequence[Analysis], *,
+                    batch_size: int, device: str = "cpu", dtype: str = "float32",
+                    seed: int = 0, progress: bool = False,
+                    workers: int = 0) -> AnalysisContext | None:
+    """Stream ``source`` through ``loaded`` into the plug-ins ``analyses`` (their
+    ``update``) without a result file, sharded under ``torchrun`` like :func:`analyze`.
+
+    Returns the run's context on rank 0 (the plug-ins hold every rank's sums and
+    gathered data: call their ``finish``), ``None`` on the other ranks.
+    """
+    config = AnalyzeConfig(batch_size=batch_size, device=str(device), dtype=dtype, seed=seed,
+                           workers=workers, states="none").validate()
+    info, dev = setup(config.device)
+    try:
+        return _Run(loaded, source, None, config=config.replace(device=dev),
+                    analyses=analyses, overwrite=False, progress=progress, command=None,
+                    info=info, resume=False, trajectories=False).run()
+    finally:
+        teardown(info)
 
 
 def _same_count(main_count: int, n: int, info: DistInfo) -> None:

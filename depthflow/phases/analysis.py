@@ -297,26 +297,21 @@ class PhaseAnalysis:
 # ----------------------------------------------------------------------- entry points
 def phase_tree(loaded: LoadedModel, source: ImageSource, *, config: PhaseConfig | None = None,
                batch_size: int = 64, device: Any = "cpu", dtype: str = "float32",
-               seed: int = 0, progress: bool = False) -> xr.DataTree:
+               seed: int = 0, progress: bool = False, workers: int = 0) -> xr.DataTree | None:
     """Stream ``source`` through ``loaded``; return a tree whose ``phases`` group holds the
     matrices and segmentations (and ``phases/swap`` the layer-swap test), with provenance
-    at the root."""
+    at the root. Under ``torchrun`` the images are sharded over the processes and rank 0
+    gets the tree, the other ranks ``None`` (:func:`depthflow.analysis.run.stream_analyses`)."""
+    from depthflow.analysis.run import stream_analyses
+
     analysis = PhaseAnalysis(config)
     check_int(batch_size, "batch_size")
     if len(source) == 0:
         raise InputError("no images to analyse")
-    preprocessing = model_preprocessing(loaded)
-    ctx = None
-    for tb in iter_trajectories(loaded.model, source, preprocessing=preprocessing,
-                                batch_size=batch_size, device=device, dtype=dtype,
-                                progress=progress):
-        if ctx is None:
-            ctx = AnalysisContext(
-                layout=TokenLayout.of(loaded.model, *tb.batch.images.shape[-2:]),
-                loaded=loaded, source=source, preprocessing=preprocessing,
-                device=resolve_device(device), dtype=dtype, batch_size=batch_size, seed=seed,
-                progress=progress)
-        analysis.update(tb, ctx)
+    ctx = stream_analyses(loaded, source, [analysis], batch_size=batch_size, device=device,
+                          dtype=dtype, seed=seed, progress=progress, workers=workers)
+    if ctx is None:                   # a rank > 0 of a distributed run: rank 0 has it all
+        return None
     tree = xr.DataTree(children={analysis.group: analysis.finish(ctx)})
     tree.attrs = provenance(config=analysis.config.to_dict(), extra={
         "title": f"depthflow phases of {Path(str(loaded.source)).name}",

