@@ -119,3 +119,88 @@ def test_spans_give_every_image_to_one_rank_once():
         assert covered == list(range(n))
         assert all(ranks[b % world][b // world] == spans[b] for b in range(len(spans)))
         assert dd.num_steps(len(spans), world) == max(len(r) for r in ranks)
+
+
+# ----------------------------------------------------------------------- failures
+def _guarded(rank: int, world: int, port: int, output: str, kwargs: dict, report: str,
+             env: dict) -> None:
+    os.environ.update(env)
+    try:
+        _worker(rank, world, port, output, kwargs)
+    except Exception as exc:             # noqa: BLE001 - the test reads the report
+        Path(report, f"rank{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
+        os._exit(1)
+    os._exit(0)
+
+
+def _processes(world: int, output, report: Path, *, env=None, **kwargs) -> list[int]:
+    """Run ``world`` ranks as plain forked processes; their exit codes."""
+    ctx = mp.get_context("fork")
+    port = _free_port()
+    procs = [ctx.Process(target=_guarded, args=(r, world, port, str(output), kwargs,
+                                                str(report), env or {}))
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    codes = [p.exitcode for p in procs]
+    for p in procs:
+        if p.is_alive():                 # pragma: no cover - a hang is the failure
+            p.kill()
+    return codes
+
+
+def _folder(root: Path, bad: int | None = None) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        path = root / ("a" if i < 6 else "b") / f"img{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(path)
+    if bad is not None:
+        files = sorted(root.rglob("*.png"))
+        files[bad].write_bytes(b"not an image")
+    return root
+
+
+def test_a_failing_rank_stops_every_rank_with_one_error(tmp_path):
+    images = _folder(tmp_path / "images", bad=3)           # batch 1 of size 2: rank 1
+    out = tmp_path / "out"
+    out.mkdir()
+    codes = _processes(2, out / "run.nc", tmp_path, images=str(images), batch_size=2)
+    assert codes == [1, 1]
+    messages = {Path(tmp_path, f"rank{r}.txt").read_text() for r in range(2)}
+    assert len(messages) == 1                                # the same error on both
+    (message,) = messages
+    assert message.startswith("RankError: rank 1 of 2 failed: cannot read image")
+    assert "img03.png" in message and "\n" not in message
+    assert list(out.iterdir()) == []                          # no file, no temporary
+    _run(out / "run.nc", images=str(_folder(tmp_path / "good")), batch_size=2)   # rerun
+    assert [p.name for p in out.iterdir()] == ["run.nc"]
+
+
+def test_a_silently_dead_rank_is_caught_and_nothing_is_left(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"DEPTHFLOW_CRASH_AT": "analyze.step:1@1", dd.TIMEOUT_ENV: "60"}
+    codes = _processes(2, out / "run.nc", tmp_path, env=env)
+    assert codes[1] == -9                                     # killed without a word
+    assert codes[0] == 1
+    message = Path(tmp_path, "rank0.txt").read_text()
+    assert message.startswith("RankError: rank 0: lost contact with the other processes")
+    assert list(out.iterdir()) == []
+
+
+def test_a_stale_temporary_of_a_dead_process_is_removed(tmp_path):
+    from depthflow.io.netcdf import remove_stale_temporaries, temporary_name
+
+    target = tmp_path / "run.nc"
+    mine = temporary_name(target)
+    dead = mine.with_name(mine.name.replace(f".{os.getpid()}.", ".999999999."))
+    other_host = tmp_path / ".run.nc.elsewhere.1.tmp"
+    for p in (mine, dead, other_host):
+        p.write_bytes(b"partial")
+    assert remove_stale_temporaries(target) == [dead]
+    assert mine.exists() and other_host.exists() and not dead.exists()

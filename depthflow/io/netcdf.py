@@ -7,6 +7,9 @@ that is renamed into place only when :meth:`StreamingWriter.commit` succeeds; an
 their results as groups (:meth:`StreamingWriter.add_tree`). :func:`write_dataset` writes an
 in-memory ``xr.Dataset`` the same atomic way.
 
+The streaming writer's temporary file is ``.<name>.<host>.<pid>.tmp``; a later run
+removes those whose process is gone (:func:`remove_stale_temporaries`).
+
 Attributes are made NetCDF-safe: ``None`` -> ``""``, bools -> ``0/1``, dicts and lists of
 mixed types -> JSON strings.
 """
@@ -23,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from depthflow.errors import OutputError
-from depthflow.io.files import atomic_path
+from depthflow.io.files import atomic_path, check_output_path, umask
 
 ENGINE = "netcdf4"
 CHUNK_BYTES = 1 << 20
@@ -89,6 +92,68 @@ def write_tree(tree, path: str | os.PathLike[str], *, overwrite: bool = False) -
     return Path(path)
 
 
+def temporary_name(target: Path) -> Path:
+    """``.<name>.<host>.<pid>.tmp`` beside ``target``: the writer's temporary file, named so
+    that a later run can tell a stale one (its process is gone) from a live one."""
+    import socket
+
+    host = socket.gethostname().replace(".", "-")
+    return target.with_name(f".{target.name}.{host}.{os.getpid()}.tmp")
+
+
+def remove_stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files of ``target`` left by dead processes of this host (a run
+    that was killed); returns what was removed. Files of other hosts are left alone."""
+    import socket
+
+    target = Path(target)
+    host = socket.gethostname().replace(".", "-")
+    parent = target.parent if str(target.parent) else Path(".")
+    removed = []
+    for tmp in parent.glob(f".{target.name}.{host}.*.tmp"):
+        pid = tmp.name[len(f".{target.name}.{host}."):-len(".tmp")]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _tagged_atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False):
+    """Like :func:`depthflow.io.files.atomic_path`, with a host- and pid-tagged temporary
+    name (:func:`temporary_name`); stale temporaries of ``path`` are removed first."""
+    target = check_output_path(path, overwrite=overwrite)
+    remove_stale_temporaries(target)
+    tmp = temporary_name(target)
+    try:
+        tmp.touch()
+    except OSError as exc:
+        raise OutputError(f"cannot write in {str(target.parent)!r}: "
+                          f"{exc.strerror or exc}") from exc
+    try:
+        yield tmp
+        if target.exists() and not overwrite:
+            raise OutputError(
+                f"output {str(target)!r} appeared while writing; pass --overwrite to replace it")
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 class StreamingWriter:
     """Write a NetCDF file incrementally along an unlimited ``sample`` dimension.
 
@@ -102,7 +167,7 @@ class StreamingWriter:
         self.overwrite = overwrite
         self.sample_dim = sample_dim
         self.sample_coords = tuple(sample_coords)   # non-index coordinates on sample_dim
-        self._ctx = atomic_path(self.path, overwrite=overwrite)
+        self._ctx = _tagged_atomic_path(self.path, overwrite=overwrite)
         self._tmp: Path | None = None
         self._nc = None
         self._committed = False
