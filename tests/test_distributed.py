@@ -22,6 +22,7 @@ import xarray as xr
 from depthflow import distributed as dd
 from depthflow.analysis.registry import build_analyses
 from depthflow.analysis.run import AnalyzeConfig, analyze
+from depthflow.errors import ConfigError
 from depthflow.images import open_images
 
 from _models import tiny_loaded
@@ -32,11 +33,11 @@ SETTINGS = ("phases.swap_trials=2", "phases.swap_samples=12", "dynamics.samples=
 N_IMAGES = 22
 
 
-def _run(output, *, batch_size=4, images="lfw", **kwargs) -> None:
+def _run(output, *, batch_size=4, images="lfw", resume=False, **kwargs) -> None:
     torch.set_num_threads(1)
     analyze(tiny_loaded(depth=3), open_images(images, limit=N_IMAGES), output,
             config=AnalyzeConfig(batch_size=batch_size, states="all", **kwargs),
-            analyses=build_analyses(dynamics="stretching", options=SETTINGS))
+            analyses=build_analyses(dynamics="stretching", options=SETTINGS), resume=resume)
 
 
 def _free_port() -> int:
@@ -204,3 +205,33 @@ def test_a_stale_temporary_of_a_dead_process_is_removed(tmp_path):
         p.write_bytes(b"partial")
     assert remove_stale_temporaries(target) == [dead]
     assert mine.exists() and other_host.exists() and not dead.exists()
+
+
+# ----------------------------------------------------------------------- resume
+def test_a_killed_run_resumes_to_the_uninterrupted_file(single, tmp_path):
+    out = tmp_path / "run.nc"
+    # two processes, checkpoints every 2 steps (4 global batches); rank 1 killed after
+    # step 2 (6 batches done, 4 checkpointed): rank 0 stops, the checkpoint stays
+    env = {"DEPTHFLOW_CRASH_AT": "analyze.step:2@1", dd.TIMEOUT_ENV: "60"}
+    codes = _processes(2, out, tmp_path, env=env, checkpoint_every=2, resume=True)
+    assert codes[1] == -9 and codes[0] == 1
+    store = tmp_path / ".run.nc.resume"
+    assert not out.exists() and (store / "state.pt").is_file()
+    state = torch.load(store / "state.pt", weights_only=True)
+    assert state["batches_done"] == 4
+    # resumed by one process (any number of processes can resume)
+    _run(out, checkpoint_every=2, resume=True)
+    assert not store.exists()
+    assert _compare(single, out) > 60
+
+
+def test_resume_refuses_another_run_and_a_plain_rerun_starts_afresh(tmp_path):
+    out = tmp_path / "run.nc"
+    store = tmp_path / ".run.nc.resume"
+    store.mkdir()
+    (store / "meta.json").write_text('{"format": 1, "num_images": 3}')
+    with pytest.raises(ConfigError, match="belongs to a different run"):
+        _run(out, resume=True)
+    assert store.is_dir() and not out.exists()
+    _run(out, images="digits")                       # no --resume: the old one goes
+    assert out.is_file() and not store.exists()

@@ -144,6 +144,7 @@ class _Run:
         self.ctx: AnalysisContext | None = None
         self.writer: StreamingWriter | None = None
         self.store = None
+        self.store_every = 0
 
     # ---------------------------------------------------------------- helpers
     def _all(self, fn, what: str):
@@ -184,38 +185,36 @@ class _Run:
         self.config = config = config.replace(batch_size=batch_size)     # recorded as used
         self.preprocessing = preprocessing
         spans = global_spans(n, batch_size)
-        steps = num_steps(len(spans), info.world)
         dev, tdtype = resolve_device(config.device), resolve_dtype(config.dtype)
         pin_mmap_threshold()              # flat resident memory over many batches
         out_dtype = torch.float64 if tdtype == torch.float64 else torch.float32
         model = self.loaded.model.to(device=dev, dtype=out_dtype).eval()
-        first_step = 0
-        if self.resume or self.store is not None:
-            first_step = self._open_store(spans, steps)
-        mine = my_spans(spans, info)[first_step:]
-        batches = load_batches(self.source, mine, preprocessing=preprocessing,
+        done = self._open_store() if self.output is not None else 0
+        rest = spans[done:]               # global batches still to do (all, unless resumed)
+        steps = num_steps(len(rest), info.world)
+        self.done, self.rest = done, rest
+        batches = load_batches(self.source, my_spans(rest, info), preprocessing=preprocessing,
                                workers=config.workers)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=n, initial=spans[min(first_step * info.world, len(spans)) - 1][1]
-                       if first_step else 0, unit="img", desc="trajectories", leave=False)
+            bar = tqdm(total=n, initial=spans[done - 1][1] if done else 0, unit="img",
+                       desc="trajectories", leave=False)
         try:
             with contextlib.ExitStack() as stack, torch.inference_mode():
                 self.stack = stack
-                for step in range(first_step, steps):
+                for step in range(steps):
                     b = step * info.world + info.rank
-                    payload = self._step(step, b, spans, batches, model, dev, tdtype,
-                                         first=step == first_step)
+                    payload = self._step(step, b, rest, batches, model, dev, tdtype,
+                                         first=step == 0)
                     parts = gather_to_main(payload, info)
-                    if info.main:
-                        self._all(lambda: self._merge(parts, step), "writing the results")
-                        if bar is not None:
-                            bar.update(sum(p["count"] for p in parts if p))
-                    else:
-                        self._all(lambda: None, "writing the results")
-                    if self.store is not None and self.store.due(step, steps):
-                        self._checkpoint(step)
+                    self._all(lambda: self._merge(parts, step) if info.main else None,
+                              "writing the results")
+                    if bar is not None:
+                        bar.update(sum(p["count"] for p in parts if p))
+                    if self.store_every and (step + 1) % self.store_every == 0 and \
+                            step + 1 < steps:
+                        self._checkpoint(done + min((step + 1) * info.world, len(rest)))
                     _crash_hook("analyze.step", step)
                 return self._finish()
         finally:
@@ -223,6 +222,8 @@ class _Run:
                 bar.close()
 
     def _step(self, step, b, spans, batches, model, dev, tdtype, *, first: bool):
+        """Step ``step``: this rank's batch ``spans[b]`` (if any) through the model and its
+        local updates; on the first step rank 0 goes first and shares its CKA shifts."""
         info = self.info
         state = {"tb": None, "payload": None}
 
@@ -270,7 +271,7 @@ class _Run:
             batch_size=config.batch_size, seed=config.seed, progress=self.progress,
             config=config)
         if self.store is not None and self.store.state is not None:
-            self.store.restore(self)
+            self._restore()
 
     def _open_writer(self) -> None:
         self.writer = self.stack.enter_context(StreamingWriter(
@@ -330,7 +331,7 @@ class _Run:
             return self.ctx
         if self.store is not None:
             self._open_writer()
-            self.store.replay(self.summaries, self.writer)
+            self.store.replay(self.summaries, self.writer, len(self.source))
         writer, summaries, ctx = self.writer, self.summaries, self.ctx
         accuracy = summaries.finish(writer)
         for analysis in self.analyses:      # in order: later ones may read earlier ones
@@ -347,11 +348,87 @@ class _Run:
         return self.output
 
     # ------------------------------------------------------------ checkpoints
-    def _open_store(self, spans, steps) -> int:
-        raise ConfigError("--resume is not available yet")
+    def _open_store(self) -> int:
+        """Rank 0 opens the checkpoint directory (fresh, or resumed with ``resume``);
+        every rank learns how many global batches are done."""
+        from depthflow.analysis.checkpoint import RunStore, fingerprint, store_path
 
-    def _checkpoint(self, step: int) -> None:  # pragma: no cover - see _open_store
-        raise NotImplementedError
+        self.store_every = self.config.checkpoint_every if self.resume else 0
+        if not self.resume:              # a stale checkpoint of this output: start afresh
+            self._main(lambda: _remove_tree(store_path(self.output)),
+                       "removing an old checkpoint")
+            return 0
+
+        def open_store():
+            meta = fingerprint(loaded=self.loaded, source=self.source, config=self.config,
+                               analyses=self.analyses)
+            self.store = RunStore(self.output, meta, every=self.config.checkpoint_every)
+            return self.store.open(resume=True)
+
+        done = self._main(open_store, "opening the checkpoint")
+        return int(broadcast_object(done, self.info))
+
+    def _checkpoint(self, batches_done: int) -> None:
+        """Sums reduced onto rank 0 (the other ranks restart theirs from zero), then
+        rank 0 saves the state atomically."""
+        from depthflow.analysis.checkpoint import to_cpu
+
+        info = self.info
+        holders = {"trajectories": self.summaries,
+                   **{a.name: a for a in self._sum_holders()}}
+        totals = {}
+        for name, holder in holders.items():
+            local = holder.sums() if holder is not None else {}
+            total = reduce_sums(local, info)
+            if info.main:
+                if info.active:
+                    self._load(holder, total)
+                totals[name] = to_cpu(total)
+            elif holder is not None:
+                self._load(holder, _zeros_like(local))
+
+        def save():
+            state = {"batches_done": batches_done, "sums": totals,
+                     "shared": {a.name: to_cpu(a.shared_state()) for a in self.analyses
+                                if hasattr(a, "shared_state")},
+                     "gathered": {a.name: to_cpu(a.checkpoint_state()) for a in self.analyses
+                                  if hasattr(a, "checkpoint_state")}}
+            self.store.save_state(state)
+
+        self._main(save, "saving a checkpoint")
+
+    def _restore(self) -> None:
+        """Rank 0, at the first batch of a resumed run: sums, shared values, gathered
+        data from the checkpoint."""
+        state = self.store.state
+        self._load(self.summaries, state["sums"]["trajectories"])
+        for a in self.analyses:
+            if a.name in state["shared"]:
+                a.adopt_shared_state(state["shared"][a.name], self.ctx.layout.token_kinds,
+                                     self.ctx.device)
+            if a.name in state["sums"]:
+                self._load(a, state["sums"][a.name])
+            if a.name in state["gathered"]:
+                a.load_checkpoint_state(state["gathered"][a.name])
+
+
+def _zeros_like(sums: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in sums.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = torch.zeros_like(value)
+        elif value is None:
+            out[key] = None
+        else:
+            out[key] = type(value)(0)
+    return out
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def stream_analyses(loaded: LoadedModel, source: ImageSource, analyses: Sequence[Analysis], *,

@@ -156,6 +156,15 @@ class DynamicsAnalysis:
         """Add a :meth:`shard_update` result (in global order)."""
         self.kept.merge(part)
 
+    def checkpoint_state(self) -> dict:
+        """What was gathered so far (for ``depthflow analyze --resume``)."""
+        return {f.name: getattr(self.kept, f.name) for f in dataclasses.fields(self.kept)}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.kept = measures.Kept(**{k: (dict(v) if k == "per_class" else
+                                         (list(v) if isinstance(v, (list, tuple)) else v))
+                                     for k, v in state.items()})
+
     def _robustness_depths(self, L: int) -> list[int]:
         if "basins" not in self.config.analyses:
             return []
