@@ -235,3 +235,23 @@ def test_resume_refuses_another_run_and_a_plain_rerun_starts_afresh(tmp_path):
     assert store.is_dir() and not out.exists()
     _run(out, images="digits")                       # no --resume: the old one goes
     assert out.is_file() and not store.exists()
+
+
+def test_torchrun_command_prints_one_error_line(tmp_path):
+    """The command under torchrun: a bad image on rank 1 -> one `Error:` line in all."""
+    images = _folder(tmp_path / "images", bad=3)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", dd.TIMEOUT_ENV: "120",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         str(ROOT / "cli" / "analyze.py"), "--images", str(images), "--batch-size", "2",
+         "--no-phases", "--dynamics", "none", "--no-figures", "-q",
+         "-o", str(tmp_path / "run.nc")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert run.returncode != 0
+    errors = [line for line in (run.stdout + run.stderr).splitlines()
+              if line.startswith("Error:")]
+    assert len(errors) == 1, run.stdout + run.stderr
+    assert errors[0].startswith("Error: rank 1 of 2 failed: cannot read image")
+    assert not (tmp_path / "run.nc").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.nc")]

@@ -231,7 +231,7 @@ class _Run:
             if b < len(spans):
                 batch = next(batches)
                 state["tb"] = tb = forward_batch(model, batch, dev, tdtype)
-                if self.summaries is None:
+                if self.ctx is None:
                     self._setup(tb)
                 if not first or info.main or not info.active:
                     state["payload"] = self._local(tb, spans[b][0])
@@ -259,11 +259,12 @@ class _Run:
     def _setup(self, tb: TrajectoryBatch) -> None:
         config = self.config
         layout = TokenLayout.of(self.loaded.model, *tb.batch.images.shape[-2:])
-        self.summaries = TrajectorySummaries(
-            self.loaded.model, layout, self.source.class_names, states=config.states,
-            image_ranks=config.image_ranks, device=tb.states.device)
-        if self.summaries.has_head:
-            self.summaries.num_logits = tb.logits.shape[-1]
+        if self.trajectories:
+            self.summaries = TrajectorySummaries(
+                self.loaded.model, layout, self.source.class_names, states=config.states,
+                image_ranks=config.image_ranks, device=tb.states.device)
+            if self.summaries.has_head:
+                self.summaries.num_logits = tb.logits.shape[-1]
 
         self.ctx = AnalysisContext(
             layout=layout, loaded=self.loaded, source=self.source,
@@ -308,9 +309,8 @@ class _Run:
 
     def _reduce(self) -> None:
         """Every rank's sums onto rank 0 (the others keep theirs)."""
-        holders = [self.summaries if self.trajectories else None, *self._sum_holders()]
-        if not self.trajectories:
-            holders = holders[1:]
+        holders = [self.summaries, *self._sum_holders()] if self.trajectories else \
+            self._sum_holders()
         for holder in holders:
             local = holder.sums() if holder is not None else {}
             total = reduce_sums(local, self.info)
@@ -384,7 +384,7 @@ class _Run:
                 if info.active:
                     self._load(holder, total)
                 totals[name] = to_cpu(total)
-            elif holder is not None:
+            elif holder is not None and self.ctx is not None:     # this rank saw batches
                 self._load(holder, _zeros_like(local))
 
         def save():
