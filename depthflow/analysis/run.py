@@ -5,6 +5,17 @@ the per-sample trajectory summaries (:mod:`depthflow.analysis.summaries`), every
 (:class:`~depthflow.analysis.context.Analysis`) sees each batch and writes its own group
 at the end. Memory is bounded by one batch of states plus the accumulators; the file
 appears only when complete (temporary file + rename).
+
+Under ``torchrun`` the same call runs sharded (:mod:`depthflow.distributed`): each rank
+streams its global batches, rank 0 gathers the per-sample values in global order and
+writes. A plug-in takes part through optional methods: ``sums()`` / ``load_sums(sums,
+token_kinds)`` (float64 sums reduced onto rank 0; ``update`` then runs on every rank),
+``shared_state()`` / ``adopt_shared_state(state, token_kinds, device)`` (values rank 0 sets
+on its first batch that every rank must use, e.g. CKA shifts), ``shard_update(tb, ctx,
+start=)`` / ``merge(part, ctx)`` (a picklable part computed where the batch is, merged on
+rank 0 in global order, instead of ``update``), and ``checkpoint_state()`` /
+``load_checkpoint_state(state)`` for ``--resume`` (:mod:`depthflow.analysis.checkpoint`).
+A plug-in with neither sums nor ``shard_update`` cannot run distributed.
 """
 
 from __future__ import annotations
