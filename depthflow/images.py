@@ -540,12 +540,30 @@ def _skimage_data(spec: str):
     return skimage.data
 
 
+_COLLECTION_OPENERS: list = []     # spec -> ImageSource | None; see depthflow.collections
+
+
+def register_collection(opener) -> None:
+    """Let :func:`open_images` try ``opener(spec)`` (file lists, tar shards, datasets)."""
+    if opener not in _COLLECTION_OPENERS:
+        _COLLECTION_OPENERS.append(opener)
+
+
+def _open_collection(spec: str) -> ImageSource | None:
+    for opener in _COLLECTION_OPENERS:
+        found = opener(spec)
+        if found is not None:
+            return found
+    return None
+
+
 def open_images(spec: str | os.PathLike[str] | None, *, limit: int | None = None) -> ImageSource:
     """Open an image source from a CLI-style spec.
 
     ``"digits"`` / ``"digits:test"`` / ``"digits:train"`` / ``"digits:all"``, ``"lfw"``
-    (scikit-image faces / non-faces), ``"skimage"`` (scikit-image photos), a folder, or a
-    ``.npy``/``.npz`` file. ``None`` means the held-out digits.
+    (scikit-image faces / non-faces), ``"skimage"`` (scikit-image photos), a folder, a
+    ``.npy``/``.npz`` file, or a large collection (a file list, tar shards, a Hugging Face
+    dataset: :mod:`depthflow.collections`). ``None`` means the held-out digits.
     """
     spec = "digits" if spec is None else str(spec)
     if spec == "digits" or spec.startswith("digits:"):
@@ -554,6 +572,8 @@ def open_images(spec: str | os.PathLike[str] | None, *, limit: int | None = None
         source = LfwSource()
     elif spec == "skimage":
         source = SkimagePhotoSource()
+    elif (found := _open_collection(spec)) is not None:      # depthflow.collections
+        source = found
     else:
         path = Path(spec)
         if path.is_dir():

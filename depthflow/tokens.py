@@ -81,7 +81,12 @@ def angle(a: Tensor, b: Tensor, *, dim: int = -1) -> Tensor:
     ``arccos`` of a cosine near 1 loses it.
     """
     ua, ub = normalize(a, dim=dim), normalize(b, dim=dim)
-    return 2.0 * torch.atan2((ua - ub).norm(dim=dim), (ua + ub).norm(dim=dim))
+    # atan2 in float64, rounded back: float32 atan2 differs by an ulp between the SIMD and
+    # the scalar (remainder) path, which would make a sample's value depend on its batch
+    num, den = (ua - ub).norm(dim=dim), (ua + ub).norm(dim=dim)
+    wide = torch.float64 if num.dtype in (torch.float32, torch.float16, torch.bfloat16) \
+        else num.dtype
+    return (2.0 * torch.atan2(num.to(wide), den.to(wide))).to(num.dtype)
 
 
 def token_norms(traj: Tensor) -> Tensor:

@@ -54,6 +54,22 @@ def compute_context(device: torch.device, dtype: torch.dtype):
     return contextlib.nullcontext()
 
 
+def forward_batch(model: ViT, batch: Batch, device: torch.device,
+                  dtype: torch.dtype) -> TrajectoryBatch:
+    """One batch's trajectory (call under ``torch.inference_mode()``; ``model`` already on
+    ``device`` in the output dtype: float64 for float64, else float32)."""
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    images = batch.images.to(device=device, dtype=out_dtype)
+    with compute_context(device, dtype):
+        states = [s for _, s in model.iter_states(images)]
+        # the head one image at a time: small matrix products round differently for
+        # different numbers of rows, and an image's logits must not depend on its batch
+        logits = torch.cat([model.readout(states[-1][i:i + 1]) for i in range(len(images))]
+                           ) if model.head is not None else None
+    traj = torch.stack([s.to(out_dtype) for s in states], dim=1)
+    return TrajectoryBatch(batch, traj, None if logits is None else logits.to(out_dtype))
+
+
 def iter_trajectories(model: ViT, source: ImageSource, *, preprocessing: Preprocessing | None,
                       batch_size: int = 64, device: str | torch.device = "cpu",
                       dtype: str = "float32", progress: bool = False) -> Iterator[TrajectoryBatch]:
@@ -73,13 +89,7 @@ def iter_trajectories(model: ViT, source: ImageSource, *, preprocessing: Preproc
     try:
         with torch.inference_mode():
             for batch in source.batches(batch_size, preprocessing=preprocessing):
-                images = batch.images.to(device=dev, dtype=out_dtype)
-                with compute_context(dev, tdtype):
-                    states = [s for _, s in model.iter_states(images)]
-                    logits = model.readout(states[-1]) if model.head is not None else None
-                traj = torch.stack([s.to(out_dtype) for s in states], dim=1)
-                yield TrajectoryBatch(batch, traj,
-                                      None if logits is None else logits.to(out_dtype))
+                yield forward_batch(model, batch, dev, tdtype)
                 if bar is not None:
                     bar.update(len(batch.labels))
     finally:

@@ -19,7 +19,7 @@ from depthflow.analysis.context import Analysis
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.errors import ConfigError
 from depthflow.images import open_images
-from depthflow.io.files import atomic_path, check_output_path
+from depthflow.io.files import check_output_path
 from depthflow.io.netcdf import write_tree
 from depthflow.io.results import figure_record, open_result
 from depthflow.loader import load_model
@@ -47,9 +47,10 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
                        figures: str | os.PathLike[str] | None = None,
                        arch: str | None = None, config: AnalyzeConfig | None = None,
                        analyses: Sequence[Analysis] = (), overwrite: bool = False,
-                       progress: bool = False,
-                       command: Sequence[str] | None = None) -> AnalysisOutputs:
-    """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``.
+                       progress: bool = False, command: Sequence[str] | None = None,
+                       resume: bool = False) -> AnalysisOutputs | None:
+    """Load ``checkpoint``, analyse ``images`` into ``output`` and draw ``figures``
+    (``None`` on the ranks > 0 of a distributed run: rank 0 writes).
 
     The result is written to a temporary file, the figures are drawn from it into a
     temporary folder (recording the file's SHA-256 in ``depthflow-figures.json``), the
@@ -64,15 +65,20 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
     source = open_images(images).head(config.limit)
     crash_point("analyze.start")
     drawn: list[Path] = []
-    with atomic_path(output, overwrite=overwrite) as tmp:
-        analyze(loaded, source, tmp, config=config, analyses=analyses, overwrite=True,
-                progress=progress, command=command)
+
+    def draw(tmp: Path) -> None:
         if figures is not None:
             drawers = [draw_token_dynamics, *(a.plot for a in analyses)]
             with open_result(tmp) as tree:
-                drawn = write_figures(tree, figures, drawers, overwrite=overwrite,
-                                      record=figure_record(tmp, output))
+                drawn.extend(write_figures(tree, figures, drawers, overwrite=overwrite,
+                                           record=figure_record(tmp, output)))
         crash_point("analyze.written")
+
+    path = analyze(loaded, source, output, config=config, analyses=analyses,
+                   overwrite=overwrite, progress=progress, command=command, resume=resume,
+                   before_rename=draw)
+    if path is None:
+        return None
     return AnalysisOutputs(Path(output), drawn, len(source), loaded.config.depth)
 
 
@@ -82,7 +88,7 @@ def phases_checkpoint(checkpoint: str | os.PathLike[str] | None, *,
                       batch_size: int = 64, device: str = "cpu", dtype: str = "float32",
                       seed: int = 0, output: str | os.PathLike[str] | None = None,
                       figures: str | os.PathLike[str] | None = None, overwrite: bool = False,
-                      progress: bool = False) -> tuple[Any, list[Path]]:
+                      progress: bool = False, workers: int = 0) -> tuple[Any, list[Path]]:
     """``depthflow phases``: a checkpoint (or a ``.nc`` file with ``state``) -> the phase
     tree, optionally written to ``output`` (NetCDF, group ``phases``) and ``figures``."""
     config = config or PhaseConfig()
@@ -99,7 +105,10 @@ def phases_checkpoint(checkpoint: str | os.PathLike[str] | None, *,
         loaded = load_model(checkpoint, arch=arch)
         source = open_images(images).head(limit)
         tree = phase_tree(loaded, source, config=config, batch_size=batch_size,
-                          device=device, dtype=dtype, seed=seed, progress=progress)
+                          device=device, dtype=dtype, seed=seed, progress=progress,
+                          workers=workers)
+        if tree is None:                 # a rank > 0 of a distributed run
+            return None, []
     written: list[Path] = []
     if output is not None:
         written.append(write_tree(tree, output, overwrite=overwrite))

@@ -122,6 +122,7 @@ coordinates of their parents in `xr.open_datatree`; open a group with
 | `preprocessing` | resize, crop, mean, std, interpolation (JSON) |
 | `images`, `num_samples` | the image source and the number of images |
 | `seed`, `device`, `compute_dtype` | the run |
+| `processes` | processes that shared the work (`torchrun`; 1 otherwise); the file does not depend on it |
 | `head_accuracy` | top-1 accuracy of the model's head on the labelled images (only with a head and labels) |
 | `analyses` | the groups written, in order (`trajectories` is the root) |
 

@@ -141,14 +141,30 @@ class TrajectorySummaries:
     # ------------------------------------------------------------------ batches
     def add(self, tb: TrajectoryBatch, w: StreamingWriter) -> None:
         """Append one batch's per-sample values and update the population accumulators."""
+        w.append(self.values(tb, start=w.n))
+
+    def values(self, tb: TrajectoryBatch, *, start: int) -> dict[str, Any]:
+        """One batch's per-sample values (numpy, sample axis first; ``start``: the global
+        index of its first image) and the batch added to this process's population sums.
+
+        In a distributed run each rank calls this for its batches; rank 0 appends the
+        values of every rank in global order (:meth:`append`) and the sums are reduced
+        (:meth:`sums`, :meth:`load_sums`).
+        """
         traj = tb.states
-        measures, updates = tokens.summarize_batch(traj, self.groups, self.layout.patch_slice,
-                                                   image_ranks=self.image_ranks)
+        # one image at a time: a value must not depend on the batch it came in (float32
+        # SIMD kernels round the tail of a tensor differently from its body)
+        per_image = [tokens.summarize_batch(traj[i:i + 1], self.groups,
+                                            self.layout.patch_slice,
+                                            image_ranks=self.image_ranks)[0]
+                     for i in range(traj.shape[0])]
+        measures = {k: torch.cat([m[k] for m in per_image]) for k in per_image[0]}
+        updates = traj[:, 1:] - traj[:, :-1]                  # exact: batch-independent
         labels = tb.batch.labels.numpy().astype(np.int32)
         values: dict[str, Any] = {
-            D.SAMPLE: np.arange(w.n, w.n + len(tb.batch.names), dtype=np.int32),
+            D.SAMPLE: np.arange(start, start + len(tb.batch.names), dtype=np.int32),
             D.LABEL: labels,
-            D.SAMPLE_NAME: tb.batch.names,
+            D.SAMPLE_NAME: list(tb.batch.names),
             D.CLASS_NAME: [self.classes[i] if 0 <= i < len(self.classes) else ""
                            for i in labels],
             **measures,
@@ -160,8 +176,8 @@ class TrajectorySummaries:
             values["cls_state"] = traj[:, :, 0]
         if self.states == "all":
             values["state"] = traj
-        w.append({k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
-                  for k, v in values.items()})
+        out = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+               for k, v in values.items()}
         self.grams.add_updates(updates, self.groups)
         if self.class_dirs is not None:
             self.class_dirs.update(traj[:, :, 0], tb.batch.labels)
@@ -170,6 +186,32 @@ class TrajectorySummaries:
             pred = tb.logits.argmax(-1).cpu()
             self.correct += int((pred[labelled] == tb.batch.labels[labelled]).sum())
             self.total += int(labelled.sum())
+        return out
+
+    @staticmethod
+    def append(values: dict[str, Any], w: StreamingWriter) -> None:
+        """Append per-sample values from :meth:`values` to the file."""
+        w.append(values)
+
+    def sums(self) -> dict[str, Any]:
+        """The population accumulators (all sums: reducible over processes)."""
+        out: dict[str, Any] = {"gram": self.grams.gram, "gram_rows": self.grams.rows,
+                               "correct": self.correct, "total": self.total}
+        if self.class_dirs is not None:
+            out["class_sums"] = self.class_dirs.sums
+            out["class_counts"] = self.class_dirs.counts
+        return out
+
+    def load_sums(self, sums: dict[str, Any]) -> None:
+        """Replace the accumulators by ``sums`` (e.g. reduced over processes)."""
+        self.grams.gram = sums["gram"].to(self.grams.gram.device, torch.float64)
+        self.grams.rows = sums["gram_rows"].to(torch.int64).cpu()
+        self.correct, self.total = int(sums["correct"]), int(sums["total"])
+        if self.class_dirs is not None:
+            self.class_dirs.sums = sums["class_sums"].to(self.class_dirs.sums.device,
+                                                         torch.float64)
+            self.class_dirs.counts = sums["class_counts"].to(self.class_dirs.counts.device,
+                                                             torch.float64)
 
     def finish(self, w: StreamingWriter) -> float:
         """Write the population variables; return the head's accuracy (NaN: undefined)."""

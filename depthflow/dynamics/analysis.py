@@ -130,16 +130,40 @@ class DynamicsAnalysis:
     def __init__(self, config: DynamicsConfig | None = None) -> None:
         self.config = config or DynamicsConfig()
         self.kept = measures.Kept()
+        self._plan = None
 
     def update(self, tb, ctx) -> None:
         """Keep (on the CPU, detached) the trajectories of the JVP subset, the cls
-        directions of the class subset and the states at the robustness depths."""
-        cfg = self.config
+        directions of the class subset and the states at the robustness depths (batches
+        in global order)."""
+        self.merge(self.shard_update(tb, ctx, start=self.kept.seen), ctx)
+
+    def shard_update(self, tb, ctx, *, start: int) -> dict:
+        """What the batch of global indices ``start..`` contributes (a picklable dict; in a
+        distributed run computed by the rank that owns the batch, merged on rank 0)."""
         L = ctx.loaded.config.depth
-        self.kept.add(tb, start=self.kept.seen, samples=cfg.samples,
-                      min_per_class=cfg.min_per_class, class_samples=cfg.class_samples,
-                      robustness_samples=cfg.robustness_samples,
-                      robustness_depths=self._robustness_depths(L))
+        depths = self._robustness_depths(L)
+        if self._plan is None:
+            cfg = self.config
+            self._plan = measures.Kept.plan(
+                ctx.source.labels, samples=cfg.samples, min_per_class=cfg.min_per_class,
+                class_samples=cfg.class_samples, robustness_samples=cfg.robustness_samples,
+                robustness=bool(depths))
+        return measures.Kept.select(tb, start=start, plan=self._plan,
+                                    robustness_depths=depths)
+
+    def merge(self, part: dict, ctx) -> None:
+        """Add a :meth:`shard_update` result (in global order)."""
+        self.kept.merge(part)
+
+    def checkpoint_state(self) -> dict:
+        """What was gathered so far (for ``depthflow analyze --resume``)."""
+        return {f.name: getattr(self.kept, f.name) for f in dataclasses.fields(self.kept)}
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        self.kept = measures.Kept(**{k: (dict(v) if k == "per_class" else
+                                         (list(v) if isinstance(v, (list, tuple)) else v))
+                                     for k, v in state.items()})
 
     def _robustness_depths(self, L: int) -> list[int]:
         if "basins" not in self.config.analyses:

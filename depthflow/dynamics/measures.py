@@ -74,30 +74,79 @@ class Kept:
     per_class: dict[int, int] = dataclasses.field(default_factory=dict)
     seen: int = 0
 
-    def add(self, tb: Any, *, start: int, samples: int, min_per_class: int,
-            class_samples: int, robustness_samples: int, robustness_depths: list[int]) -> None:
+    @staticmethod
+    def plan(labels: Sequence[int], *, samples: int, min_per_class: int, class_samples: int,
+             robustness_samples: int, robustness: bool) -> np.ndarray:
+        """Which images are kept, from the labels of the whole source in global order:
+        ``(3, n)`` booleans (JVP subset, class subset, robustness subset).
+
+        The JVP subset is the first ``samples`` images plus, up to ``4 samples``, images of
+        classes with fewer than ``min_per_class`` so far; the class subset the first
+        ``class_samples`` labelled images; the robustness subset the first
+        ``robustness_samples``. A function of the labels only, so every process of a
+        distributed run (and any batch size) keeps the same images.
+        """
+        labels = np.asarray(labels, dtype=np.int64)
+        out = np.zeros((3, len(labels)), dtype=bool)
+        per_class: dict[int, int] = {}
+        jvp = n_cls = 0
+        for g, label in enumerate(labels.tolist()):
+            short = label >= 0 and per_class.get(label, 0) < min_per_class
+            if jvp < samples or (short and jvp < 4 * samples):
+                out[0, g] = True
+                jvp += 1
+                if label >= 0:
+                    per_class[label] = per_class.get(label, 0) + 1
+            if label >= 0 and n_cls < class_samples:
+                out[1, g] = True
+                n_cls += 1
+        if robustness:
+            out[2, :robustness_samples] = True
+        return out
+
+    @staticmethod
+    def select(tb: Any, *, start: int, plan: np.ndarray,
+               robustness_depths: list[int]) -> dict[str, Any]:
+        """What one batch (global indices ``start..``) contributes: the kept images' data
+        (CPU, float32), labels, global indices and names, as a picklable dict."""
         states = tb.states.detach()
         labels = [int(v) for v in tb.batch.labels]
-        self.rob_depths = robustness_depths
-        for i, label in enumerate(labels):
-            g = start + i
-            short = label >= 0 and self.per_class.get(label, 0) < min_per_class
-            if len(self.states) < samples or (short and len(self.states) < 4 * samples):
-                self.states.append(states[i].float().cpu().clone())
-                self.labels.append(label)
-                self.index.append(g)
-                self.names.append(str(tb.batch.names[i]))
-                if label >= 0:
-                    self.per_class[label] = self.per_class.get(label, 0) + 1
-            if label >= 0 and len(self.cls) < class_samples:
-                self.cls.append(states[i, :, 0].float().cpu().clone())
-                self.cls_labels.append(label)
-                self.cls_index.append(g)
-            if robustness_depths and len(self.rob) < robustness_samples:
-                self.rob.append(states[i, robustness_depths].float().cpu().clone())
-                self.rob_labels.append(label)
-                self.rob_index.append(g)
-        self.seen = start + len(labels)
+        rows = plan[:, start:start + len(labels)]
+        out: dict[str, Any] = {"seen": start + len(labels), "rob_depths": robustness_depths}
+        for key, row in (("jvp", 0), ("cls", 1), ("rob", 2)):
+            idx = np.flatnonzero(rows[row]).tolist()
+            if key == "rob" and not robustness_depths:
+                idx = []
+            if key == "jvp":
+                data = [states[i].float().cpu().clone() for i in idx]
+            elif key == "cls":
+                data = [states[i, :, 0].float().cpu().clone() for i in idx]
+            else:
+                data = [states[i, robustness_depths].float().cpu().clone() for i in idx]
+            out[key] = (data, [labels[i] for i in idx], [start + i for i in idx],
+                        [str(tb.batch.names[i]) for i in idx])
+        return out
+
+    def merge(self, part: dict[str, Any]) -> None:
+        """Append a batch's :meth:`select` (batches in global order)."""
+        self.rob_depths = part["rob_depths"]
+        data, labels, index, names = part["jvp"]
+        self.states += data
+        self.labels += labels
+        self.index += index
+        self.names += names
+        for label in labels:
+            if label >= 0:
+                self.per_class[label] = self.per_class.get(label, 0) + 1
+        data, labels, index, _ = part["cls"]
+        self.cls += data
+        self.cls_labels += labels
+        self.cls_index += index
+        data, labels, index, _ = part["rob"]
+        self.rob += data
+        self.rob_labels += labels
+        self.rob_index += index
+        self.seen = part["seen"]
 
     def to(self, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
         def stack(items):

@@ -7,6 +7,9 @@ that is renamed into place only when :meth:`StreamingWriter.commit` succeeds; an
 their results as groups (:meth:`StreamingWriter.add_tree`). :func:`write_dataset` writes an
 in-memory ``xr.Dataset`` the same atomic way.
 
+The temporary file is named after the host and process
+(:func:`depthflow.io.files.temp_name`); a later run removes those whose process is gone.
+
 Attributes are made NetCDF-safe: ``None`` -> ``""``, bools -> ``0/1``, dicts and lists of
 mixed types -> JSON strings.
 """
@@ -133,6 +136,13 @@ class StreamingWriter:
             return bool(self._ctx.__exit__(None, None, None))
         self._ctx.__exit__(exc_type, exc, tb)
         return False
+
+    @property
+    def temporary(self) -> Path:
+        """The temporary file being written (renamed onto ``path`` when the block exits)."""
+        if self._tmp is None:
+            raise OutputError(f"{str(self.path)!r} is not open")
+        return self._tmp
 
     def commit(self) -> Path:
         with self._writing():

@@ -165,14 +165,67 @@ class PhaseAnalysis:
 
     def update_states(self, states: torch.Tensor, token_kinds: Sequence[str]) -> None:
         """Add trajectories ``(B, L+1, T, D)`` with token kinds ``[cls, registers, ...]``."""
+        self._prepare(token_kinds)
+        self._sim.update(states)
+        self.num_samples += states.shape[0]
+
+    def _prepare(self, token_kinds: Sequence[str]) -> None:
         if self._sim is None:
             cfg = self.config
             self._sim = DepthSimilarity(
                 token_kinds,
                 views=cfg.views if {"cosine", "mse"} & set(cfg.metrics) else (),
                 cka_views=cfg.cka_views if "cka" in cfg.metrics else ())
-        self._sim.update(states)
-        self.num_samples += states.shape[0]
+
+    # ------------------------------------------------------- distributed runs (sums)
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        """What every process must share before its first batch: the CKA shifts (rank 0's
+        first batch mean), so that every process adds the same float64 terms."""
+        if self._sim is None:
+            return {}
+        return {f"{v}/{i}": acc.shift for v, accs in self._sim.cka.items()
+                for i, acc in enumerate(accs) if acc.shift is not None}
+
+    def adopt_shared_state(self, state: dict[str, torch.Tensor],
+                           token_kinds: Sequence[str], device=None) -> None:
+        self._prepare(token_kinds)
+        for v, accs in self._sim.cka.items():
+            for i, acc in enumerate(accs):
+                if f"{v}/{i}" in state:
+                    acc.shift = state[f"{v}/{i}"].to(device or state[f"{v}/{i}"].device)
+
+    def sums(self) -> dict[str, object]:
+        """The accumulators, all sums (reducible over processes; see
+        :mod:`depthflow.distributed`)."""
+        out: dict[str, object] = {"num_samples": self.num_samples}
+        if self._sim is None:
+            return out
+        for v, acc in self._sim.pairwise.items():
+            out.update({f"pair/{v}/cosine": acc.cosine, f"pair/{v}/mse": acc.mse,
+                        f"pair/{v}/count": acc.count})
+        for v, accs in self._sim.cka.items():
+            for i, acc in enumerate(accs):
+                out.update({f"cka/{v}/{i}/{k}": getattr(acc, k)
+                            for k in ("cross", "total", "hsic", "count", "batches")})
+        return out
+
+    def load_sums(self, sums: dict[str, object], token_kinds: Sequence[str]) -> None:
+        """Replace the accumulators by ``sums`` (e.g. reduced over processes)."""
+        self._prepare(token_kinds)
+        self.num_samples = int(sums["num_samples"])
+        shapes = [t.shape[-1] for k, t in sums.items()
+                  if isinstance(t, torch.Tensor) and k.endswith(("/cosine", "/hsic"))]
+        if self._sim.depths is None and shapes:
+            self._sim.depths = int(shapes[0])
+        for v, acc in self._sim.pairwise.items():
+            acc.cosine, acc.mse = sums[f"pair/{v}/cosine"], sums[f"pair/{v}/mse"]
+            acc.count = int(sums[f"pair/{v}/count"])
+        for v, accs in self._sim.cka.items():
+            for i, acc in enumerate(accs):
+                for k in ("cross", "total", "hsic"):
+                    setattr(acc, k, sums[f"cka/{v}/{i}/{k}"])
+                acc.count = int(sums[f"cka/{v}/{i}/count"])
+                acc.batches = int(sums[f"cka/{v}/{i}/batches"])
 
     # ------------------------------------------------------------------------ finish
     def finish(self, ctx: AnalysisContext) -> xr.DataTree:
@@ -244,26 +297,21 @@ class PhaseAnalysis:
 # ----------------------------------------------------------------------- entry points
 def phase_tree(loaded: LoadedModel, source: ImageSource, *, config: PhaseConfig | None = None,
                batch_size: int = 64, device: Any = "cpu", dtype: str = "float32",
-               seed: int = 0, progress: bool = False) -> xr.DataTree:
+               seed: int = 0, progress: bool = False, workers: int = 0) -> xr.DataTree | None:
     """Stream ``source`` through ``loaded``; return a tree whose ``phases`` group holds the
     matrices and segmentations (and ``phases/swap`` the layer-swap test), with provenance
-    at the root."""
+    at the root. Under ``torchrun`` the images are sharded over the processes and rank 0
+    gets the tree, the other ranks ``None`` (:func:`depthflow.analysis.run.stream_analyses`)."""
+    from depthflow.analysis.run import stream_analyses
+
     analysis = PhaseAnalysis(config)
     check_int(batch_size, "batch_size")
     if len(source) == 0:
         raise InputError("no images to analyse")
-    preprocessing = model_preprocessing(loaded)
-    ctx = None
-    for tb in iter_trajectories(loaded.model, source, preprocessing=preprocessing,
-                                batch_size=batch_size, device=device, dtype=dtype,
-                                progress=progress):
-        if ctx is None:
-            ctx = AnalysisContext(
-                layout=TokenLayout.of(loaded.model, *tb.batch.images.shape[-2:]),
-                loaded=loaded, source=source, preprocessing=preprocessing,
-                device=resolve_device(device), dtype=dtype, batch_size=batch_size, seed=seed,
-                progress=progress)
-        analysis.update(tb, ctx)
+    ctx = stream_analyses(loaded, source, [analysis], batch_size=batch_size, device=device,
+                          dtype=dtype, seed=seed, progress=progress, workers=workers)
+    if ctx is None:                   # a rank > 0 of a distributed run: rank 0 has it all
+        return None
     tree = xr.DataTree(children={analysis.group: analysis.finish(ctx)})
     tree.attrs = provenance(config=analysis.config.to_dict(), extra={
         "title": f"depthflow phases of {Path(str(loaded.source)).name}",

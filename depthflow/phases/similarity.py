@@ -169,8 +169,9 @@ class LinearCKAAccumulator:
 
     def update(self, obs: Tensor) -> None:
         n, depths, dim = obs.shape
-        if self.shift is None:
-            self.shift = obs.mean(0, keepdim=True).detach()
+        if self.cross is None:
+            if self.shift is None:     # preset in distributed runs: rank 0's first batch
+                self.shift = obs.mean(0, keepdim=True).detach()
             size = depths * dim
             self.cross = torch.zeros(size, size, dtype=torch.float64, device=obs.device)
             self.total = torch.zeros(size, dtype=torch.float64, device=obs.device)

@@ -1,0 +1,219 @@
+"""Benchmark: scaling ``depthflow analyze`` out (issue 12), measured side by side in one run.
+
+Prints:
+
+* data-loading overlap: wall time of ``analyze`` on a folder of JPEGs with ``workers=0``
+  over ``workers=2`` (decoding in two worker processes while the model runs);
+* scaling: wall time with 1 process over 2 gloo processes (``torchrun --nproc-per-node 2``)
+  on the same images (on a 2-core machine the two processes share the cores that the one
+  process uses for its intra-op threads: no speed-up is expected, the figure is reported
+  as measured);
+* memory: peak resident memory per rank of a 2-process run on 2,000 images over the same
+  on 250 images (target <= 1.3), with every state kept (``states=all``, 130 KB per image)
+  on a 4-block D=384 ViT at 56 px, so that holding per-sample data would show;
+* GPU figures (``analyze`` vs a bare forward pass in bf16, images/s of ViT-S/14 and
+  ViT-B/14 at 224 px, 1 -> N GPUs): measured only when CUDA is available, otherwise
+  printed as open.
+
+Model: a ViT-S/14-sized ViT (12 blocks, D=384, random weights) at 112 px, where the
+forward pass dominates as for real checkpoints; ``--quick`` uses the embedded digits ViT.
+Each measurement runs in a fresh process. Usage:
+``python studies/bench_scaling.py [--quick] [--images 256]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def make_jpegs(root: Path, n: int, side: int) -> Path:
+    """``n`` smooth random colour JPEGs in two class folders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        small = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((side, side), Image.BILINEAR)
+        path = root / ("a" if i % 2 else "b") / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, quality=90)
+    return root
+
+
+def make_model(name: str):
+    import torch
+
+    from depthflow.loader import load_model
+    from depthflow.models.checkpoints import LoadedModel
+    from depthflow.models.preprocessing import Preprocessing
+    from depthflow.models.vit import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    if name == "digits":
+        return load_model(None)
+    side = 224 if name.endswith("224") else 56 if name == "vit-mem" else 112
+    cfg = dict(embed_dim=384, depth=12, num_heads=6, mlp_hidden_dim=1536)
+    if name.startswith("vit-b"):
+        cfg = dict(embed_dim=768, depth=12, num_heads=12, mlp_hidden_dim=3072)
+    if name == "vit-mem":                # wide states, cheap forward: 4 blocks, 17 tokens
+        cfg = dict(embed_dim=384, depth=4, num_heads=6, mlp_hidden_dim=1536)
+    model = ViT(ViTConfig(patch_size=14, img_size=side, num_register_tokens=0, **cfg)
+                ).init_weights(seed=0, layerscale_init=0.1).eval()
+    return LoadedModel(model, source=f"random {name}", format="bench",
+                       preprocessing=Preprocessing(resize=side, crop=side))
+
+
+# ------------------------------------------------------------------ child processes
+def child(args) -> None:
+    """One ``analyze`` (a rank of it under torchrun); writes its figures as JSON."""
+    import torch
+
+    from depthflow.analysis.registry import build_analyses
+    from depthflow.analysis.run import AnalyzeConfig, analyze
+    from depthflow.images import open_images
+
+    torch.set_num_threads(args.threads)
+    loaded = make_model(args.model)
+    source = open_images(args.images_dir)
+    if args.limit:
+        source = source.head(args.limit)
+    start = time.perf_counter()
+    analyze(loaded, source, Path(args.out_dir) / "out.nc",
+            config=AnalyzeConfig(states=args.states, workers=args.workers,
+                                 batch_size=args.batch),
+            analyses=build_analyses(dynamics="none", options=["phases.swap_trials=0"]),
+            overwrite=True)
+    seconds = time.perf_counter() - start
+    rank = int(os.environ.get("RANK", "0"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.out_dir, f"rank{rank}.json").write_text(json.dumps(
+        {"rank": rank, "seconds": seconds, "peak_mib": peak}))
+
+
+def run(model: str, images: Path, *, procs: int, workers: int, limit: int | None,
+        batch: int, states: str = "cls") -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        threads = max(1, 2 // procs)
+        cmd = [str(HERE / "bench_scaling.py"), "--child", "--model", model,
+               "--images-dir", str(images), "--out-dir", tmp, "--workers", str(workers),
+               "--threads", str(threads), "--batch", str(batch), "--states", states]
+        if limit:
+            cmd += ["--limit", str(limit)]
+        if procs > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={procs}", *cmd]
+        else:
+            cmd = [sys.executable, *cmd]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE)
+        return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(procs)]
+
+
+def gpu_figures() -> list[str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return ["GPU: no CUDA device here; analyze vs bare forward (bf16), images/s of "
+                "ViT-S/14 and ViT-B/14 at 224 px and 1 -> N GPU scaling stay OPEN"]
+    from depthflow.images import Batch  # noqa: F401 - the GPU path below
+    from depthflow.trajectory import forward_batch
+
+    lines = []
+    for name in ("vit-s-224", "vit-b-224"):
+        loaded = make_model(name)
+        model = loaded.model.to("cuda").eval()
+        images = torch.rand(64, 3, 224, 224, device="cuda")
+        from depthflow.images import Batch as B
+
+        batch = B(images=images, labels=torch.zeros(64, dtype=torch.long),
+                  names=[str(i) for i in range(64)])
+
+        def bare():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                model.forward_features(images)
+
+        def traj():
+            with torch.inference_mode():
+                forward_batch(model, batch, torch.device("cuda"), torch.bfloat16)
+
+        rates = {}
+        for label, fn in (("bare", bare), ("trajectory", traj)):
+            fn()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(10):
+                fn()
+            torch.cuda.synchronize()
+            rates[label] = 640 / (time.perf_counter() - start)
+        lines.append(f"GPU {name}: bare forward {rates['bare']:.0f} img/s, trajectory "
+                     f"{rates['trajectory']:.0f} img/s, ratio "
+                     f"{rates['trajectory'] / rates['bare']:.2f} (synthetic batches of 64)")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the digits ViT, fewer images")
+    parser.add_argument("--images", type=int, default=256,
+                        help="JPEGs for the workers and process comparisons")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="vit-s", help=argparse.SUPPRESS)
+    parser.add_argument("--images-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--states", default="cls", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    model = "digits" if args.quick else "vit-s"
+    n = min(args.images, 128) if args.quick else args.images
+    with tempfile.TemporaryDirectory() as tmp:
+        jpegs = make_jpegs(Path(tmp) / "jpegs", n, side=64 if args.quick else 160)
+        w0 = run(model, jpegs, procs=1, workers=0, limit=None, batch=32)[0]
+        w2 = run(model, jpegs, procs=1, workers=2, limit=None, batch=32)[0]
+        p2 = run(model, jpegs, procs=2, workers=0, limit=None, batch=32)
+        big = make_jpegs(Path(tmp) / "big", 2000, side=32)
+        mem_model = "digits" if args.quick else "vit-mem"
+        small_run = run(mem_model, big, procs=2, workers=0, limit=250, batch=32, states="all")
+        large_run = run(mem_model, big, procs=2, workers=0, limit=2000, batch=32,
+                        states="all")
+    p2_time = max(r["seconds"] for r in p2)
+    print(f"model: {model}, {n} JPEGs, batches of 32, this machine: {os.cpu_count()} cores")
+    print(f"{'measure':44s} {'value':>10s}")
+    print(f"{'analyze, workers=0 (s)':44s} {w0['seconds']:10.2f}")
+    print(f"{'analyze, workers=2 (s)':44s} {w2['seconds']:10.2f}")
+    print(f"{'loading overlap: time w0 / time w2':44s} {w0['seconds'] / w2['seconds']:10.3f}")
+    print(f"{'1 process, 2 threads (s)':44s} {w0['seconds']:10.2f}")
+    print(f"{'2 gloo processes, 1 thread each (s)':44s} {p2_time:10.2f}")
+    print(f"{'scaling: time 1 proc / time 2 procs':44s} {w0['seconds'] / p2_time:10.3f}")
+    for rank in range(2):
+        s, g = small_run[rank]["peak_mib"], large_run[rank]["peak_mib"]
+        print(f"{f'rank {rank} peak MiB, 250 -> 2000 images':44s} {s:5.0f} -> {g:5.0f}"
+              f"  ratio {g / s:.3f}")
+    print(f"target: memory ratio <= 1.3 per rank ({mem_model}, states=all: every state is "
+          "gathered to rank 0 and written as it arrives)")
+    for line in gpu_figures():
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
