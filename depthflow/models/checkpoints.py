@@ -258,14 +258,20 @@ def _load_directory(p: Path, overrides: dict[str, Any]) -> LoadedModel:
 def _from_state_dict(tensors: Mapping[str, Tensor], p: Path, *,
                      overrides: Mapping[str, Any] | None,
                      hf_config: Mapping[str, Any] | None = None) -> LoadedModel:
-    style, cfg, converted = _convert(tensors, str(p), hf_config=hf_config, overrides=overrides)
+    notes: list[str] = []
+    style, cfg, converted = _convert(tensors, str(p), hf_config=hf_config, overrides=overrides,
+                                     notes=notes)
     model = build_from_state_dict(cfg, converted, str(p))
     if style.startswith("hf-") and p.is_dir():
         pre = hf_preprocessing(p / "preprocessor_config.json", style, cfg)
     else:
         pre = default_preprocessing(style, cfg)
     return LoadedModel(model=model, source=str(p), format=style, sha256=sha256_file(p),
-                       preprocessing=pre)
+                       preprocessing=pre, info=_info(style, notes))
+
+
+def _info(style: str, notes: list[str]) -> dict[str, Any]:
+    return {"style": style, **({"notes": list(notes)} if notes else {})}
 
 
 def _convert(tensors: Mapping[str, Tensor], source: str, **kwargs: Any,
@@ -320,10 +326,11 @@ def from_module(obj: Any, *, arch: str | Mapping[str, Any] | None = None) -> Loa
             "(config.model_type) or a timm/DINOv2-hub VisionTransformer (blocks, patch_embed, "
             "cls_token)")
     tensors = {k: v.detach().cpu() for k, v in obj.state_dict().items()}
-    style, cfg, converted = _convert(tensors, label, overrides=overrides, **kwargs)
+    notes: list[str] = []
+    style, cfg, converted = _convert(tensors, label, overrides=overrides, notes=notes, **kwargs)
     model = build_from_state_dict(cfg, converted, label)
     return LoadedModel(model=model, source=label, format="module",
-                       preprocessing=default_preprocessing(style, cfg), info={"style": style})
+                       preprocessing=default_preprocessing(style, cfg), info=_info(style, notes))
 
 
 def _vit_module_hints(obj: nn.Module) -> dict[str, Any]:

@@ -31,25 +31,22 @@ from torch import Tensor
 
 from depthflow.models.arch import PRESETS, infer_config, is_square, parse_arch, preview, require
 from depthflow.errors import ArchitectureError, ConfigError
+from depthflow.models.hf_families import (ACTIVATIONS, FAMILY_STYLES, convert_family,
+                                          detect_family, unsupported)
 from depthflow.models.preprocessing import Preprocessing, dinov2_preprocessing
+from depthflow.models.renaming import compile_rules as _compile, rename as _rename
 from depthflow.models.vit import ViTConfig
 
-STYLES = ("dinov2-hub", "timm", "hf-dinov2", "hf-dinov2-registers", "hf-vit")
-HF_STYLES = {"dinov2": "hf-dinov2", "dinov2_with_registers": "hf-dinov2-registers",
-             "vit": "hf-vit"}
-EXACT_GELU = ("gelu", "gelu_python")
+STYLES = ("dinov2-hub", "timm", "hf-dinov2", "hf-dinov2-registers", "hf-vit", "hf-deit",
+          "hf-vit-mae", "hf-clip", "hf-siglip", "hf-dinov3")
+_VIT_LIKE = {"dinov2": "hf-dinov2", "dinov2_with_registers": "hf-dinov2-registers",
+             "vit": "hf-vit", "deit": "hf-deit", "vit_mae": "hf-vit-mae"}
+HF_STYLES = {**_VIT_LIKE, **FAMILY_STYLES}
 # Wrappers around a backbone: DDP, torch.compile, DINOv2 training, HF task models.
 PREFIXES = ("module.", "_orig_mod.", "teacher.backbone.", "backbone.", "teacher.", "model.",
-            "dinov2_with_registers.", "dinov2.", "vit.")
+            "dinov2_with_registers.", "dinov2.", "vit.", "deit.")
+_HEAD_PREFIXES = ("classifier.", "head.", "cls_classifier.", "distillation_classifier.")
 _ROOT_KEYS = ("cls_token", "embeddings.cls_token")
-_MERGE_GROUPS = (("q", "k", "v"), ("gate", "up"))
-
-Rules = list[tuple["re.Pattern[str]", "str | None"]]
-
-
-def _compile(pairs: list[tuple[str, str | None]]) -> Rules:
-    return [(re.compile(pattern), target) for pattern, target in pairs]
-
 
 _HUB_BLOCK = r"blocks\.(?:\d+\.)?(\d+)\."          # plain or chunked (blocks.chunk.index)
 _HUB_RULES = _compile([
@@ -88,6 +85,7 @@ _TIMM_UNSUPPORTED = {
 _HF_LAYER = r"(?:encoder\.layer|layers)\.(\d+)\."
 _HF_RULES = _compile([
     (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.distillation_token", "dist_token"),
     (r"embeddings\.register_tokens", "register_tokens"),
     (r"embeddings\.position_embeddings", "pos_embed"),
     (r"embeddings\.mask_token", None),
@@ -111,6 +109,7 @@ _HF_RULES = _compile([
     (_HF_LAYER + r"mlp\.(?:weights_out|down_proj)\.(weight|bias)", r"blocks.\1.mlp.w3.\2"),
     (r"layernorm\.(weight|bias)", r"norm.\1"),
     (r"pooler\..+", None),
+    (r"decoder\..+", None),
     (r"classifier\.(weight|bias)", r"head.\1"),
 ])
 
@@ -127,56 +126,12 @@ def strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         for prefix in PREFIXES:
             inner = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
             if any(root in inner for root in _ROOT_KEYS):
-                heads = {k: v for k, v in sd.items() if k.startswith(("classifier.", "head."))}
+                heads = {k: v for k, v in sd.items() if k.startswith(_HEAD_PREFIXES)}
                 sd = {**heads, **inner}
                 break
         else:
             return sd
     return sd
-
-
-def _rename(state_dict: Mapping[str, Tensor], rules: Rules, style: str) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    unexpected = []
-    for key, value in state_dict.items():
-        for pattern, target in rules:
-            match = pattern.fullmatch(key)
-            if match:
-                if target is not None:
-                    name = match.expand(target)
-                    if name in out:
-                        raise ArchitectureError(
-                            f"two {style} keys map to {name.split('#')[0]!r} (one is {key!r}); "
-                            "the state dict mixes two models")
-                    out[name] = value
-                break
-        else:
-            unexpected.append(key)
-    if unexpected:
-        raise ArchitectureError(
-            f"weights look like a {style} ViT but have keys depthflow does not know: "
-            f"unexpected {preview(sorted(unexpected))}")
-    return _merge_parts(out)
-
-
-def _merge_parts(named: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Concatenate ``name#q``/``#k``/``#v`` (or ``#gate``/``#up``) along the output dim."""
-    out: dict[str, Tensor] = {}
-    parts: dict[str, dict[str, Tensor]] = {}
-    for key, value in named.items():
-        base, sep, part = key.partition("#")
-        if sep:
-            parts.setdefault(base, {})[part] = value
-        else:
-            out[key] = value
-    for base, found in parts.items():
-        group = next(g for g in _MERGE_GROUPS if set(found) <= set(g))
-        if set(found) != set(group):
-            raise ArchitectureError(
-                f"{base} is stored in parts {'/'.join(group)} but only "
-                f"{'/'.join(sorted(found))} are present; the checkpoint is incomplete")
-        out[base] = torch.cat([found[p] for p in group], dim=0)
-    return out
 
 
 # --------------------------------------------------------------------------- detection
@@ -192,8 +147,13 @@ def detect_style(state_dict: Mapping[str, Tensor]) -> str:
     SwiGLU ``fc1``, a position table without a cls slot, timm-only modules).
     """
     keys = set(state_dict)
+    family = detect_family(keys)
+    if family is not None:
+        return family
     if "embeddings.cls_token" in keys or any(k.startswith(("encoder.layer.", "layers."))
                                              for k in keys):
+        if "embeddings.distillation_token" in keys:
+            return "hf-deit"
         if any(".layernorm_before." in k for k in keys):
             return "hf-vit"
         return "hf-dinov2-registers" if "embeddings.register_tokens" in keys else "hf-dinov2"
@@ -202,7 +162,8 @@ def detect_style(state_dict: Mapping[str, Tensor]) -> str:
     missing = [k for k in _EXPECTED_CORE if k not in keys]
     unexpected = sorted(k for k in keys if not any(p.fullmatch(k) for p, _ in _HUB_RULES))
     raise ArchitectureError(
-        "weights match no supported ViT (DINOv2 hub, timm, Hugging Face Dinov2/ViT): "
+        "weights match no supported ViT (DINOv2 hub, timm, Hugging Face Dinov2/ViT/DeiT/"
+        "ViTMAE/CLIP/SigLIP/DINOv3): "
         f"missing {preview(missing)}; unexpected {preview(unexpected)}. Pass the backbone's "
         "state dict (not an optimizer or a detection/segmentation model)")
 
@@ -226,11 +187,23 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], *, style: str | None = 
                        hints: Mapping[str, Any] | None = None,
                        overrides: Mapping[str, Any] | None = None,
                        no_embed_class: bool | None = None,
+                       notes: list[str] | None = None,
                        ) -> tuple[str, ViTConfig, dict[str, Tensor]]:
     """Detect the style (unless given), convert, and infer the architecture.
 
-    Returns ``(style, config, state_dict)`` with depthflow names.
+    Returns ``(style, config, state_dict)`` with depthflow names; what was dropped on the way
+    (text towers, pooling heads, decoders) is appended to ``notes`` when given.
     """
+    notes = notes if notes is not None else []
+    if style in FAMILY_STYLES.values() or (style is None and (
+            (hf_config is not None and hf_config.get("model_type") in FAMILY_STYLES)
+            or (hf_config is None and detect_family(set(state_dict)) is not None))):
+        style = style or (hf_style(hf_config) if hf_config is not None
+                          else detect_family(set(state_dict)))
+        cfg, out, dropped = convert_family(strip_prefixes(state_dict), str(style),
+                                           config=hf_config, hints=hints, overrides=overrides)
+        notes.extend(dropped)
+        return str(style), cfg, out
     sd = strip_prefixes(state_dict)
     if hf_config is not None and style is None:
         style = hf_style(hf_config)
@@ -240,7 +213,11 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], *, style: str | None = 
     elif style == "timm":
         cfg, out = convert_timm(sd, no_embed_class=no_embed_class, hints=hints,
                                 overrides=overrides)
-    elif style in HF_STYLES.values():
+    elif style in _VIT_LIKE.values():
+        dropped = sorted(k for k in state_dict if k.startswith(("decoder.", "pooler.")))
+        if dropped:
+            notes.append(f"{len(dropped)} tensors outside the encoder dropped "
+                         f"({preview(dropped, 2)})")
         cfg, out = convert_hf(sd, style=style, config=hf_config, hints=hints,
                               overrides=overrides)
     else:
@@ -333,6 +310,9 @@ def _timm_positions(sd: dict[str, Tensor], no_embed_class: bool | None,
 def hf_style(config: Mapping[str, Any]) -> str:
     """Style of an HF ``config.json`` (``model_type``), or ArchitectureError."""
     model_type = config.get("model_type")
+    reason = unsupported(model_type)
+    if reason is not None:
+        raise ArchitectureError(reason)
     if model_type not in HF_STYLES:
         raise ArchitectureError(
             f"Hugging Face model_type {model_type!r} is not supported; depthflow reads "
@@ -345,30 +325,53 @@ def convert_hf(state_dict: Mapping[str, Tensor], *, style: str | None = None,
                hints: Mapping[str, Any] | None = None,
                overrides: Mapping[str, Any] | None = None,
                ) -> tuple[ViTConfig, dict[str, Tensor]]:
-    """transformers Dinov2Model / Dinov2WithRegistersModel / ViTModel, 4.x or 5.x names.
+    """transformers Dinov2Model / Dinov2WithRegistersModel / ViTModel / DeiTModel /
+    ViTMAEModel, 4.x or 5.x names.
 
     ``config`` is the model's ``config.json`` (heads, ``layer_norm_eps``, ``hidden_act``).
-    The pooler and mask token are dropped; a classifier becomes ``head`` (Dinov2's reads
-    cls + mean patch, ViT's the cls token). HF interpolates to the target grid (offset 0),
-    with antialias for the register models only.
+    The pooler, mask token and MAE decoder are dropped; a classifier becomes ``head``
+    (Dinov2's reads cls + mean patch, ViT's and DeiT's the cls token; DeiT's teacher-distilled
+    pair ``cls_classifier`` + ``distillation_classifier``, whose logits HF averages, becomes
+    one head on cls + distillation token with weights ``[W_cls, W_dist] / 2``). ViTMAE's
+    fixed sin-cos table is kept as stored, as a frozen buffer. HF interpolates to the target
+    grid (offset 0), with antialias for the register models only.
     """
     sd = strip_prefixes(state_dict)
     style = style or (hf_style(config) if config else detect_style(sd))
+    sd = _deit_teacher_head(sd)
     out = _rename(sd, _HF_RULES, style)
     defaults = {**_hf_defaults(style, dict(config or {}), out), **(hints or {})}
     return infer_config(out, defaults=defaults, overrides=overrides), out
 
 
+def _deit_teacher_head(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out = dict(sd)
+    if "cls_classifier.weight" in out or "distillation_classifier.weight" in out:
+        keys = [f"{n}_classifier.{p}" for n in ("cls", "distillation") for p in ("weight", "bias")]
+        missing = [k for k in keys if k not in out]
+        if missing:
+            raise ArchitectureError(f"DeiT teacher-distilled heads incomplete: missing "
+                                    f"{preview(missing)}")
+        w_c, b_c, w_d, b_d = (out.pop(k) for k in keys)
+        out["classifier.weight"] = torch.cat([w_c, w_d], dim=1) / 2
+        out["classifier.bias"] = (b_c + b_d) / 2
+    return out
+
+
 def _hf_defaults(style: str, config: dict[str, Any], sd: Mapping[str, Tensor]) -> dict[str, Any]:
     act = config.get("hidden_act", "gelu")
-    if "blocks.0.mlp.w12.weight" not in sd and act not in EXACT_GELU:
+    if "blocks.0.mlp.w12.weight" not in sd and act not in ACTIVATIONS:
         raise ArchitectureError(
-            f"hidden_act {act!r} is not implemented by depthflow's ViT, which uses the exact "
-            f"(erf) GELU; supported: {', '.join(EXACT_GELU)}")
-    eps = 1e-12 if style == "hf-vit" else 1e-6
+            f"hidden_act {act!r} is not implemented by depthflow's ViT; supported: "
+            f"{', '.join(sorted(ACTIVATIONS))}")
+    eps = 1e-12 if style in ("hf-vit", "hf-deit", "hf-vit-mae") else 1e-6
     out: dict[str, Any] = {"norm_eps": float(config.get("layer_norm_eps", eps)),
                            "interp_offset": 0.0,
                            "interp_antialias": style == "hf-dinov2-registers"}
+    if "blocks.0.mlp.w12.weight" not in sd:
+        out["activation"] = ACTIVATIONS[act]
+    if style == "hf-vit-mae":
+        out["position_embedding"] = "sincos"
     heads = config.get("num_attention_heads")
     if heads is not None:
         out["num_heads"] = int(heads)
