@@ -29,16 +29,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from depthflow.models.arch import PRESETS, infer_config, is_square, parse_arch, preview, require
+from depthflow.models.arch import (DINOV2_HEAD_DIM, PRESETS, infer_config, is_square, parse_arch,
+                                   preview, require)
 from depthflow.errors import ArchitectureError, ConfigError
 from depthflow.models.hf_families import (ACTIVATIONS, FAMILY_STYLES, convert_family,
-                                          detect_family, unsupported)
-from depthflow.models.preprocessing import Preprocessing, dinov2_preprocessing
+                                          detect_family, dinov3_periods, unsupported)
+from depthflow.models.layouts import convert_dinov3_hub as _convert_dinov3_hub
+from depthflow.models.layouts import convert_openclip, detect_layout
+from depthflow.models.preprocessing import Preprocessing, family_preprocessing
 from depthflow.models.renaming import compile_rules as _compile, rename as _rename
 from depthflow.models.vit import ViTConfig
 
 STYLES = ("dinov2-hub", "timm", "hf-dinov2", "hf-dinov2-registers", "hf-vit", "hf-deit",
-          "hf-vit-mae", "hf-clip", "hf-siglip", "hf-dinov3")
+          "hf-vit-mae", "hf-clip", "hf-siglip", "hf-dinov3", "openclip", "dinov3-hub")
 _VIT_LIKE = {"dinov2": "hf-dinov2", "dinov2_with_registers": "hf-dinov2-registers",
              "vit": "hf-vit", "deit": "hf-deit", "vit_mae": "hf-vit-mae"}
 HF_STYLES = {**_VIT_LIKE, **FAMILY_STYLES}
@@ -61,8 +64,12 @@ _HUB_RULES = _compile([
 
 _TIMM_BLOCK = r"blocks\.(\d+)\."
 _TIMM_RULES = _compile([
-    (r"(cls_token|pos_embed)", r"\1"),
+    (r"(cls_token|pos_embed|dist_token)", r"\1"),
     (r"reg_token", "register_tokens"),
+    (r"norm_pre\.(weight|bias)", r"norm_pre.\1"),
+    (r"attn_pool\..+", None),
+    (r"rope\..+", None),
+    (_TIMM_BLOCK + r"gamma_([12])", r"blocks.\1.ls\2.gamma"),
     (r"patch_embed\.proj\.(weight|bias)", r"patch_embed.proj.\1"),
     (_TIMM_BLOCK + r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)",
      r"blocks.\1.\2.\3"),
@@ -74,8 +81,6 @@ _TIMM_RULES = _compile([
 # timm features depthflow's ViT does not implement, by key fragment.
 _TIMM_UNSUPPORTED = {
     "fc_norm.": "a global-average-pool readout with fc_norm (global_pool='avg')",
-    "norm_pre.": "a LayerNorm before the blocks (CLIP-style norm_pre)",
-    "attn_pool.": "an attention-pool (MAP) readout",
     ".attn.q_norm.": "QK normalisation", ".attn.k_norm.": "QK normalisation",
     ".attn.norm.": "attention scale-norm", ".mlp.norm.": "an MLP scale-norm",
 }
@@ -147,7 +152,7 @@ def detect_style(state_dict: Mapping[str, Tensor]) -> str:
     SwiGLU ``fc1``, a position table without a cls slot, timm-only modules).
     """
     keys = set(state_dict)
-    family = detect_family(keys)
+    family = detect_family(keys) or detect_layout(keys)
     if family is not None:
         return family
     if "embeddings.cls_token" in keys or any(k.startswith(("encoder.layer.", "layers."))
@@ -159,6 +164,9 @@ def detect_style(state_dict: Mapping[str, Tensor]) -> str:
         return "hf-dinov2-registers" if "embeddings.register_tokens" in keys else "hf-dinov2"
     if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
         return "timm" if _looks_timm(state_dict) else "dinov2-hub"
+    if {"pos_embed", "patch_embed.proj.weight"} <= keys and \
+            any(k.startswith("blocks.") for k in keys):
+        return "timm"                             # a timm tower without cls token (SigLIP)
     missing = [k for k in _EXPECTED_CORE if k not in keys]
     unexpected = sorted(k for k in keys if not any(p.fullmatch(k) for p, _ in _HUB_RULES))
     raise ArchitectureError(
@@ -170,7 +178,9 @@ def detect_style(state_dict: Mapping[str, Tensor]) -> str:
 
 def _looks_timm(sd: Mapping[str, Tensor]) -> bool:
     keys = set(sd)
-    if "reg_token" in keys or any(".mlp.fc1_g." in k for k in keys):
+    if {"reg_token", "norm_pre.weight", "dist_token"} & keys or any(
+            ".mlp.fc1_g." in k or k.startswith("attn_pool.") or k.endswith(".gamma_1")
+            for k in keys):
         return True
     if any(fragment in k for k in keys for fragment in _TIMM_UNSUPPORTED):
         return True
@@ -188,6 +198,7 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], *, style: str | None = 
                        overrides: Mapping[str, Any] | None = None,
                        no_embed_class: bool | None = None,
                        notes: list[str] | None = None,
+                       model_cfg: Mapping[str, Any] | None = None,
                        ) -> tuple[str, ViTConfig, dict[str, Tensor]]:
     """Detect the style (unless given), convert, and infer the architecture.
 
@@ -204,15 +215,26 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], *, style: str | None = 
                                            config=hf_config, hints=hints, overrides=overrides)
         notes.extend(dropped)
         return str(style), cfg, out
+    if style is None and hf_config is None:
+        style = detect_layout(set(state_dict)) or detect_layout(set(strip_prefixes(state_dict)))
+    if style == "openclip":
+        cfg, out, dropped = convert_openclip(state_dict, model_cfg=model_cfg, hints=hints,
+                                             overrides=overrides)
+        notes.extend(dropped)
+        return style, cfg, out
     sd = strip_prefixes(state_dict)
     if hf_config is not None and style is None:
         style = hf_style(hf_config)
     style = style or detect_style(sd)
+    if style == "dinov3-hub":
+        cfg, out, dropped = _convert_dinov3_hub(sd, hints=hints, overrides=overrides)
+        notes.extend(dropped)
+        return style, cfg, out
     if style == "dinov2-hub":
         cfg, out = convert_dinov2_hub(sd, hints=hints, overrides=overrides)
     elif style == "timm":
         cfg, out = convert_timm(sd, no_embed_class=no_embed_class, hints=hints,
-                                overrides=overrides)
+                                overrides=overrides, notes=notes)
     elif style in _VIT_LIKE.values():
         dropped = sorted(k for k in state_dict if k.startswith(("decoder.", "pooler.")))
         if dropped:
@@ -244,10 +266,16 @@ def convert_dinov2_hub(state_dict: Mapping[str, Tensor], *,
 def convert_timm(state_dict: Mapping[str, Tensor], *, no_embed_class: bool | None = None,
                  hints: Mapping[str, Any] | None = None,
                  overrides: Mapping[str, Any] | None = None,
+                 notes: list[str] | None = None,
                  ) -> tuple[ViTConfig, dict[str, Tensor]]:
     """timm ``VisionTransformer`` names: ``reg_token``, SwiGLU ``fc1_g``/``fc1_x`` (gate
     first) or packed ``fc1`` (silu on the first half), position tables with or without
-    prefix slots (register slots are folded into the register tokens).
+    prefix slots (register slots are folded into the register tokens); CLIP towers
+    (``norm_pre``), SigLIP towers (no cls token; the ``attn_pool`` MAP head is dropped with
+    a note), DeiT-III (LayerScale, table without prefix slots), distilled DeiT
+    (``dist_token``, ``head_dist``) and timm's DINOv3 (``eva.py``: ``gamma_1``,
+    ``q_bias``/``v_bias``, RoPE). What the names fix (activation, eps, heads) comes in
+    ``hints`` (see :func:`timm_hints`).
 
     ``no_embed_class`` (timm's flag: the table has no prefix slots) is guessed from the
     table's length when not given. timm interpolation: offset 0 with antialias.
@@ -259,11 +287,78 @@ def convert_timm(state_dict: Mapping[str, Tensor], *, no_embed_class: bool | Non
             raise ArchitectureError(
                 f"this timm model uses {reason} ({key!r}), which depthflow's ViT does not "
                 "implement; only pre-norm ViTs with a cls-token readout are supported")
+    if notes is not None and any(k.startswith("attn_pool.") for k in sd):
+        notes.append("attention-pool (MAP) head attn_pool.* dropped: it sits outside the "
+                     "residual stream")
+    sd, parts = _timm_split_biases(_timm_dist_head(sd))
     sd, pos_embed_cls = _timm_positions(_timm_swiglu(_rename(sd, _TIMM_RULES, "timm")),
                                         no_embed_class)
-    defaults = {"norm_eps": 1e-6, "interp_offset": 0.0, "interp_antialias": True,
-                "pos_embed_cls": bool(pos_embed_cls), **(hints or {})}
+    defaults = {"norm_eps": 1e-6 if parts is None else 1e-5, "interp_offset": 0.0,
+                "interp_antialias": True, "pos_embed_cls": bool(pos_embed_cls)}
+    if parts is not None:                       # timm's DINOv3 (eva.py): RoPE, no k bias
+        defaults.update(qkv_bias_parts=parts, rope="dinov3", position_embedding="none")
+    defaults.update(hints or {})
+    if parts is not None:
+        width = int(sd["patch_embed.proj.weight"].shape[0])
+        heads = int({**defaults, **(overrides or {})}.get("num_heads")
+                    or width // DINOV2_HEAD_DIM)
+        theta = float({**defaults, **(overrides or {})}.get("rope_theta", 100.0))
+        sd["rope_embed.periods"] = dinov3_periods(width // heads, theta)
     return infer_config(sd, defaults=defaults, overrides=overrides), sd
+
+
+def _timm_dist_head(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """timm's distilled DeiT averages ``head(cls)`` and ``head_dist(dist)`` in eval: one
+    head on cls + distillation with weights ``[W, W_dist] / 2``."""
+    out = dict(sd)
+    if "head_dist.weight" in out:
+        if "head.weight" not in out:
+            raise ArchitectureError("timm weights have head_dist but no head")
+        w, wd = out.pop("head.weight"), out.pop("head_dist.weight")
+        out["head.weight"] = torch.cat([w, wd], dim=1) / 2
+        if "head.bias" in out or "head_dist.bias" in out:
+            out["head.bias"] = (out.pop("head.bias", 0) + out.pop("head_dist.bias", 0)) / 2
+    return out
+
+
+def _timm_split_biases(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str | None]:
+    """EVA-style ``attn.q_bias``/``attn.v_bias`` (timm's DINOv3) packed into ``qkv.bias`` with
+    a zero, masked key bias; returns the parts that carry a bias (None: not EVA-style)."""
+    out = dict(sd)
+    keys = [k for k in out if k.endswith(".attn.q_bias")]
+    if not keys and not any(k.endswith(".gamma_1") for k in out):
+        return out, None
+    for key in keys:
+        block = key[: -len("q_bias")]
+        q, v = out.pop(key), out.pop(block + "v_bias", None)
+        if v is None:
+            raise ArchitectureError(f"{key} has no matching {block}v_bias")
+        out[block + "qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+    return out, "qv"
+
+
+_TIMM_HEADS = (("so400m", 16), ("huge", 16), ("giant", 16), ("gigantic", 16))
+
+
+def timm_hints(architecture: str) -> dict[str, Any]:
+    """What a timm architecture name fixes that the weights do not: the MLP activation
+    (``*_quickgelu_*``), CLIP's norm eps 1e-5, DINOv3's 1e-5 and RoPE base, and the head
+    count of the ``huge``/``giant``/``so400m`` towers (16 heads, not 64-wide)."""
+    name = architecture.lower()
+    hints: dict[str, Any] = {}
+    if "quickgelu" in name:
+        hints["activation"] = "quick_gelu"
+    if "_clip" in name or "dinov3" in name:
+        hints["norm_eps"] = 1e-5
+    if "dinov3" in name:
+        hints["rope_theta"] = 100.0
+        if "huge" in name:
+            return hints                        # DINOv3 H+: 20 heads of 64
+    for fragment, heads in _TIMM_HEADS:
+        if fragment in name:
+            hints["num_heads"] = heads
+            break
+    return hints
 
 
 def _timm_swiglu(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -388,17 +483,12 @@ _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def default_preprocessing(style: str, cfg: ViTConfig) -> Preprocessing | None:
-    """What a style's models expect when nothing says otherwise.
-
-    DINOv2 (hub, timm, HF Dinov2): resize 256, centre crop 224, ImageNet mean/std. HF ViT:
-    ``img_size`` square, mean = std = 0.5, bilinear. None for inputs that are not RGB.
-    """
+    """What a style's models expect when nothing says otherwise (see
+    :func:`~depthflow.models.preprocessing.family_preprocessing`); None for inputs that are
+    not RGB."""
     if cfg.in_chans != 3:
         return None
-    if style == "hf-vit":
-        return Preprocessing(resize=cfg.img_size, crop=cfg.img_size, mean=(0.5,) * 3,
-                             std=(0.5,) * 3, interpolation="bilinear")
-    return dinov2_preprocessing(224)
+    return family_preprocessing(style, cfg.img_size)
 
 
 def preprocessing_from_hf(processor: Mapping[str, Any], style: str,
@@ -441,7 +531,7 @@ def _edge(value: Any, name: str) -> int:
 
 
 __all__ = [
-    "STYLES", "HF_STYLES", "PREFIXES", "PRESETS", "parse_arch", "infer_config",
+    "timm_hints", "STYLES", "HF_STYLES", "PREFIXES", "PRESETS", "parse_arch", "infer_config",
     "strip_prefixes", "detect_style", "convert_state_dict", "convert_dinov2_hub", "convert_timm",
     "convert_hf", "hf_style", "default_preprocessing", "preprocessing_from_hf",
 ]

@@ -168,7 +168,7 @@ def _clip_like(sd: dict[str, Tensor], style: str, config: Mapping[str, Any],
         raise ArchitectureError(
             f"hidden_act {act!r} is not implemented by depthflow's ViT; supported: "
             f"{', '.join(sorted(ACTIVATIONS))}")
-    defaults = {"activation": ACTIVATIONS[act], "layerscale": False,
+    defaults = {"activation": ACTIVATIONS[act],
                 "norm_eps": float(config.get("layer_norm_eps", 1e-5 if clip else 1e-6)),
                 "interp_offset": 0.0, "interp_antialias": False, "pos_embed_cls": clip,
                 **_heads(config)}
