@@ -381,24 +381,27 @@ def _timm_swiglu(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 def _timm_positions(sd: dict[str, Tensor], no_embed_class: bool | None,
                     ) -> tuple[dict[str, Tensor], bool]:
     """Bring the position table to depthflow's layout; returns it and ``pos_embed_cls``."""
+    if "pos_embed" not in sd and "blocks.0.attn.qkv.weight" in sd:
+        return dict(sd), False                      # no table (RoPE models)
     require(sd, ("pos_embed",))
     pos, regs = sd["pos_embed"], sd.get("register_tokens")
     if pos.ndim != 3:
         raise ArchitectureError(f"pos_embed must have shape (1, P, D), got {tuple(pos.shape)}")
     r, n = (regs.shape[1] if regs is not None else 0), pos.shape[1]
+    c = int("cls_token" in sd) + (int(sd["dist_token"].shape[1]) if "dist_token" in sd else 0)
     if no_embed_class is None:
-        layout = ("none" if is_square(n) else "cls" if is_square(n - 1)
-                  else "prefix" if r and is_square(n - 1 - r) else None)
+        layout = ("none" if is_square(n) else "cls" if c and is_square(n - c)
+                  else "prefix" if r and c and is_square(n - c - r) else None)
         if layout is None:
             raise ArchitectureError(
-                f"pos_embed has {n} positions: not a square patch grid, nor one plus a cls "
-                f"slot{f', nor one plus cls and {r} register slots' if r else ''}")
+                f"pos_embed has {n} positions: not a square patch grid, nor one plus {c} "
+                f"class-token slot(s){f', nor one plus those and {r} register slots' if r else ''}")
     else:
         layout = "none" if no_embed_class else ("prefix" if r else "cls")
     out = dict(sd)
     if layout == "prefix" and regs is not None:
-        out["register_tokens"] = regs + pos[:, 1:1 + r]   # registers' positions are constant
-        out["pos_embed"] = torch.cat([pos[:, :1], pos[:, 1 + r:]], dim=1)
+        out["register_tokens"] = regs + pos[:, c:c + r]   # registers' positions are constant
+        out["pos_embed"] = torch.cat([pos[:, :c], pos[:, c + r:]], dim=1)
     return out, layout != "none"
 
 
