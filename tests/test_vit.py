@@ -137,7 +137,7 @@ def test_drop_path_only_in_training():
     ({"mlp": "relu"}, "mlp"),
     ({"depth": 0}, "depth"),
     ({"img_size": 1, "patch_size": 2}, "img_size"),
-    ({"head_input": "mean"}, "head_input"),
+    ({"head_input": "pool"}, "head_input"),
 ])
 def test_config_validation(changes, match):
     with pytest.raises(ConfigError, match=match):

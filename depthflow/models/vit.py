@@ -1,8 +1,13 @@
-"""depthflow's Vision Transformer, faithful to DINOv2.
+"""depthflow's Vision Transformer: DINOv2's, with switches for the other ViT families.
 
-Token layout is always ``[cls, registers..., patches...]``. Parameter names follow the
-DINOv2 hub checkpoints (``blocks.{i}.attn.qkv.weight``, ``blocks.{i}.ls1.gamma``...), so a
-hub state dict loads without renaming and every other format is converted to these names.
+Token layout is ``[cls?, distillation?, registers..., patches...]`` (:attr:`ViTConfig.
+num_prefix_tokens` and friends say where each kind sits). Parameter names follow the DINOv2
+hub checkpoints (``blocks.{i}.attn.qkv.weight``, ``blocks.{i}.ls1.gamma``...), with timm's
+names for what DINOv2 lacks (``dist_token``, ``norm_pre``) and DINOv3's for RoPE
+(``rope_embed.periods``); every other format is converted to these names. The switches
+(cls token, distillation token, position encoding, RoPE, pre-norm, activation, q/k/v
+biases, patch bias...) are documented on :class:`ViTConfig`, are recorded in the
+architecture JSON, and each one reproduces a family checked against its reference.
 
 Each block is a pure function of its parameters and the token state: it works on states of
 shape ``(..., T, D)`` with any leading batch dims, so ``torch.func.vmap``/``jvp``/``vjp``
@@ -13,6 +18,7 @@ apply directly. Attention runs either as fused SDPA (fast) or in plain math form
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,16 +31,49 @@ from depthflow.config import Options, check_choice, check_int
 
 ATTENTION_IMPLS = ("sdpa", "math")
 MLP_KINDS = ("gelu", "swiglu")
-HEAD_INPUTS = ("cls", "cls+mean")
+HEAD_INPUTS = ("cls", "cls+mean", "mean", "cls+distillation")
+POSITION_EMBEDDINGS = ("learned", "sincos", "none")
+ROPE_KINDS = ("none", "dinov3")
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+INTERP_MODES = ("bicubic", "bilinear")
 
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig(Options):
-    """Architecture of a DINOv2-style ViT.
+    """Architecture of a pre-norm ViT (DINOv2 by default).
 
     ``img_size`` is the image size the position embeddings were trained for (their grid is
-    ``img_size // patch_size`` per side); other input sizes interpolate them bicubically,
-    with DINOv2's ``interp_offset``/``interp_antialias`` conventions.
+    ``img_size // patch_size`` per side); other input sizes interpolate them
+    (``interp_mode``, with DINOv2's ``interp_offset``/``interp_antialias`` conventions).
+
+    Switches beyond DINOv2 (defaults reproduce DINOv2):
+
+    ``cls_token``
+        Whether the sequence starts with a cls token (SigLIP has none).
+    ``num_distillation_tokens``
+        0, or 1 for DeiT's distillation token, placed right after the cls token.
+    ``position_embedding``
+        ``"learned"`` (a trained table), ``"sincos"`` (MAE: a fixed 2-D sin-cos table, kept
+        as a frozen buffer) or ``"none"``. ``pos_embed_cls``: the table has slots for the
+        cls and distillation tokens (registers never get one).
+    ``rope`` / ``rope_theta``
+        ``"dinov3"``: rotary embedding on q and k of the patch tokens (rotate-half, patch
+        centres in [-1, 1] per axis, periods ``theta ** (4 i / head_dim)`` kept as the
+        buffer ``rope_embed.periods`` so that a checkpoint's own periods are used).
+    ``pre_norm``
+        A LayerNorm (``norm_pre``) after the embedding, before block 1 (CLIP's ``ln_pre``).
+    ``activation``
+        Of the plain MLP: ``"gelu"`` (erf), ``"gelu_tanh"``, ``"quick_gelu"``
+        (``x sigmoid(1.702 x)``, OpenAI CLIP). The SwiGLU MLP always gates with SiLU.
+    ``qkv_bias_parts``
+        Which of q, k, v carry a bias when ``qkv_bias`` (``"qkv"``; DINOv3: ``"qv"``, the
+        key bias is masked to zero as by its ``bias_mask``).
+    ``patch_bias``, ``head_bias``
+        Bias of the patch-embedding convolution (CLIP has none) and of the head.
+    ``head_input``
+        What the head reads: ``"cls"``, ``"cls+mean"`` (Dinov2 classifiers),
+        ``"cls+distillation"`` (DeiT: the two tokens concatenated), ``"mean"`` (mean patch,
+        for models without a cls token).
     """
 
     _what = "ViT architecture"
@@ -58,12 +97,23 @@ class ViTConfig(Options):
     interp_antialias: bool = False
     num_classes: int = 0
     head_input: str = "cls"
+    cls_token: bool = True
+    num_distillation_tokens: int = 0
+    position_embedding: str = "learned"
+    rope: str = "none"
+    rope_theta: float = 100.0
+    pre_norm: bool = False
+    activation: str = "gelu"
+    qkv_bias_parts: str = "qkv"
+    patch_bias: bool = True
+    head_bias: bool = True
+    interp_mode: str = "bicubic"
 
     def validate(self) -> ViTConfig:
         for name in ("embed_dim", "depth", "num_heads", "patch_size", "img_size", "in_chans",
                      "mlp_hidden_dim"):
             check_int(getattr(self, name), f"ViTConfig.{name}")
-        for name in ("num_register_tokens", "num_classes"):
+        for name in ("num_register_tokens", "num_classes", "num_distillation_tokens"):
             check_int(getattr(self, name), f"ViTConfig.{name}", minimum=0)
         if self.embed_dim % self.num_heads:
             raise ConfigError(
@@ -71,6 +121,30 @@ class ViTConfig(Options):
                 f"num_heads={self.num_heads}; pick a head count that divides the width")
         check_choice(self.mlp, "ViTConfig.mlp", MLP_KINDS)
         check_choice(self.head_input, "ViTConfig.head_input", HEAD_INPUTS)
+        check_choice(self.position_embedding, "ViTConfig.position_embedding",
+                     POSITION_EMBEDDINGS)
+        check_choice(self.rope, "ViTConfig.rope", ROPE_KINDS)
+        check_choice(self.activation, "ViTConfig.activation", ACTIVATIONS)
+        check_choice(self.interp_mode, "ViTConfig.interp_mode", INTERP_MODES)
+        if self.num_distillation_tokens > 1:
+            raise ConfigError("ViTConfig.num_distillation_tokens must be 0 or 1 (DeiT), got "
+                              f"{self.num_distillation_tokens}")
+        parts = self.qkv_bias_parts
+        if not parts or any(c not in "qkv" for c in parts) or len(set(parts)) != len(parts):
+            raise ConfigError(f"ViTConfig.qkv_bias_parts must be letters of 'qkv', each at "
+                              f"most once (e.g. 'qkv', 'qv'), got {parts!r}")
+        self._set("qkv_bias_parts", "".join(c for c in "qkv" if c in parts))
+        if self.rope != "none" and self.head_dim % 4:
+            raise ConfigError(f"ViTConfig.rope={self.rope!r} needs a head size divisible by "
+                              f"4, got {self.head_dim}")
+        if self.position_embedding == "sincos" and self.embed_dim % 4:
+            raise ConfigError("ViTConfig.position_embedding='sincos' needs embed_dim divisible "
+                              f"by 4, got {self.embed_dim}")
+        needs = {"cls": self.cls_token, "cls+mean": self.cls_token,
+                 "cls+distillation": self.cls_token and self.num_distillation_tokens > 0}
+        if not needs.get(self.head_input, True):
+            raise ConfigError(f"ViTConfig.head_input={self.head_input!r} needs the tokens it "
+                              "reads; this model lacks them (use head_input='mean')")
         if self.img_size < self.patch_size:
             raise ConfigError(
                 f"ViTConfig.img_size={self.img_size} is smaller than patch_size={self.patch_size}")
@@ -85,10 +159,42 @@ class ViTConfig(Options):
         """Patches per side of the position-embedding grid."""
         return self.img_size // self.patch_size
 
+    # ------------------------------------------------------------- token layout
+    @property
+    def num_class_tokens(self) -> int:
+        """cls plus distillation tokens (the tokens a position table may have slots for)."""
+        return int(self.cls_token) + self.num_distillation_tokens
+
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 + self.num_register_tokens
+        """Tokens before the first patch: cls, distillation, registers."""
+        return self.num_class_tokens + self.num_register_tokens
 
+    @property
+    def cls_index(self) -> int | None:
+        """Position of the cls token, or None when the model has none."""
+        return 0 if self.cls_token else None
+
+    @property
+    def distillation_index(self) -> int | None:
+        """Position of the distillation token, or None."""
+        return int(self.cls_token) if self.num_distillation_tokens else None
+
+    @property
+    def register_slice(self) -> slice:
+        return slice(self.num_class_tokens, self.num_prefix_tokens)
+
+    @property
+    def prefix_kinds(self) -> tuple[str, ...]:
+        """Kinds of the prefix tokens in order (``cls``, ``distillation``, ``register``)."""
+        return (("cls",) * int(self.cls_token)
+                + ("distillation",) * self.num_distillation_tokens
+                + ("register",) * self.num_register_tokens)
+
+    @property
+    def pos_embed_slots(self) -> int:
+        """Prefix slots of the position table (cls and distillation, when covered)."""
+        return self.num_class_tokens if self.pos_embed_cls else 0
 
 
 def swiglu_hidden_dim(embed_dim: int, mlp_ratio: float = 4.0) -> int:
@@ -112,19 +218,111 @@ class LayerScale(nn.Module):
         return x * self.gamma
 
 
+def activation_fn(name: str) -> Any:
+    """The MLP activation ``name`` (see :data:`ACTIVATIONS`) as a function."""
+    if name == "gelu":
+        return F.gelu
+    if name == "gelu_tanh":
+        return _gelu_tanh
+    if name == "quick_gelu":
+        return _quick_gelu
+    raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def _quick_gelu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """``(x1, x2) -> (-x2, x1)`` on the two halves of the last dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class RopeEmbedding(nn.Module):
+    """DINOv3's rotary position embedding of the patch tokens.
+
+    Patch ``(i, j)`` of an ``h x w`` grid sits at ``y = 2 (i + 1/2) / h - 1``,
+    ``x = 2 (j + 1/2) / w - 1``; its angles are ``2 pi y / periods`` then ``2 pi x /
+    periods`` (``head_dim / 4`` each), tiled twice to ``head_dim`` for rotate-half. The
+    periods are a buffer (``theta ** (4 i / head_dim)`` by default) so that a checkpoint's
+    own, possibly bf16-rounded, periods are used as stored.
+
+    A state ``(..., T, D)`` does not say its grid: :meth:`note_grid` (called by
+    :meth:`ViT.embed`) records the grid of each patch count; a count never seen is taken to
+    be a square grid.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        exponents = torch.arange(head_dim // 4, dtype=torch.float64) * 4 / head_dim
+        self.register_buffer("periods", (float(theta) ** exponents).float())
+        self.grids: dict[int, tuple[int, int]] = {}
+
+    def note_grid(self, h_patches: int, w_patches: int) -> None:
+        self.grids[h_patches * w_patches] = (h_patches, w_patches)
+
+    def grid_for(self, num_patches: int) -> tuple[int, int]:
+        if num_patches in self.grids:
+            return self.grids[num_patches]
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise InputError(
+                f"cannot tell the patch grid of a state with {num_patches} patches; embed an "
+                "image of that size first (model.embed) so that RoPE knows its grid")
+        return side, side
+
+    def forward(self, num_patches: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)``, each ``(N, head_dim)``, for ``num_patches`` patch tokens."""
+        h, w = self.grid_for(num_patches)
+        periods = self.periods.to(torch.float64 if dtype == torch.float64 else torch.float32)
+        ys = (torch.arange(h, dtype=periods.dtype, device=periods.device) + 0.5) / h
+        xs = (torch.arange(w, dtype=periods.dtype, device=periods.device) + 0.5) / w
+        coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1)
+        coords = 2.0 * coords - 1.0                                 # (N, 2)
+        angles = 2 * math.pi * coords[:, :, None] / periods         # (N, 2, hd/4)
+        angles = angles.flatten(1, 2).tile(2)                       # (N, hd)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool, proj_bias: bool) -> None:
+    """Multi-head self-attention with one packed ``qkv`` projection.
+
+    ``bias_parts`` (``"qkv"``, ``"qv"``...) masks the bias of the parts not named to zero
+    (a buffer, not a weight). ``rope`` (shared with the model, not a submodule) rotates q
+    and k of the last ``N`` (patch) tokens."""
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool, proj_bias: bool,
+                 bias_parts: str = "qkv", rope: RopeEmbedding | None = None,
+                 num_prefix_tokens: int = 0) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.num_prefix_tokens = num_prefix_tokens
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        if qkv_bias and bias_parts != "qkv":
+            mask = torch.cat([torch.full((dim,), float(c in bias_parts)) for c in "qkv"])
+            self.register_buffer("bias_mask", mask, persistent=False)
+        else:
+            self.bias_mask = None
+        object.__setattr__(self, "rope", rope)       # shared, owned by the ViT
 
     def forward(self, x: Tensor, attention: str = "sdpa") -> Tensor:
         *batch, tokens, dim = x.shape
         heads = self.num_heads
-        qkv = self.qkv(x).reshape(*batch, tokens, 3, heads, dim // heads)
+        if self.bias_mask is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = F.linear(x, self.qkv.weight, self.qkv.bias * self.bias_mask)
+        qkv = qkv.reshape(*batch, tokens, 3, heads, dim // heads)
         qkv = qkv.movedim(-3, 0).transpose(-3, -2)          # (3, ..., H, T, hd)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.rope is not None:
+            q, k = self._rotate(q, k)
         if attention == "sdpa":
             out = F.scaled_dot_product_attention(q, k, v)
         else:
@@ -134,15 +332,29 @@ class Attention(nn.Module):
         out = out.transpose(-3, -2).reshape(*batch, tokens, dim)
         return self.proj(out)
 
+    def _rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        prefix = self.num_prefix_tokens
+        cos, sin = self.rope(q.shape[-2] - prefix, q.dtype)  # (N, hd) each
+
+        def rot(t: Tensor) -> Tensor:
+            head, patches = t[..., :prefix, :], t[..., prefix:, :]
+            return torch.cat([head, patches * cos + rotate_half(patches) * sin], dim=-2)
+
+        return rot(q), rot(k)
+
 
 class GeluMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, *, bias: bool) -> None:
+    """``fc2(act(fc1 x))`` with ``act`` one of :data:`ACTIVATIONS` (exact GELU by default)."""
+
+    def __init__(self, dim: int, hidden: int, *, bias: bool, activation: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, dim, bias=bias)
+        self.activation = activation
+        self._act = activation_fn(activation)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self._act(self.fc1(x)))
 
 
 class SwiGLUMlp(nn.Module):
@@ -171,15 +383,20 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + ls1(attn(norm1 x))`` then ``x + ls2(mlp(norm2 x))``."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: ViTConfig, rope: RopeEmbedding | None = None) -> None:
         super().__init__()
         dim = cfg.embed_dim
         self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = Attention(dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, proj_bias=cfg.proj_bias)
+        self.attn = Attention(dim, cfg.num_heads, qkv_bias=cfg.qkv_bias, proj_bias=cfg.proj_bias,
+                              bias_parts=cfg.qkv_bias_parts, rope=rope,
+                              num_prefix_tokens=cfg.num_prefix_tokens)
         self.ls1 = LayerScale(dim) if cfg.layerscale else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        mlp_cls = SwiGLUMlp if cfg.mlp == "swiglu" else GeluMlp
-        self.mlp = mlp_cls(dim, cfg.mlp_hidden_dim, bias=cfg.ffn_bias)
+        if cfg.mlp == "swiglu":
+            self.mlp: nn.Module = SwiGLUMlp(dim, cfg.mlp_hidden_dim, bias=cfg.ffn_bias)
+        else:
+            self.mlp = GeluMlp(dim, cfg.mlp_hidden_dim, bias=cfg.ffn_bias,
+                               activation=cfg.activation)
         self.ls2 = LayerScale(dim) if cfg.layerscale else nn.Identity()
         self.drop_path_rate = 0.0
         self.attention = "sdpa"
@@ -196,7 +413,8 @@ class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.patch_size = cfg.patch_size
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size,
+                              bias=cfg.patch_bias)
 
     def forward(self, images: Tensor) -> Tensor:
         x = self.proj(images)                                # (B, D, h, w)
@@ -204,7 +422,7 @@ class PatchEmbed(nn.Module):
 
 
 class ViT(nn.Module):
-    """A DINOv2-style ViT whose depth is exposed state by state.
+    """A pre-norm ViT whose depth is exposed state by state.
 
     ``embed(images)`` gives the depth-0 state, ``blocks[l-1](state)`` the step to depth l,
     ``trajectory(images)`` every depth at once, ``readout(state)`` the final norm and head.
@@ -215,17 +433,35 @@ class ViT(nn.Module):
         self.cfg = cfg
         dim = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        if cfg.cls_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        else:
+            self.register_parameter("cls_token", None)
+        if cfg.num_distillation_tokens:
+            self.dist_token = nn.Parameter(torch.zeros(1, cfg.num_distillation_tokens, dim))
+        else:
+            self.register_parameter("dist_token", None)
         if cfg.num_register_tokens:
             self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_register_tokens, dim))
         else:
             self.register_parameter("register_tokens", None)
-        positions = cfg.grid * cfg.grid + (1 if cfg.pos_embed_cls else 0)
-        self.pos_embed = nn.Parameter(torch.zeros(1, positions, dim))
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        positions = cfg.grid * cfg.grid + cfg.pos_embed_slots
+        if cfg.position_embedding == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, positions, dim))
+        elif cfg.position_embedding == "sincos":        # frozen: a buffer, saved with the weights
+            table = sincos_table(cfg.grid, cfg.grid, dim)
+            table = torch.cat([torch.zeros(cfg.pos_embed_slots, dim, dtype=table.dtype), table])
+            self.register_buffer("pos_embed", table[None].float())
+        else:
+            self.pos_embed = None
+        self.rope_embed = (RopeEmbedding(cfg.head_dim, cfg.rope_theta)
+                           if cfg.rope == "dinov3" else None)
+        self.norm_pre = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.pre_norm else None
+        self.blocks = nn.ModuleList(Block(cfg, self.rope_embed) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        head_in = dim * (2 if cfg.head_input == "cls+mean" else 1)
-        self.head = nn.Linear(head_in, cfg.num_classes) if cfg.num_classes else None
+        head_in = dim * (2 if cfg.head_input in ("cls+mean", "cls+distillation") else 1)
+        self.head = (nn.Linear(head_in, cfg.num_classes, bias=cfg.head_bias)
+                     if cfg.num_classes else None)
         self.attention = "sdpa"
 
     # ----------------------------------------------------------------- configuration
@@ -260,7 +496,7 @@ class ViT(nn.Module):
                     p.fill_(1.0 if name.endswith("weight") else 0.0)
                 elif name.endswith("bias"):
                     p.zero_()
-                elif name == "cls_token":
+                elif name in ("cls_token", "dist_token"):
                     p.copy_(torch.randn(p.shape, generator=gen) * 1e-6)
                 else:
                     p.copy_((torch.randn(p.shape, generator=gen) * 0.02).clamp_(-0.04, 0.04))
@@ -275,34 +511,44 @@ class ViT(nn.Module):
         return self.cfg.num_prefix_tokens + self.num_patches(height, width)
 
     def token_kinds(self, height: int, width: int) -> list[str]:
-        """Kind of each token position: ``cls``, ``register`` or ``patch``."""
-        regs = self.cfg.num_register_tokens
-        return ["cls"] + ["register"] * regs + ["patch"] * self.num_patches(height, width)
+        """Kind of each token position: ``cls``, ``distillation``, ``register``, ``patch``."""
+        return list(self.cfg.prefix_kinds) + ["patch"] * self.num_patches(height, width)
 
     # ----------------------------------------------------------------- forward pieces
     def interpolate_pos_encoding(self, h_patches: int, w_patches: int) -> Tensor:
-        """Position embeddings for an ``h_patches x w_patches`` grid, shape ``(1, P, D)``."""
+        """Position table for an ``h_patches x w_patches`` grid, shape ``(1, S + h w, D)``
+        with ``S`` = :attr:`ViTConfig.pos_embed_slots` prefix slots first."""
         cfg = self.cfg
         pos = self.pos_embed
-        n_cls = 1 if cfg.pos_embed_cls else 0
-        cls_pos, patch_pos = pos[:, :n_cls], pos[:, n_cls:]
+        slots = cfg.pos_embed_slots
+        cls_pos, patch_pos = pos[:, :slots], pos[:, slots:]
         m = cfg.grid
         if h_patches == m and w_patches == m:
             return pos
         dim = pos.shape[-1]
-        grid = patch_pos.float().reshape(1, m, m, dim).permute(0, 3, 1, 2)
+        work = torch.float64 if pos.dtype == torch.float64 else torch.float32
+        grid = patch_pos.to(work).reshape(1, m, m, dim).permute(0, 3, 1, 2)
+        mode, antialias = cfg.interp_mode, cfg.interp_antialias
         if cfg.interp_offset:
             scale = ((h_patches + cfg.interp_offset) / m, (w_patches + cfg.interp_offset) / m)
-            grid = F.interpolate(grid, scale_factor=scale, mode="bicubic",
-                                 antialias=cfg.interp_antialias)
+            grid = F.interpolate(grid, scale_factor=scale, mode=mode, antialias=antialias)
         else:
-            grid = F.interpolate(grid, size=(h_patches, w_patches), mode="bicubic",
-                                 antialias=cfg.interp_antialias)
+            grid = F.interpolate(grid, size=(h_patches, w_patches), mode=mode,
+                                 antialias=antialias)
         patch_pos = grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, -1, dim)
         return torch.cat([cls_pos, patch_pos], dim=1)
 
+    def prefix_tokens(self, batch: int) -> Tensor:
+        """The learned prefix tokens ``(batch, P, D)`` in layout order, before positions."""
+        parts = [t for t in (self.cls_token, self.dist_token, self.register_tokens)
+                 if t is not None]
+        if not parts:
+            return self.patch_embed.proj.weight.new_zeros(batch, 0, self.cfg.embed_dim)
+        return torch.cat(parts, dim=1).expand(batch, -1, -1)
+
     def embed(self, images: Tensor) -> Tensor:
-        """Depth-0 state ``(B, T, D)``: patch embedding, cls, position embedding, registers."""
+        """Depth-0 state ``(B, T, D)``: patch embedding, prefix tokens, position embedding,
+        then ``norm_pre`` when the model has one (CLIP)."""
         if images.ndim != 4 or images.shape[1] != self.cfg.in_chans:
             raise InputError(
                 f"images must have shape (batch, {self.cfg.in_chans}, height, width), "
@@ -313,17 +559,20 @@ class ViT(nn.Module):
             raise InputError(
                 f"image size {height}x{width} is not a multiple of the patch size {ps}; "
                 "resize or crop to a multiple first")
+        cfg = self.cfg
         x = self.patch_embed(images)                         # (B, N, D)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        pos = self.interpolate_pos_encoding(height // ps, width // ps)
-        if self.cfg.pos_embed_cls:
-            x = torch.cat([cls, x], dim=1) + pos
-        else:
-            x = torch.cat([cls, x + pos], dim=1)
-        if self.register_tokens is not None:
-            regs = self.register_tokens.expand(x.shape[0], -1, -1)
-            x = torch.cat([x[:, :1], regs, x[:, 1:]], dim=1)
-        return x
+        prefix = self.prefix_tokens(x.shape[0])              # (B, P, D)
+        if self.pos_embed is not None:
+            pos = self.interpolate_pos_encoding(height // ps, width // ps)
+            slots = cfg.pos_embed_slots
+            x = x + pos[:, slots:]
+            if slots:
+                prefix = torch.cat([prefix[:, :slots] + pos[:, :slots], prefix[:, slots:]],
+                                   dim=1)
+        if self.rope_embed is not None:
+            self.rope_embed.note_grid(height // ps, width // ps)
+        x = torch.cat([prefix, x], dim=1)
+        return self.norm_pre(x) if self.norm_pre is not None else x
 
     def step(self, layer: int, state: Tensor, *, attention: str | None = None) -> Tensor:
         """Apply block ``layer`` (1-based: depth ``layer-1`` -> ``layer``) to ``(..., T, D)``.
@@ -359,15 +608,21 @@ class ViT(nn.Module):
     def readout(self, state: Tensor) -> Tensor:
         """Final norm and (if present) head applied to a depth-L state ``(B, T, D)``.
 
-        Returns logits when the model has a head, else the normed cls token.
+        Returns logits when the model has a head, else the normed cls token (the normed
+        mean patch for models without a cls token).
         """
+        cfg = self.cfg
         normed = self.norm(state)
+        mean = normed[..., cfg.num_prefix_tokens:, :].mean(dim=-2)
         if self.head is None:
-            return normed[..., 0, :]
+            return normed[..., 0, :] if cfg.cls_token else mean
+        if cfg.head_input == "mean":
+            return self.head(mean)
         cls = normed[..., 0, :]
-        if self.cfg.head_input == "cls+mean":
-            patches = normed[..., self.cfg.num_prefix_tokens:, :].mean(dim=-2)
-            cls = torch.cat([cls, patches], dim=-1)
+        if cfg.head_input == "cls+mean":
+            cls = torch.cat([cls, mean], dim=-1)
+        elif cfg.head_input == "cls+distillation":
+            cls = torch.cat([cls, normed[..., 1, :]], dim=-1)
         return self.head(cls)
 
     def forward_features(self, images: Tensor) -> Tensor:
@@ -375,6 +630,21 @@ class ViT(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.readout(self.rollout(self.embed(images)))
+
+
+def sincos_table(height: int, width: int, dim: int, temperature: float = 10000.0) -> Tensor:
+    """MAE's fixed 2-D sin-cos position table ``(height * width, dim)`` in float64.
+
+    With ``omega_i = temperature ** (-i / (dim/4))``, ``i < dim/4``, the row of patch
+    ``(r, c)`` is ``[sin(r omega), cos(r omega), sin(c omega), cos(c omega)]`` (the layout of
+    transformers' ``ViTMAEEmbeddings``).
+    """
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float64),
+                                torch.arange(width, dtype=torch.float64), indexing="ij")
+    emb_r, emb_c = rows.flatten().outer(omega), cols.flatten().outer(omega)
+    return torch.cat([emb_r.sin(), emb_r.cos(), emb_c.sin(), emb_c.cos()], dim=1)
 
 
 def build_vit(cfg: ViTConfig | Mapping[str, Any]) -> ViT:
@@ -395,6 +665,8 @@ def flops_per_image(cfg: ViTConfig, tokens: int) -> float:
 
 
 __all__ = [
-    "ATTENTION_IMPLS", "ViTConfig", "ViT", "Block", "build_vit", "swiglu_hidden_dim",
-    "count_parameters", "flops_per_image",
+    "ATTENTION_IMPLS", "MLP_KINDS", "HEAD_INPUTS", "POSITION_EMBEDDINGS", "ROPE_KINDS",
+    "ACTIVATIONS", "INTERP_MODES", "ViTConfig", "ViT", "Block", "Attention", "RopeEmbedding",
+    "build_vit", "swiglu_hidden_dim", "sincos_table", "activation_fn", "count_parameters",
+    "flops_per_image",
 ]
