@@ -137,7 +137,8 @@ class DynamicsAnalysis:
         cfg = self.config
         L = ctx.loaded.config.depth
         self.kept.add(tb, start=self.kept.seen, samples=cfg.samples,
-                      min_per_class=cfg.min_per_class, class_samples=cfg.class_samples,
+                      min_per_class=cfg.min_per_class,
+                      class_samples=cfg.class_samples if ctx.layout.has_cls else 0,
                       robustness_samples=cfg.robustness_samples,
                       robustness_depths=self._robustness_depths(L))
 

@@ -23,7 +23,8 @@ from depthflow.io.files import atomic_path, umask
 
 __all__ = ["KIND_COLORS", "pyplot", "save_figure", "write_figures", "check_figure_dir"]
 
-KIND_COLORS = {"cls": "tab:red", "register": "tab:green", "patch": "tab:blue"}
+KIND_COLORS = {"cls": "tab:red", "distillation": "tab:orange", "register": "tab:green",
+               "patch": "tab:blue"}
 
 
 def pyplot():
