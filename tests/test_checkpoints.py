@@ -617,7 +617,7 @@ def test_non_finite_weights(tmp_path, value):
 
 def test_hf_unsupported_activation(tmp_path):
     ref = make_vit(**HF_VIT)
-    config = hf_config(ref.cfg, "vit", hidden_act="gelu_new")
+    config = hf_config(ref.cfg, "vit", hidden_act="swish")
     path = write_hf_dir(tmp_path / "act", to_hf(state(ref), vit=True), config)
-    with pytest.raises(ArchitectureError, match="gelu_new"):
+    with pytest.raises(ArchitectureError, match="swish"):
         load_model(path)

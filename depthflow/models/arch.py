@@ -121,14 +121,15 @@ def infer_config(state_dict: Mapping[str, Tensor], *,
                  overrides: Mapping[str, Any] | None = None) -> ViTConfig:
     """The :class:`ViTConfig` that depthflow-named weights imply.
 
-    Shapes give the width, depth, patch size, channels, registers, position grid (hence
-    ``img_size``), MLP kind and width, LayerScale, biases and the head. ``defaults`` add
+    Shapes give the width, depth, patch size, channels, cls/distillation/register tokens,
+    position table and grid (hence ``img_size``), RoPE (``rope_embed.periods``), pre-norm,
+    MLP kind and width, LayerScale, biases and the head. ``defaults`` add
     what shapes cannot tell (heads, norm eps, interpolation); ``overrides`` win over all.
     Heads default to DINOv2's 64-wide heads.
     """
     fields: dict[str, Any] = dict(defaults or {})
     fields.update(overrides or {})
-    fields = {**_shape_fields(state_dict, bool(fields.get("pos_embed_cls", True))), **fields}
+    fields = {**_shape_fields(state_dict, fields), **fields}
     if fields.get("num_heads") is None:
         fields["num_heads"] = default_num_heads(fields["embed_dim"])
     return ViTConfig.from_dict(fields)
@@ -144,8 +145,8 @@ def default_num_heads(embed_dim: int) -> int:
     return embed_dim // DINOV2_HEAD_DIM
 
 
-def _shape_fields(sd: Mapping[str, Tensor], pos_embed_cls: bool) -> dict[str, Any]:
-    require(sd, ("cls_token", "pos_embed", "patch_embed.proj.weight", "norm.weight"))
+def _shape_fields(sd: Mapping[str, Tensor], fields: Mapping[str, Any]) -> dict[str, Any]:
+    require(sd, ("patch_embed.proj.weight", "norm.weight"))
     proj = sd["patch_embed.proj.weight"]                    # (D, C, p, p)
     if proj.ndim != 4 or proj.shape[-1] != proj.shape[-2]:
         raise ArchitectureError(
@@ -156,29 +157,48 @@ def _shape_fields(sd: Mapping[str, Tensor], pos_embed_cls: bool) -> dict[str, An
     swiglu = first + "mlp.w12.weight" in sd
     mlp_in = first + ("mlp.w12" if swiglu else "mlp.fc1")
     require(sd, (mlp_in + ".weight", first + "attn.qkv.weight"))
-    regs = sd.get("register_tokens")
-    return {
+    regs, dist = sd.get("register_tokens"), sd.get("dist_token")
+    cls = "cls_token" in sd
+    n_dist = int(dist.shape[1]) if dist is not None else 0
+    pos_embed_cls = bool(fields.get("pos_embed_cls", True)) and (cls or n_dist > 0)
+    pos = sd.get("pos_embed")
+    if pos is not None:
+        slots = (int(cls) + n_dist) if pos_embed_cls else 0
+        img_size = _grid(pos, slots) * patch
+        position = fields.get("position_embedding", "learned")
+    else:
+        img_size = int(fields.get("img_size", 224))
+        position = "none"
+    out = {
         "embed_dim": dim, "depth": _depth(sd), "patch_size": patch, "in_chans": int(proj.shape[1]),
-        "img_size": _grid(sd["pos_embed"], pos_embed_cls) * patch,
-        "mlp": "swiglu" if swiglu else "gelu",
+        "img_size": img_size, "mlp": "swiglu" if swiglu else "gelu",
         "mlp_hidden_dim": int(sd[mlp_in + ".weight"].shape[0]) // (2 if swiglu else 1),
         "num_register_tokens": int(regs.shape[1]) if regs is not None else 0,
         "layerscale": first + "ls1.gamma" in sd, "qkv_bias": first + "attn.qkv.bias" in sd,
         "proj_bias": first + "attn.proj.bias" in sd, "ffn_bias": mlp_in + ".bias" in sd,
-        "pos_embed_cls": pos_embed_cls, **_head_fields(sd, dim),
+        "pos_embed_cls": pos_embed_cls, "cls_token": cls, "num_distillation_tokens": n_dist,
+        "position_embedding": position, "pre_norm": "norm_pre.weight" in sd,
+        "patch_bias": "patch_embed.proj.bias" in sd,
+        **_head_fields(sd, dim, cls, n_dist),
     }
+    if "rope_embed.periods" in sd:
+        out["rope"] = "dinov3"
+    return out
 
 
-def _head_fields(sd: Mapping[str, Tensor], dim: int) -> dict[str, Any]:
+def _head_fields(sd: Mapping[str, Tensor], dim: int, cls: bool, n_dist: int) -> dict[str, Any]:
     head = sd.get("head.weight")
     if head is None:
-        return {"num_classes": 0, "head_input": "cls"}
-    if head.ndim != 2 or head.shape[1] not in (dim, 2 * dim):
+        return {"num_classes": 0, "head_input": "cls" if cls else "mean"}
+    if head.ndim != 2 or head.shape[1] not in (dim, 2 * dim) or (
+            head.shape[1] == 2 * dim and not cls):
         raise ArchitectureError(
             f"head.weight has shape {tuple(head.shape)}; depthflow reads linear heads on the "
-            f"cls token ({dim} inputs) or on cls + mean patch ({2 * dim}); drop the head")
-    return {"num_classes": int(head.shape[0]),
-            "head_input": "cls" if head.shape[1] == dim else "cls+mean"}
+            f"cls token or mean patch ({dim} inputs) or on cls + mean patch / cls + "
+            f"distillation token ({2 * dim}); drop the head")
+    wide = "cls+distillation" if n_dist else "cls+mean"
+    return {"num_classes": int(head.shape[0]), "head_bias": "head.bias" in sd,
+            "head_input": ("cls" if cls else "mean") if head.shape[1] == dim else wide}
 
 
 def _depth(sd: Mapping[str, Tensor]) -> int:
@@ -193,13 +213,14 @@ def _depth(sd: Mapping[str, Tensor]) -> int:
     return max(indices) + 1
 
 
-def _grid(pos: Tensor, pos_embed_cls: bool) -> int:
+def _grid(pos: Tensor, slots: int) -> int:
     if pos.ndim != 3 or pos.shape[0] != 1:
         raise ArchitectureError(f"pos_embed must have shape (1, P, D), got {tuple(pos.shape)}")
-    n = pos.shape[1] - int(pos_embed_cls)
+    n = pos.shape[1] - slots
     if not is_square(n):
         raise ArchitectureError(
-            f"pos_embed has {n} patch positions{' after the cls slot' if pos_embed_cls else ''}"
+            f"pos_embed has {n} patch positions"
+            f"{f' after {slots} prefix slot(s)' if slots else ''}"
             ", not a square grid; set pos_embed_cls to match the checkpoint")
     return math.isqrt(n)
 

@@ -31,9 +31,10 @@ from torch import Tensor, nn
 
 from depthflow.errors import ArchitectureError, CheckpointError, ConfigError
 from depthflow.models.formats import (convert_state_dict, default_preprocessing, hf_style,
-                                      parse_arch, preprocessing_from_hf)
+                                      parse_arch, preprocessing_from_hf, timm_hints)
 from depthflow.io.files import atomic_path, sha256_file
-from depthflow.models.preprocessing import Preprocessing
+from depthflow.models.preprocessing import (Preprocessing, preprocessing_from_openclip,
+                                            preprocessing_from_timm)
 from depthflow.models.vit import ViT, ViTConfig
 
 FORMAT_NAME = "depthflow"
@@ -240,32 +241,101 @@ def checkpoint_format(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
+OPENCLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
 def _load_directory(p: Path, overrides: dict[str, Any]) -> LoadedModel:
     config_file = p / "config.json"
+    openclip = p / "open_clip_config.json"
+    if openclip.is_file() and not (config_file.is_file() and _has_hf_weights(p)):
+        return _load_openclip_directory(p, overrides)
     if not config_file.is_file():
         raise CheckpointError(
             f"directory {str(p)!r} has no config.json; expected a Hugging Face model "
-            "directory (config.json + model.safetensors) or a depthflow checkpoint directory")
+            "directory (config.json + model.safetensors), a timm or OpenCLIP hub directory, "
+            "or a depthflow checkpoint directory")
     config = _read_json(config_file)
     if config.get("format") == FORMAT_NAME:
         tensors, _ = read_safetensors(p / "model.safetensors")
         metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
         return _depthflow_from_tensors(tensors, metadata, p, overrides)
+    if "architecture" in config and "model_type" not in config:
+        return _load_timm_directory(p, config, overrides)
     hf_style(config)                      # unsupported model types fail before reading
     return _from_state_dict(read_hf_weights(p), p, overrides=overrides, hf_config=config)
+
+
+def _has_hf_weights(p: Path) -> bool:
+    return any((p / name).is_file() for name in
+               ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+
+
+def _load_openclip_directory(p: Path, overrides: dict[str, Any]) -> LoadedModel:
+    """An OpenCLIP hub directory: ``open_clip_config.json`` + ``open_clip_model.safetensors``
+    (or ``open_clip_pytorch_model.bin``)."""
+    meta = _read_json(p / "open_clip_config.json")
+    weights = next((p / n for n in OPENCLIP_FILES if (p / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"OpenCLIP directory {str(p)!r} has no weights; expected one of "
+                              f"{', '.join(OPENCLIP_FILES)}")
+    tensors = (read_safetensors(weights)[0] if weights.suffix == ".safetensors"
+               else read_torch_file(weights))
+    model_cfg = meta.get("model_cfg") if isinstance(meta.get("model_cfg"), dict) else {}
+    notes: list[str] = []
+    style, cfg, converted = _convert(tensors, str(p), style="openclip", model_cfg=model_cfg,
+                                     overrides=overrides, notes=notes)
+    model = build_from_state_dict(cfg, converted, str(p))
+    pre_cfg = meta.get("preprocess_cfg")
+    if isinstance(pre_cfg, dict):
+        pre, source = preprocessing_from_openclip(pre_cfg, cfg.img_size), "open_clip_config.json"
+    else:
+        pre, source = default_preprocessing(style, cfg), f"family default ({style})"
+    info = {**_info(style, notes), "preprocessing_source": source}
+    return LoadedModel(model=model, source=str(p), format=style, sha256=sha256_file(weights),
+                       preprocessing=pre, info=info)
+
+
+def _load_timm_directory(p: Path, config: Mapping[str, Any],
+                         overrides: dict[str, Any]) -> LoadedModel:
+    """A timm hub directory: ``config.json`` with ``architecture`` and ``pretrained_cfg``,
+    plus ``model.safetensors`` / ``pytorch_model.bin`` in timm's names."""
+    notes: list[str] = []
+    hints = timm_hints(str(config["architecture"]))
+    style, cfg, converted = _convert(read_hf_weights(p), str(p), style="timm", hints=hints,
+                                     overrides=overrides, notes=notes)
+    model = build_from_state_dict(cfg, converted, str(p))
+    pre_cfg = config.get("pretrained_cfg")
+    if isinstance(pre_cfg, dict) and cfg.in_chans == 3:
+        pre, source = preprocessing_from_timm(pre_cfg), "timm pretrained_cfg"
+    else:
+        pre, source = default_preprocessing(style, cfg), "family default (timm)"
+    info = {**_info(style, notes), "architecture": str(config["architecture"]),
+            "preprocessing_source": source}
+    return LoadedModel(model=model, source=str(p), format=style, sha256=sha256_file(p),
+                       preprocessing=pre, info=info)
 
 
 def _from_state_dict(tensors: Mapping[str, Tensor], p: Path, *,
                      overrides: Mapping[str, Any] | None,
                      hf_config: Mapping[str, Any] | None = None) -> LoadedModel:
-    style, cfg, converted = _convert(tensors, str(p), hf_config=hf_config, overrides=overrides)
+    notes: list[str] = []
+    style, cfg, converted = _convert(tensors, str(p), hf_config=hf_config, overrides=overrides,
+                                     notes=notes)
     model = build_from_state_dict(cfg, converted, str(p))
+    processor = p / "preprocessor_config.json"
     if style.startswith("hf-") and p.is_dir():
-        pre = hf_preprocessing(p / "preprocessor_config.json", style, cfg)
+        pre = hf_preprocessing(processor, style, cfg)
+        source = ("preprocessor_config.json" if processor.is_file()
+                  else f"family default ({style})")
     else:
-        pre = default_preprocessing(style, cfg)
+        pre, source = default_preprocessing(style, cfg), f"family default ({style})"
     return LoadedModel(model=model, source=str(p), format=style, sha256=sha256_file(p),
-                       preprocessing=pre)
+                       preprocessing=pre,
+                       info={**_info(style, notes), "preprocessing_source": source})
+
+
+def _info(style: str, notes: list[str]) -> dict[str, Any]:
+    return {"style": style, **({"notes": list(notes)} if notes else {})}
 
 
 def _convert(tensors: Mapping[str, Tensor], source: str, **kwargs: Any,
@@ -320,10 +390,11 @@ def from_module(obj: Any, *, arch: str | Mapping[str, Any] | None = None) -> Loa
             "(config.model_type) or a timm/DINOv2-hub VisionTransformer (blocks, patch_embed, "
             "cls_token)")
     tensors = {k: v.detach().cpu() for k, v in obj.state_dict().items()}
-    style, cfg, converted = _convert(tensors, label, overrides=overrides, **kwargs)
+    notes: list[str] = []
+    style, cfg, converted = _convert(tensors, label, overrides=overrides, notes=notes, **kwargs)
     model = build_from_state_dict(cfg, converted, label)
     return LoadedModel(model=model, source=label, format="module",
-                       preprocessing=default_preprocessing(style, cfg), info={"style": style})
+                       preprocessing=default_preprocessing(style, cfg), info=_info(style, notes))
 
 
 def _vit_module_hints(obj: nn.Module) -> dict[str, Any]:

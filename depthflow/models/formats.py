@@ -29,27 +29,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from depthflow.models.arch import PRESETS, infer_config, is_square, parse_arch, preview, require
+from depthflow.models.arch import (DINOV2_HEAD_DIM, PRESETS, infer_config, is_square, parse_arch,
+                                   preview, require)
 from depthflow.errors import ArchitectureError, ConfigError
-from depthflow.models.preprocessing import Preprocessing, dinov2_preprocessing
+from depthflow.models.hf_families import (ACTIVATIONS, FAMILY_STYLES, convert_family,
+                                          detect_family, dinov3_periods, unsupported)
+from depthflow.models.layouts import convert_dinov3_hub as _convert_dinov3_hub
+from depthflow.models.layouts import convert_openclip, detect_layout
+from depthflow.models.preprocessing import Preprocessing, family_preprocessing
+from depthflow.models.renaming import compile_rules as _compile, rename as _rename
 from depthflow.models.vit import ViTConfig
 
-STYLES = ("dinov2-hub", "timm", "hf-dinov2", "hf-dinov2-registers", "hf-vit")
-HF_STYLES = {"dinov2": "hf-dinov2", "dinov2_with_registers": "hf-dinov2-registers",
-             "vit": "hf-vit"}
-EXACT_GELU = ("gelu", "gelu_python")
+STYLES = ("dinov2-hub", "timm", "hf-dinov2", "hf-dinov2-registers", "hf-vit", "hf-deit",
+          "hf-vit-mae", "hf-clip", "hf-siglip", "hf-dinov3", "openclip", "dinov3-hub")
+_VIT_LIKE = {"dinov2": "hf-dinov2", "dinov2_with_registers": "hf-dinov2-registers",
+             "vit": "hf-vit", "deit": "hf-deit", "vit_mae": "hf-vit-mae"}
+HF_STYLES = {**_VIT_LIKE, **FAMILY_STYLES}
 # Wrappers around a backbone: DDP, torch.compile, DINOv2 training, HF task models.
 PREFIXES = ("module.", "_orig_mod.", "teacher.backbone.", "backbone.", "teacher.", "model.",
-            "dinov2_with_registers.", "dinov2.", "vit.")
+            "dinov2_with_registers.", "dinov2.", "vit.", "deit.")
+_HEAD_PREFIXES = ("classifier.", "head.", "cls_classifier.", "distillation_classifier.")
 _ROOT_KEYS = ("cls_token", "embeddings.cls_token")
-_MERGE_GROUPS = (("q", "k", "v"), ("gate", "up"))
-
-Rules = list[tuple["re.Pattern[str]", "str | None"]]
-
-
-def _compile(pairs: list[tuple[str, str | None]]) -> Rules:
-    return [(re.compile(pattern), target) for pattern, target in pairs]
-
 
 _HUB_BLOCK = r"blocks\.(?:\d+\.)?(\d+)\."          # plain or chunked (blocks.chunk.index)
 _HUB_RULES = _compile([
@@ -64,8 +64,12 @@ _HUB_RULES = _compile([
 
 _TIMM_BLOCK = r"blocks\.(\d+)\."
 _TIMM_RULES = _compile([
-    (r"(cls_token|pos_embed)", r"\1"),
+    (r"(cls_token|pos_embed|dist_token)", r"\1"),
     (r"reg_token", "register_tokens"),
+    (r"norm_pre\.(weight|bias)", r"norm_pre.\1"),
+    (r"attn_pool\..+", None),
+    (r"rope\..+", None),
+    (_TIMM_BLOCK + r"gamma_([12])", r"blocks.\1.ls\2.gamma"),
     (r"patch_embed\.proj\.(weight|bias)", r"patch_embed.proj.\1"),
     (_TIMM_BLOCK + r"(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)",
      r"blocks.\1.\2.\3"),
@@ -77,8 +81,6 @@ _TIMM_RULES = _compile([
 # timm features depthflow's ViT does not implement, by key fragment.
 _TIMM_UNSUPPORTED = {
     "fc_norm.": "a global-average-pool readout with fc_norm (global_pool='avg')",
-    "norm_pre.": "a LayerNorm before the blocks (CLIP-style norm_pre)",
-    "attn_pool.": "an attention-pool (MAP) readout",
     ".attn.q_norm.": "QK normalisation", ".attn.k_norm.": "QK normalisation",
     ".attn.norm.": "attention scale-norm", ".mlp.norm.": "an MLP scale-norm",
 }
@@ -88,6 +90,7 @@ _TIMM_UNSUPPORTED = {
 _HF_LAYER = r"(?:encoder\.layer|layers)\.(\d+)\."
 _HF_RULES = _compile([
     (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.distillation_token", "dist_token"),
     (r"embeddings\.register_tokens", "register_tokens"),
     (r"embeddings\.position_embeddings", "pos_embed"),
     (r"embeddings\.mask_token", None),
@@ -111,6 +114,7 @@ _HF_RULES = _compile([
     (_HF_LAYER + r"mlp\.(?:weights_out|down_proj)\.(weight|bias)", r"blocks.\1.mlp.w3.\2"),
     (r"layernorm\.(weight|bias)", r"norm.\1"),
     (r"pooler\..+", None),
+    (r"decoder\..+", None),
     (r"classifier\.(weight|bias)", r"head.\1"),
 ])
 
@@ -127,56 +131,12 @@ def strip_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         for prefix in PREFIXES:
             inner = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
             if any(root in inner for root in _ROOT_KEYS):
-                heads = {k: v for k, v in sd.items() if k.startswith(("classifier.", "head."))}
+                heads = {k: v for k, v in sd.items() if k.startswith(_HEAD_PREFIXES)}
                 sd = {**heads, **inner}
                 break
         else:
             return sd
     return sd
-
-
-def _rename(state_dict: Mapping[str, Tensor], rules: Rules, style: str) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    unexpected = []
-    for key, value in state_dict.items():
-        for pattern, target in rules:
-            match = pattern.fullmatch(key)
-            if match:
-                if target is not None:
-                    name = match.expand(target)
-                    if name in out:
-                        raise ArchitectureError(
-                            f"two {style} keys map to {name.split('#')[0]!r} (one is {key!r}); "
-                            "the state dict mixes two models")
-                    out[name] = value
-                break
-        else:
-            unexpected.append(key)
-    if unexpected:
-        raise ArchitectureError(
-            f"weights look like a {style} ViT but have keys depthflow does not know: "
-            f"unexpected {preview(sorted(unexpected))}")
-    return _merge_parts(out)
-
-
-def _merge_parts(named: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Concatenate ``name#q``/``#k``/``#v`` (or ``#gate``/``#up``) along the output dim."""
-    out: dict[str, Tensor] = {}
-    parts: dict[str, dict[str, Tensor]] = {}
-    for key, value in named.items():
-        base, sep, part = key.partition("#")
-        if sep:
-            parts.setdefault(base, {})[part] = value
-        else:
-            out[key] = value
-    for base, found in parts.items():
-        group = next(g for g in _MERGE_GROUPS if set(found) <= set(g))
-        if set(found) != set(group):
-            raise ArchitectureError(
-                f"{base} is stored in parts {'/'.join(group)} but only "
-                f"{'/'.join(sorted(found))} are present; the checkpoint is incomplete")
-        out[base] = torch.cat([found[p] for p in group], dim=0)
-    return out
 
 
 # --------------------------------------------------------------------------- detection
@@ -192,24 +152,35 @@ def detect_style(state_dict: Mapping[str, Tensor]) -> str:
     SwiGLU ``fc1``, a position table without a cls slot, timm-only modules).
     """
     keys = set(state_dict)
+    family = detect_family(keys) or detect_layout(keys)
+    if family is not None:
+        return family
     if "embeddings.cls_token" in keys or any(k.startswith(("encoder.layer.", "layers."))
                                              for k in keys):
+        if "embeddings.distillation_token" in keys:
+            return "hf-deit"
         if any(".layernorm_before." in k for k in keys):
             return "hf-vit"
         return "hf-dinov2-registers" if "embeddings.register_tokens" in keys else "hf-dinov2"
     if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
         return "timm" if _looks_timm(state_dict) else "dinov2-hub"
+    if {"pos_embed", "patch_embed.proj.weight"} <= keys and \
+            any(k.startswith("blocks.") for k in keys):
+        return "timm"                             # a timm tower without cls token (SigLIP)
     missing = [k for k in _EXPECTED_CORE if k not in keys]
     unexpected = sorted(k for k in keys if not any(p.fullmatch(k) for p, _ in _HUB_RULES))
     raise ArchitectureError(
-        "weights match no supported ViT (DINOv2 hub, timm, Hugging Face Dinov2/ViT): "
+        "weights match no supported ViT (DINOv2 hub, timm, Hugging Face Dinov2/ViT/DeiT/"
+        "ViTMAE/CLIP/SigLIP/DINOv3): "
         f"missing {preview(missing)}; unexpected {preview(unexpected)}. Pass the backbone's "
         "state dict (not an optimizer or a detection/segmentation model)")
 
 
 def _looks_timm(sd: Mapping[str, Tensor]) -> bool:
     keys = set(sd)
-    if "reg_token" in keys or any(".mlp.fc1_g." in k for k in keys):
+    if {"reg_token", "norm_pre.weight", "dist_token"} & keys or any(
+            ".mlp.fc1_g." in k or k.startswith("attn_pool.") or k.endswith(".gamma_1")
+            for k in keys):
         return True
     if any(fragment in k for k in keys for fragment in _TIMM_UNSUPPORTED):
         return True
@@ -226,21 +197,49 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], *, style: str | None = 
                        hints: Mapping[str, Any] | None = None,
                        overrides: Mapping[str, Any] | None = None,
                        no_embed_class: bool | None = None,
+                       notes: list[str] | None = None,
+                       model_cfg: Mapping[str, Any] | None = None,
                        ) -> tuple[str, ViTConfig, dict[str, Tensor]]:
     """Detect the style (unless given), convert, and infer the architecture.
 
-    Returns ``(style, config, state_dict)`` with depthflow names.
+    Returns ``(style, config, state_dict)`` with depthflow names; what was dropped on the way
+    (text towers, pooling heads, decoders) is appended to ``notes`` when given.
     """
+    notes = notes if notes is not None else []
+    if style in FAMILY_STYLES.values() or (style is None and (
+            (hf_config is not None and hf_config.get("model_type") in FAMILY_STYLES)
+            or (hf_config is None and detect_family(set(state_dict)) is not None))):
+        style = style or (hf_style(hf_config) if hf_config is not None
+                          else detect_family(set(state_dict)))
+        cfg, out, dropped = convert_family(strip_prefixes(state_dict), str(style),
+                                           config=hf_config, hints=hints, overrides=overrides)
+        notes.extend(dropped)
+        return str(style), cfg, out
+    if style is None and hf_config is None:
+        style = detect_layout(set(state_dict)) or detect_layout(set(strip_prefixes(state_dict)))
+    if style == "openclip":
+        cfg, out, dropped = convert_openclip(state_dict, model_cfg=model_cfg, hints=hints,
+                                             overrides=overrides)
+        notes.extend(dropped)
+        return style, cfg, out
     sd = strip_prefixes(state_dict)
     if hf_config is not None and style is None:
         style = hf_style(hf_config)
     style = style or detect_style(sd)
+    if style == "dinov3-hub":
+        cfg, out, dropped = _convert_dinov3_hub(sd, hints=hints, overrides=overrides)
+        notes.extend(dropped)
+        return style, cfg, out
     if style == "dinov2-hub":
         cfg, out = convert_dinov2_hub(sd, hints=hints, overrides=overrides)
     elif style == "timm":
         cfg, out = convert_timm(sd, no_embed_class=no_embed_class, hints=hints,
-                                overrides=overrides)
-    elif style in HF_STYLES.values():
+                                overrides=overrides, notes=notes)
+    elif style in _VIT_LIKE.values():
+        dropped = sorted(k for k in state_dict if k.startswith(("decoder.", "pooler.")))
+        if dropped:
+            notes.append(f"{len(dropped)} tensors outside the encoder dropped "
+                         f"({preview(dropped, 2)})")
         cfg, out = convert_hf(sd, style=style, config=hf_config, hints=hints,
                               overrides=overrides)
     else:
@@ -267,10 +266,16 @@ def convert_dinov2_hub(state_dict: Mapping[str, Tensor], *,
 def convert_timm(state_dict: Mapping[str, Tensor], *, no_embed_class: bool | None = None,
                  hints: Mapping[str, Any] | None = None,
                  overrides: Mapping[str, Any] | None = None,
+                 notes: list[str] | None = None,
                  ) -> tuple[ViTConfig, dict[str, Tensor]]:
     """timm ``VisionTransformer`` names: ``reg_token``, SwiGLU ``fc1_g``/``fc1_x`` (gate
     first) or packed ``fc1`` (silu on the first half), position tables with or without
-    prefix slots (register slots are folded into the register tokens).
+    prefix slots (register slots are folded into the register tokens); CLIP towers
+    (``norm_pre``), SigLIP towers (no cls token; the ``attn_pool`` MAP head is dropped with
+    a note), DeiT-III (LayerScale, table without prefix slots), distilled DeiT
+    (``dist_token``, ``head_dist``) and timm's DINOv3 (``eva.py``: ``gamma_1``,
+    ``q_bias``/``v_bias``, RoPE). What the names fix (activation, eps, heads) comes in
+    ``hints`` (see :func:`timm_hints`).
 
     ``no_embed_class`` (timm's flag: the table has no prefix slots) is guessed from the
     table's length when not given. timm interpolation: offset 0 with antialias.
@@ -282,11 +287,78 @@ def convert_timm(state_dict: Mapping[str, Tensor], *, no_embed_class: bool | Non
             raise ArchitectureError(
                 f"this timm model uses {reason} ({key!r}), which depthflow's ViT does not "
                 "implement; only pre-norm ViTs with a cls-token readout are supported")
+    if notes is not None and any(k.startswith("attn_pool.") for k in sd):
+        notes.append("attention-pool (MAP) head attn_pool.* dropped: it sits outside the "
+                     "residual stream")
+    sd, parts = _timm_split_biases(_timm_dist_head(sd))
     sd, pos_embed_cls = _timm_positions(_timm_swiglu(_rename(sd, _TIMM_RULES, "timm")),
                                         no_embed_class)
-    defaults = {"norm_eps": 1e-6, "interp_offset": 0.0, "interp_antialias": True,
-                "pos_embed_cls": bool(pos_embed_cls), **(hints or {})}
+    defaults = {"norm_eps": 1e-6 if parts is None else 1e-5, "interp_offset": 0.0,
+                "interp_antialias": True, "pos_embed_cls": bool(pos_embed_cls)}
+    if parts is not None:                       # timm's DINOv3 (eva.py): RoPE, no k bias
+        defaults.update(qkv_bias_parts=parts, rope="dinov3", position_embedding="none")
+    defaults.update(hints or {})
+    if parts is not None:
+        width = int(sd["patch_embed.proj.weight"].shape[0])
+        heads = int({**defaults, **(overrides or {})}.get("num_heads")
+                    or width // DINOV2_HEAD_DIM)
+        theta = float({**defaults, **(overrides or {})}.get("rope_theta", 100.0))
+        sd["rope_embed.periods"] = dinov3_periods(width // heads, theta)
     return infer_config(sd, defaults=defaults, overrides=overrides), sd
+
+
+def _timm_dist_head(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """timm's distilled DeiT averages ``head(cls)`` and ``head_dist(dist)`` in eval: one
+    head on cls + distillation with weights ``[W, W_dist] / 2``."""
+    out = dict(sd)
+    if "head_dist.weight" in out:
+        if "head.weight" not in out:
+            raise ArchitectureError("timm weights have head_dist but no head")
+        w, wd = out.pop("head.weight"), out.pop("head_dist.weight")
+        out["head.weight"] = torch.cat([w, wd], dim=1) / 2
+        if "head.bias" in out or "head_dist.bias" in out:
+            out["head.bias"] = (out.pop("head.bias", 0) + out.pop("head_dist.bias", 0)) / 2
+    return out
+
+
+def _timm_split_biases(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], str | None]:
+    """EVA-style ``attn.q_bias``/``attn.v_bias`` (timm's DINOv3) packed into ``qkv.bias`` with
+    a zero, masked key bias; returns the parts that carry a bias (None: not EVA-style)."""
+    out = dict(sd)
+    keys = [k for k in out if k.endswith(".attn.q_bias")]
+    if not keys and not any(k.endswith(".gamma_1") for k in out):
+        return out, None
+    for key in keys:
+        block = key[: -len("q_bias")]
+        q, v = out.pop(key), out.pop(block + "v_bias", None)
+        if v is None:
+            raise ArchitectureError(f"{key} has no matching {block}v_bias")
+        out[block + "qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+    return out, "qv"
+
+
+_TIMM_HEADS = (("so400m", 16), ("huge", 16), ("giant", 16), ("gigantic", 16))
+
+
+def timm_hints(architecture: str) -> dict[str, Any]:
+    """What a timm architecture name fixes that the weights do not: the MLP activation
+    (``*_quickgelu_*``), CLIP's norm eps 1e-5, DINOv3's 1e-5 and RoPE base, and the head
+    count of the ``huge``/``giant``/``so400m`` towers (16 heads, not 64-wide)."""
+    name = architecture.lower()
+    hints: dict[str, Any] = {}
+    if "quickgelu" in name:
+        hints["activation"] = "quick_gelu"
+    if "_clip" in name or "dinov3" in name:
+        hints["norm_eps"] = 1e-5
+    if "dinov3" in name:
+        hints["rope_theta"] = 100.0
+        if "huge" in name:
+            return hints                        # DINOv3 H+: 20 heads of 64
+    for fragment, heads in _TIMM_HEADS:
+        if fragment in name:
+            hints["num_heads"] = heads
+            break
+    return hints
 
 
 def _timm_swiglu(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -309,30 +381,36 @@ def _timm_swiglu(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 def _timm_positions(sd: dict[str, Tensor], no_embed_class: bool | None,
                     ) -> tuple[dict[str, Tensor], bool]:
     """Bring the position table to depthflow's layout; returns it and ``pos_embed_cls``."""
+    if "pos_embed" not in sd and "blocks.0.attn.qkv.weight" in sd:
+        return dict(sd), False                      # no table (RoPE models)
     require(sd, ("pos_embed",))
     pos, regs = sd["pos_embed"], sd.get("register_tokens")
     if pos.ndim != 3:
         raise ArchitectureError(f"pos_embed must have shape (1, P, D), got {tuple(pos.shape)}")
     r, n = (regs.shape[1] if regs is not None else 0), pos.shape[1]
+    c = int("cls_token" in sd) + (int(sd["dist_token"].shape[1]) if "dist_token" in sd else 0)
     if no_embed_class is None:
-        layout = ("none" if is_square(n) else "cls" if is_square(n - 1)
-                  else "prefix" if r and is_square(n - 1 - r) else None)
+        layout = ("none" if is_square(n) else "cls" if c and is_square(n - c)
+                  else "prefix" if r and c and is_square(n - c - r) else None)
         if layout is None:
             raise ArchitectureError(
-                f"pos_embed has {n} positions: not a square patch grid, nor one plus a cls "
-                f"slot{f', nor one plus cls and {r} register slots' if r else ''}")
+                f"pos_embed has {n} positions: not a square patch grid, nor one plus {c} "
+                f"class-token slot(s){f', nor one plus those and {r} register slots' if r else ''}")
     else:
         layout = "none" if no_embed_class else ("prefix" if r else "cls")
     out = dict(sd)
     if layout == "prefix" and regs is not None:
-        out["register_tokens"] = regs + pos[:, 1:1 + r]   # registers' positions are constant
-        out["pos_embed"] = torch.cat([pos[:, :1], pos[:, 1 + r:]], dim=1)
+        out["register_tokens"] = regs + pos[:, c:c + r]   # registers' positions are constant
+        out["pos_embed"] = torch.cat([pos[:, :c], pos[:, c + r:]], dim=1)
     return out, layout != "none"
 
 
 def hf_style(config: Mapping[str, Any]) -> str:
     """Style of an HF ``config.json`` (``model_type``), or ArchitectureError."""
     model_type = config.get("model_type")
+    reason = unsupported(model_type)
+    if reason is not None:
+        raise ArchitectureError(reason)
     if model_type not in HF_STYLES:
         raise ArchitectureError(
             f"Hugging Face model_type {model_type!r} is not supported; depthflow reads "
@@ -345,30 +423,53 @@ def convert_hf(state_dict: Mapping[str, Tensor], *, style: str | None = None,
                hints: Mapping[str, Any] | None = None,
                overrides: Mapping[str, Any] | None = None,
                ) -> tuple[ViTConfig, dict[str, Tensor]]:
-    """transformers Dinov2Model / Dinov2WithRegistersModel / ViTModel, 4.x or 5.x names.
+    """transformers Dinov2Model / Dinov2WithRegistersModel / ViTModel / DeiTModel /
+    ViTMAEModel, 4.x or 5.x names.
 
     ``config`` is the model's ``config.json`` (heads, ``layer_norm_eps``, ``hidden_act``).
-    The pooler and mask token are dropped; a classifier becomes ``head`` (Dinov2's reads
-    cls + mean patch, ViT's the cls token). HF interpolates to the target grid (offset 0),
-    with antialias for the register models only.
+    The pooler, mask token and MAE decoder are dropped; a classifier becomes ``head``
+    (Dinov2's reads cls + mean patch, ViT's and DeiT's the cls token; DeiT's teacher-distilled
+    pair ``cls_classifier`` + ``distillation_classifier``, whose logits HF averages, becomes
+    one head on cls + distillation token with weights ``[W_cls, W_dist] / 2``). ViTMAE's
+    fixed sin-cos table is kept as stored, as a frozen buffer. HF interpolates to the target
+    grid (offset 0), with antialias for the register models only.
     """
     sd = strip_prefixes(state_dict)
     style = style or (hf_style(config) if config else detect_style(sd))
+    sd = _deit_teacher_head(sd)
     out = _rename(sd, _HF_RULES, style)
     defaults = {**_hf_defaults(style, dict(config or {}), out), **(hints or {})}
     return infer_config(out, defaults=defaults, overrides=overrides), out
 
 
+def _deit_teacher_head(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out = dict(sd)
+    if "cls_classifier.weight" in out or "distillation_classifier.weight" in out:
+        keys = [f"{n}_classifier.{p}" for n in ("cls", "distillation") for p in ("weight", "bias")]
+        missing = [k for k in keys if k not in out]
+        if missing:
+            raise ArchitectureError(f"DeiT teacher-distilled heads incomplete: missing "
+                                    f"{preview(missing)}")
+        w_c, b_c, w_d, b_d = (out.pop(k) for k in keys)
+        out["classifier.weight"] = torch.cat([w_c, w_d], dim=1) / 2
+        out["classifier.bias"] = (b_c + b_d) / 2
+    return out
+
+
 def _hf_defaults(style: str, config: dict[str, Any], sd: Mapping[str, Tensor]) -> dict[str, Any]:
     act = config.get("hidden_act", "gelu")
-    if "blocks.0.mlp.w12.weight" not in sd and act not in EXACT_GELU:
+    if "blocks.0.mlp.w12.weight" not in sd and act not in ACTIVATIONS:
         raise ArchitectureError(
-            f"hidden_act {act!r} is not implemented by depthflow's ViT, which uses the exact "
-            f"(erf) GELU; supported: {', '.join(EXACT_GELU)}")
-    eps = 1e-12 if style == "hf-vit" else 1e-6
+            f"hidden_act {act!r} is not implemented by depthflow's ViT; supported: "
+            f"{', '.join(sorted(ACTIVATIONS))}")
+    eps = 1e-12 if style in ("hf-vit", "hf-deit", "hf-vit-mae") else 1e-6
     out: dict[str, Any] = {"norm_eps": float(config.get("layer_norm_eps", eps)),
                            "interp_offset": 0.0,
                            "interp_antialias": style == "hf-dinov2-registers"}
+    if "blocks.0.mlp.w12.weight" not in sd:
+        out["activation"] = ACTIVATIONS[act]
+    if style == "hf-vit-mae":
+        out["position_embedding"] = "sincos"
     heads = config.get("num_attention_heads")
     if heads is not None:
         out["num_heads"] = int(heads)
@@ -385,17 +486,12 @@ _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def default_preprocessing(style: str, cfg: ViTConfig) -> Preprocessing | None:
-    """What a style's models expect when nothing says otherwise.
-
-    DINOv2 (hub, timm, HF Dinov2): resize 256, centre crop 224, ImageNet mean/std. HF ViT:
-    ``img_size`` square, mean = std = 0.5, bilinear. None for inputs that are not RGB.
-    """
+    """What a style's models expect when nothing says otherwise (see
+    :func:`~depthflow.models.preprocessing.family_preprocessing`); None for inputs that are
+    not RGB."""
     if cfg.in_chans != 3:
         return None
-    if style == "hf-vit":
-        return Preprocessing(resize=cfg.img_size, crop=cfg.img_size, mean=(0.5,) * 3,
-                             std=(0.5,) * 3, interpolation="bilinear")
-    return dinov2_preprocessing(224)
+    return family_preprocessing(style, cfg.img_size)
 
 
 def preprocessing_from_hf(processor: Mapping[str, Any], style: str,
@@ -438,7 +534,7 @@ def _edge(value: Any, name: str) -> int:
 
 
 __all__ = [
-    "STYLES", "HF_STYLES", "PREFIXES", "PRESETS", "parse_arch", "infer_config",
+    "timm_hints", "STYLES", "HF_STYLES", "PREFIXES", "PRESETS", "parse_arch", "infer_config",
     "strip_prefixes", "detect_style", "convert_state_dict", "convert_dinov2_hub", "convert_timm",
     "convert_hf", "hf_style", "default_preprocessing", "preprocessing_from_hf",
 ]

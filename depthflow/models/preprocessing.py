@@ -22,6 +22,11 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)       # OpenAI CLIP
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)                                # SigLIP, HF ViT
+DINOV3_SAT_MEAN = (0.430, 0.411, 0.296)               # DINOv3 satellite (SAT-493M) models
+DINOV3_SAT_STD = (0.213, 0.156, 0.143)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,62 @@ class Preprocessing(Options):
 def dinov2_preprocessing(crop: int = 224) -> Preprocessing:
     """The DINOv2 evaluation transform: resize to 256/224 of the crop, centre crop, ImageNet."""
     return Preprocessing(resize=round(crop * 256 / 224), crop=crop)
+
+
+def family_preprocessing(style: str, img_size: int) -> Preprocessing:
+    """A family's evaluation transform when the checkpoint carries none.
+
+    ``hf-clip``/``openclip``: resize the shorter side to ``img_size`` (bicubic), centre
+    crop, CLIP mean/std. ``hf-siglip``: ``img_size`` square, mean = std = 0.5, bicubic.
+    ``hf-dinov3``/``dinov3-hub``: 224 square, bilinear, ImageNet mean/std (the LVD-1689M
+    models; satellite models need :func:`dinov3_preprocessing` with ``satellite=True``).
+    ``hf-deit``/``timm``/DINOv2 styles: resize 256/224 of the crop, crop 224, ImageNet.
+    ``hf-vit-mae``: 224 square, bilinear, ImageNet. ``hf-vit``: ``img_size`` square,
+    mean = std = 0.5, bilinear.
+    """
+    if style in ("hf-clip", "openclip"):
+        return Preprocessing(resize=img_size, crop=img_size, mean=CLIP_MEAN, std=CLIP_STD)
+    if style == "hf-siglip":
+        return Preprocessing(resize=img_size, crop=img_size, mean=HALF, std=HALF)
+    if style in ("hf-dinov3", "dinov3-hub"):
+        return dinov3_preprocessing()
+    if style == "hf-vit-mae":
+        return Preprocessing(resize=224, crop=224, interpolation="bilinear")
+    if style == "hf-vit":
+        return Preprocessing(resize=img_size, crop=img_size, mean=HALF, std=HALF,
+                             interpolation="bilinear")
+    return dinov2_preprocessing(224)
+
+
+def dinov3_preprocessing(size: int = 224, *, satellite: bool = False) -> Preprocessing:
+    """DINOv3's transform: ``size`` square (bilinear); ImageNet mean/std for the web-image
+    (LVD-1689M) models, the SAT-493M statistics for the satellite ones."""
+    mean, std = (DINOV3_SAT_MEAN, DINOV3_SAT_STD) if satellite else (IMAGENET_MEAN, IMAGENET_STD)
+    return Preprocessing(resize=size, crop=size, mean=mean, std=std, interpolation="bilinear")
+
+
+def preprocessing_from_timm(cfg: dict[str, Any]) -> Preprocessing:
+    """A timm ``pretrained_cfg``: ``input_size`` (C, H, W), ``crop_pct`` (resize to
+    ``H / crop_pct``, then centre crop ``H``), ``interpolation``, ``mean``, ``std``."""
+    size = cfg.get("test_input_size") or cfg.get("input_size") or (3, 224, 224)
+    side = int(size[-1])
+    crop_pct = float(cfg.get("test_crop_pct") or cfg.get("crop_pct") or 0.875)
+    interpolation = str(cfg.get("interpolation", "bicubic"))
+    if interpolation not in INTERPOLATIONS:
+        interpolation = "bicubic"
+    return Preprocessing(resize=int(side / crop_pct), crop=side,
+                         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+                         std=tuple(cfg.get("std", IMAGENET_STD)), interpolation=interpolation)
+
+
+def preprocessing_from_openclip(cfg: dict[str, Any], img_size: int) -> Preprocessing:
+    """An ``open_clip_config.json``'s ``preprocess_cfg`` (``mean``, ``std``,
+    ``interpolation``); resize the shorter side to ``img_size`` and centre crop."""
+    interpolation = str(cfg.get("interpolation", "bicubic"))
+    if interpolation not in INTERPOLATIONS:
+        interpolation = "bicubic"
+    return Preprocessing(resize=img_size, crop=img_size, mean=tuple(cfg.get("mean", CLIP_MEAN)),
+                         std=tuple(cfg.get("std", CLIP_STD)), interpolation=interpolation)
 
 
 def model_preprocessing(loaded: Any) -> Preprocessing:
