@@ -193,7 +193,7 @@ def test_missing_blob_or_weights_is_named(tmp_path, monkeypatch):
         names.resolve("acme/m")
 
 
-def test_timm_and_open_clip_repos_resolve_to_their_weight_files(tmp_path, monkeypatch):
+def test_timm_and_open_clip_repos_resolve_to_their_snapshots(tmp_path, monkeypatch):
     root = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(root))
     model = tiny_vit(1, embed_dim=64, num_heads=1)      # timm configs carry no head count
@@ -201,14 +201,15 @@ def test_timm_and_open_clip_repos_resolve_to_their_weight_files(tmp_path, monkey
     timm_config = json.dumps({"architecture": "vit_tiny_test", "num_classes": 0}).encode()
     snapshot = hf_cache_repo(root, "timm/vit_tiny_test.x",
                              {"config.json": timm_config, "model.safetensors": weights})
-    found = names.resolve("timm/vit_tiny_test.x")
-    assert found.path == snapshot / "model.safetensors"
+    assert names.resolve("timm/vit_tiny_test.x").path == snapshot
     loaded = load_model("timm/vit_tiny_test.x")
     same_function(loaded.model, model)
-    assert loaded.source == "timm/vit_tiny_test.x"
+    assert loaded.format == "timm" and loaded.source == "timm/vit_tiny_test.x"
     clip = hf_cache_repo(root, "acme/open-clip-only",
                          {"open_clip_config.json": b"{}", "open_clip_pytorch_model.bin": b"w"})
-    assert names.resolve("acme/open-clip-only").path == clip / "open_clip_pytorch_model.bin"
+    assert names.resolve("acme/open-clip-only").path == clip
+    bare = hf_cache_repo(root, "acme/bare", {"pytorch_model.bin": b"w"})
+    assert names.resolve("acme/bare").path == bare / "pytorch_model.bin"
 
 
 # --------------------------------------------------------------------------- torch hub
@@ -331,3 +332,38 @@ def test_analyze_missing_name_is_one_line_exit_1(tmp_path, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     assert "hf download google/siglip-base-patch16-224" in lines[0]
     assert not list(tmp_path.glob("*.nc"))
+
+
+def test_analyze_a_cached_siglip_by_name(tmp_path, monkeypatch):
+    """The front door: a SigLIP vision tower (no cls token) saved by transformers into a
+    hub cache, analysed by its repo id through the CLI."""
+    transformers = pytest.importorskip("transformers")
+    from depthflow.cli.main import main
+
+    config = transformers.SiglipVisionConfig(hidden_size=32, num_hidden_layers=4,
+                                             num_attention_heads=4, patch_size=4,
+                                             image_size=16, intermediate_size=48)
+    torch.manual_seed(0)
+    saved = tmp_path / "saved"
+    transformers.SiglipVisionModel(config).save_pretrained(saved)
+    files = {f.name: f.read_bytes() for f in saved.iterdir() if f.is_file()}
+    root = tmp_path / "hub"
+    hf_cache_repo(root, "google/siglip-base-patch16-224", files)
+    monkeypatch.setenv("HF_HUB_CACHE", str(root))
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke(main, [
+        "analyze", "google/siglip-base-patch16-224", "--images", "digits", "--limit", "12",
+        "--batch-size", "6", "--dynamics", "none", "--no-figures", "-q",
+        "--set", "phases.swap_trials=2", "--set", "phases.min_size=1"],
+        catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    import xarray as xr
+
+    with xr.open_datatree(tmp_path / "siglip-base-patch16-224.depthflow.nc") as tree:
+        root_ds = tree.to_dataset()
+        assert set(root_ds["token_kind"].values) == {"patch"}
+        assert "cls_state" not in root_ds and "not defined" in root_ds.attrs["not_defined"]
+        assert json.loads(root_ds.attrs["model_info"])["named_model"] == \
+            "google/siglip-base-patch16-224"
+        assert tree["phases"].attrs["paper_view"].startswith("mean patch token only")
+        assert tree["phases/swap"].attrs["feature"] == "mean_patch"

@@ -308,27 +308,25 @@ def _resolve_hf(name: str, repo_id: str, revision: str | None, *,
 
 
 def _snapshot_target(snapshot: Path) -> Path | None:
-    """What the checkpoint readers get from one snapshot: the directory of a transformers
-    repo (config.json with ``model_type``), else the weights file of a timm or OpenCLIP
-    repo; ``None`` when the weights are absent (dangling symlinks count as absent)."""
-    config: dict[str, Any] = {}
+    """What the checkpoint readers get from one snapshot: the snapshot directory when it
+    holds weights (a transformers repo: ``config.json`` with ``model_type``; a timm repo:
+    ``config.json`` with ``architecture``; an OpenCLIP repo: ``open_clip_config.json``; the
+    directory readers tell them apart and read each one's preprocessing), else the weights
+    file of a repo without any config; ``None`` when no weights are there (a dangling
+    symlink, i.e. a missing blob, counts as absent)."""
     config_file = snapshot / "config.json"
     if config_file.is_file():
         try:
-            loaded = json.loads(config_file.read_text())
-            config = loaded if isinstance(loaded, dict) else {}
+            json.loads(config_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"cannot read {str(config_file)!r}: {exc}") from exc
-    has = [f for f in HF_WEIGHTS if (snapshot / f).is_file()]
-    shards = sorted(snapshot.glob("model-*-of-*.safetensors"))
-    if "model_type" in config and (has or shards):
-        return snapshot
-    if "model_type" in config:
+    weights = [f for f in (*HF_WEIGHTS, *OPEN_CLIP_WEIGHTS) if (snapshot / f).is_file()]
+    weights += [f.name for f in sorted(snapshot.glob("model-*-of-*.safetensors"))
+                if f.is_file()]
+    if not weights:
         return None
-    for f in ("model.safetensors", "pytorch_model.bin", *OPEN_CLIP_WEIGHTS):
-        if (snapshot / f).is_file():
-            return snapshot / f
-    return None
+    has_config = config_file.is_file() or (snapshot / "open_clip_config.json").is_file()
+    return snapshot if has_config else snapshot / weights[0]
 
 
 def _dinov2_base(match: re.Match[str]) -> str:
@@ -424,17 +422,17 @@ def _wheel_presence() -> dict[str, Any]:
 
 def _guess_family(target: Path) -> tuple[str, str]:
     """(family, source) of a cached repo from its config, without reading weights."""
-    config = (target if target.is_dir() else target.parent) / "config.json"
+    folder = target if target.is_dir() else target.parent
     try:
-        data = json.loads(config.read_text())
+        data = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         data = {}
     if not isinstance(data, dict):
         data = {}
-    if target.name in OPEN_CLIP_WEIGHTS:
-        return "clip", "open_clip"
     if "model_type" in data:
         return str(data["model_type"]), "hf"
     if "architecture" in data:
         return str(data["architecture"]), "timm"
+    if (folder / "open_clip_config.json").is_file():
+        return "clip", "open_clip"
     return "?", "hf"
