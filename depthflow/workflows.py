@@ -16,7 +16,7 @@ from typing import Any
 
 from depthflow.analysis.context import Analysis
 from depthflow.analysis.run import AnalyzeConfig, analyze
-from depthflow.errors import ConfigError
+from depthflow.errors import ArchitectureError, ConfigError
 from depthflow.images import open_images
 from depthflow.io.files import check_output_path
 from depthflow.io.netcdf import write_tree
@@ -124,6 +124,11 @@ def fit_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | os.P
     if eval_images is None and str(images).startswith("digits"):
         eval_images = "digits:test"
     loaded = load_model(checkpoint, arch=arch)
+    if loaded.config.rope != "none":
+        raise ArchitectureError(
+            f"cannot fit a Raptor surrogate to {loaded.source!r}: it uses RoPE "
+            f"({loaded.config.rope}), and Raptor blocks have no rotary position mechanism; "
+            "fit a model with absolute position embeddings")
     source = open_images(images).head(limit)
     eval_source = open_images(eval_images) if eval_images else None
     run = {"checkpoint": None if checkpoint is None else str(checkpoint),

@@ -103,6 +103,8 @@ def _coerce_field(key: str, value: Any) -> Any:
     if key not in _DEFAULTS:
         raise ConfigError(f"unknown arch field {key!r}; expected one of {sorted(_DEFAULTS)}")
     like = _DEFAULTS[key]
+    if isinstance(value, str) and isinstance(like, str):
+        return value.strip()                      # "none" is a value here, not None
     if isinstance(value, str):
         return parse_value(value, like, f"arch field {key}")
     if isinstance(like, bool) and isinstance(value, bool):

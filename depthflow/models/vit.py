@@ -140,6 +140,8 @@ class ViTConfig(Options):
         if self.position_embedding == "sincos" and self.embed_dim % 4:
             raise ConfigError("ViTConfig.position_embedding='sincos' needs embed_dim divisible "
                               f"by 4, got {self.embed_dim}")
+        if not self.cls_token and not self.num_classes and self.head_input == "cls":
+            self._set("head_input", "mean")       # no head: the readout is the mean patch
         needs = {"cls": self.cls_token, "cls+mean": self.cls_token,
                  "cls+distillation": self.cls_token and self.num_distillation_tokens > 0}
         if not needs.get(self.head_input, True):

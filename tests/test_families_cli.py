@@ -1,0 +1,66 @@
+"""``depthflow analyze`` end to end on a random-weight checkpoint of every family, written in
+the Hugging Face layout by ``save_pretrained``; ``depthflow fit`` refuses RoPE models."""
+
+from __future__ import annotations
+
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from depthflow.cli.main import main
+
+from _models import randomize_parameters
+
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_size=4,
+              image_size=16, intermediate_size=48)
+CHEAP = [item for pair in (
+    ("--set", o) for o in ("dynamics.samples=4", "dynamics.min_per_class=0", "dynamics.k=2",
+                           "dynamics.tol=1e-3", "dynamics.stretching_k=1",
+                           "dynamics.n_perm=10", "dynamics.n_boot=10",
+                           "dynamics.fixed_point_starts=2", "dynamics.fixed_point_max_iter=2",
+                           "dynamics.norm_scan_starts=1", "dynamics.frozen_steps=4",
+                           "dynamics.frozen_transient=1", "dynamics.attractor_steps=3",
+                           "dynamics.robustness_samples=8", "dynamics.recovery_draws=1",
+                           "phases.swap_trials=2")) for item in pair] + [
+    "--dynamics", "stretching,basins,recovery"]      # as tests/test_cli.py
+
+
+def family_model(kind: str):
+    T = transformers
+    model = {
+        "clip": lambda: T.CLIPVisionModel(T.CLIPVisionConfig(**COMMON)),
+        "siglip": lambda: T.SiglipVisionModel(T.SiglipVisionConfig(**COMMON)),
+        "dinov3": lambda: T.DINOv3ViTModel(T.DINOv3ViTConfig(num_register_tokens=2, **COMMON)),
+        "deit": lambda: T.DeiTModel(T.DeiTConfig(**COMMON)),
+        "mae": lambda: T.ViTMAEModel(T.ViTMAEConfig(mask_ratio=0.0, **COMMON)),
+        "vit": lambda: T.ViTModel(T.ViTConfig(**COMMON)),
+    }[kind]()
+    return randomize_parameters(model, 0).eval()
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "dinov3", "deit", "mae", "vit"])
+def test_analyze_runs_on_every_family(kind, tmp_path):
+    family_model(kind).save_pretrained(tmp_path / "model")
+    out = tmp_path / "out.nc"
+    result = run("analyze", tmp_path / "model", "--images", "digits", "--limit", 6,
+                 "--batch-size", 6, "-o", out, "--quiet", *CHEAP)
+    assert result.exit_code == 0, result.output
+    with xr.open_dataset(out) as ds:
+        assert '"cls_token"' in ds.attrs["architecture"]
+        assert "preprocessing_source" in ds.attrs["model_info"]
+
+
+def test_fit_refuses_rope_models(tmp_path):
+    family_model("dinov3").save_pretrained(tmp_path / "model")
+    result = run("fit", tmp_path / "model", "-o", tmp_path / "fit")
+    assert result.exit_code != 0
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "RoPE" in lines[0], \
+        result.output
