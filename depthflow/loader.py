@@ -1,8 +1,10 @@
 """One entry point that loads any model depthflow analyses: :func:`load_model`.
 
 It resolves what the user named (nothing: the embedded digits ViT; a checkpoint path; a
-named model of :mod:`depthflow.models.zoo`; a live module; a fitted Raptor directory) and
-hands the reading to :mod:`depthflow.models.checkpoints`. It sits above both
+named model of :mod:`depthflow.models.zoo`; a model named by its Hugging Face repo id or
+torch hub name and found in the local caches by :mod:`depthflow.models.names`; a live
+module; a fitted Raptor directory) and hands the reading to
+:mod:`depthflow.models.checkpoints`. It sits above both
 ``depthflow.models`` and ``depthflow.raptor``: the Raptor reader is imported only when the
 path declares the Raptor format.
 """
@@ -17,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from depthflow.errors import ArchitectureError, CheckpointError
-from depthflow.models import zoo
+from depthflow.models import names, zoo
 from depthflow.models.checkpoints import (RAPTOR_FORMAT, LoadedModel, checkpoint_format,
                                           default_model_path, from_module, read_checkpoint)
 from depthflow.models.formats import parse_arch
@@ -35,7 +37,10 @@ def load_model(source: str | os.PathLike[str] | nn.Module | None = None, *,
         ``None`` (the embedded default model); a path to a ``.safetensors``, ``.pth``,
         ``.pt``, ``.bin`` or ``.ckpt`` file, a Hugging Face model directory, a depthflow
         directory or a Raptor directory written by ``depthflow fit``; a named model known
-        to :mod:`depthflow.models.zoo`; or a ``torch.nn.Module`` (see
+        to :mod:`depthflow.models.zoo`; a Hugging Face repo id (``facebook/dinov2-small``,
+        ``timm/vit_base_patch16_clip_224.openai``, optionally ``@revision``) or torch hub
+        name (``dinov2_vits14_reg``) found in the local caches, never downloaded (see
+        :mod:`depthflow.models.names`); or a ``torch.nn.Module`` (see
         :func:`depthflow.models.checkpoints.from_module`).
     arch
         Architecture overrides applied on top of what the weights imply (see
@@ -69,13 +74,20 @@ def load_model(source: str | os.PathLike[str] | nn.Module | None = None, *,
     if path.exists():
         return _load_path(path, overrides)
     named = zoo.resolve_named(source) if isinstance(source, str) else None
-    if named is None:
+    if named is not None:
+        loaded = _load_path(Path(named), overrides)
+        loaded.info.setdefault("path", str(named))
+        loaded.source = str(source)
+        return loaded
+    found = names.resolve(source) if isinstance(source, str) else None
+    if found is None:
         raise CheckpointError(
             f"checkpoint {str(source)!r} not found: no such file or directory, and not a "
-            "named model; give a .safetensors/.pth file, a model directory or a model name")
-    loaded = _load_path(Path(named), overrides)
-    loaded.info.setdefault("path", str(named))
-    loaded.source = str(source)
+            "named model; give a .safetensors/.pth file, a model directory or a model name "
+            "(`depthflow models` lists them)")
+    loaded = _load_path(found.path, overrides)
+    loaded.info.update(found.info())
+    loaded.source = found.name
     return loaded
 
 

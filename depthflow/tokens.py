@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from depthflow.errors import InputError
 from depthflow.vocabulary import TOKEN_KINDS
 
 EPS = 1e-12
@@ -32,13 +33,23 @@ EPS = 1e-12
 def token_groups(token_kinds: Sequence[str]) -> dict[str, Tensor]:
     """Token indices of each token kind present, in :data:`TOKEN_KINDS` order.
 
-    ``token_kinds`` names the kind of every token position (``"cls"``, ``"register"``,
-    ``"patch"``, or a kind of its own); kinds outside :data:`TOKEN_KINDS` follow, sorted.
+    ``token_kinds`` names the kind of every token position (``"cls"``, ``"distillation"``
+    (DeiT), ``"register"``, ``"patch"``, or a kind of its own); kinds outside
+    :data:`TOKEN_KINDS` follow, sorted. Kinds a model lacks (no cls token: SigLIP) are
+    simply absent.
     """
     kinds = list(token_kinds)
     order = [k for k in TOKEN_KINDS if k in kinds] + sorted(set(kinds) - set(TOKEN_KINDS))
     return {kind: torch.tensor([i for i, k in enumerate(kinds) if k == kind],
                                dtype=torch.long) for kind in order}
+
+
+def cls_position(token_kinds: Sequence[str]) -> int | None:
+    """Position of the cls token, or ``None`` for models without one (SigLIP)."""
+    kinds = list(token_kinds)
+    if kinds.count("cls") > 1:
+        raise InputError(f"a token layout has at most one cls token, got {kinds.count('cls')}")
+    return kinds.index("cls") if "cls" in kinds else None
 
 
 @contextlib.contextmanager

@@ -12,9 +12,9 @@ from typing import Any
 
 SAMPLE = "sample"
 DEPTH = "depth"          # 0 = embedded input, 1..L = after block l
-TOKEN = "token"          # token position: [cls, registers..., patches...]
+TOKEN = "token"          # token position: [cls?, distillation?, registers..., patches...]
 FEATURE = "feature"
-KIND = "kind"            # token-kind groups used by summaries: cls / register / patch
+KIND = "kind"            # token-kind groups used by summaries: cls / distillation / ...
 CLASS = "class"          # class labels
 STEP = "step"            # depth transitions l -> l+1 (between depth l and l+1)
 LOGIT = "logit"          # classifier output index
@@ -22,12 +22,13 @@ CHANNEL = "channel"
 PIXEL_Y = "y"
 PIXEL_X = "x"
 
-TOKEN_KIND = "token_kind"   # coordinate on TOKEN: "cls" | "register" | "patch"
+TOKEN_KIND = "token_kind"   # coordinate on TOKEN: "cls" | "distillation" | "register" | "patch"
 LABEL = "label"             # coordinate on SAMPLE: integer class label (-1 = unknown)
 SAMPLE_NAME = "sample_name" # coordinate on SAMPLE: unique image name
 CLASS_NAME = "class_name"   # coordinate on SAMPLE: class name of the label ("" = unknown)
 
-TOKEN_KINDS = ("cls", "register", "patch")
+TOKEN_KINDS = ("cls", "distillation", "register", "patch")   # DeiT's distillation token
+NO_CLS = "not defined: this model has no cls token"   # status of cls-only quantities
 
 
 # Phase structure (depthflow.phases): layer x layer matrices, segmentations, layer swaps

@@ -140,7 +140,9 @@ Written batch by batch (memory never depends on the number of images). `norm`, `
 `state` (sample, depth, token, feature; float32, zlib-compressed, one chunk per image:
 the raw residual stream of every token) only with `--states all`; `patch_coherence` only
 when the model has patch tokens; `class`, `class_name` and `cls_within_class`,
-`cls_between_class`, `cls_class_separation` only when the image source has classes.
+`cls_between_class`, `cls_class_separation` only when the image source has classes. A
+model without a cls token (SigLIP) has no `cls_state` and no `cls_*` class structure; the
+root's `not_defined` attribute says so ("not defined: this model has no cls token").
 `population_*` ranks stack every image (and every token of a kind) from streamed D x D
 Gram matrices.
 
@@ -148,8 +150,11 @@ Gram matrices.
 
 ## `phases`: layer x layer matrices and segmentations
 
-Matrices over depths 0..L for each token `view` (`paper`, `cls`, `register`, `patch`,
-`all`; views whose tokens the model lacks are skipped) and CKA for each `cka_view`.
+Matrices over depths 0..L for each token `view` (`paper`, `cls`, `distillation`,
+`register`, `patch`, `all`; views whose tokens the model lacks are skipped; a model
+without a cls token has a `paper` view of the mean patch token alone, said by the
+`paper_view` attribute, and a requested `cls` view is listed in `views_not_defined`) and
+CKA for each `cka_view`.
 Segmentations run on one distance matrix over blocks 1..L (`phase.attrs`: `matrix`, `view`,
 `distance`): `maxcut_f<f>` for every max-cut fraction, `dp_k<k>` for k = 1..k_max
 (`notes` says when k_max was lowered or max-cut skipped). `selected_k` carries the

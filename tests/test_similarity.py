@@ -150,8 +150,8 @@ def test_views_and_bad_input():
     assert "register" not in acc.views
     with pytest.raises(ConfigError, match="views must be distinct entries"):
         sim.DepthSimilarity(KINDS, views=("pixels",))
-    with pytest.raises(InputError, match="cls token"):
-        sim.view_tokens(["patch", "cls"])
+    with pytest.raises(InputError, match="neither a cls token nor patches"):
+        sim.view_tokens(["register", "register"])
     with pytest.raises(InputError, match=r"shape \(batch, depth, token, feature\)"):
         acc.update(torch.zeros(2, 3, 4))
     with pytest.raises(InputError, match="no observations"):

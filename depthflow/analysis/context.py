@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from depthflow.tokens import token_groups
+from depthflow.errors import InputError
+from depthflow.tokens import cls_position, token_groups
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -30,15 +31,65 @@ __all__ = ["TokenLayout", "AnalysisContext", "Analysis"]
 
 @dataclasses.dataclass(frozen=True)
 class TokenLayout:
-    """The token sequence of a model at one input size: ``[cls, registers..., patches...]``."""
+    """The token sequence of a model at one input size:
+    ``[cls?, distillation?, registers..., patches...]``.
+
+    Every prefix kind may be absent (SigLIP has no cls token, most models no distillation
+    token or registers); patches come last. Analyses ask :attr:`cls_index` (``None``: the
+    model has no cls token, and cls-only quantities are recorded as
+    :data:`depthflow.vocabulary.NO_CLS`).
+    """
 
     token_kinds: tuple[str, ...]     # kind of every token position
     height: int                      # input image size (pixels)
     width: int
 
+    def __post_init__(self) -> None:
+        kinds = tuple(self.token_kinds)
+        object.__setattr__(self, "token_kinds", kinds)
+        cls_position(kinds)                              # at most one cls token
+        if "patch" in kinds:
+            first = kinds.index("patch")
+            if any(k != "patch" for k in kinds[first:]):
+                raise InputError("patch tokens must come last in a token layout, got "
+                                 f"{list(kinds[:first + 3])}...")
+
     @classmethod
     def of(cls, model: Any, height: int, width: int) -> TokenLayout:
         return cls(tuple(model.token_kinds(height, width)), int(height), int(width))
+
+    @classmethod
+    def from_counts(cls, *, n_cls: int = 1, n_distillation: int = 0, n_registers: int = 0,
+                    n_patches: int, height: int = 0, width: int = 0) -> TokenLayout:
+        """A layout from token counts, in depthflow's order (cls, distillation, registers,
+        patches)."""
+        counts = {"cls": n_cls, "distillation": n_distillation, "register": n_registers,
+                  "patch": n_patches}
+        for kind, n in counts.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise InputError(f"number of {kind} tokens must be an integer >= 0, got {n!r}")
+        kinds = [k for k, n in counts.items() for _ in range(n)]
+        return cls(tuple(kinds), int(height), int(width))
+
+    @property
+    def cls_index(self) -> int | None:
+        """Position of the cls token; ``None`` when the model has none."""
+        return cls_position(self.token_kinds)
+
+    @property
+    def has_cls(self) -> bool:
+        return self.cls_index is not None
+
+    @property
+    def distillation_index(self) -> int | None:
+        """Position of DeiT's distillation token; ``None`` when absent."""
+        kinds = self.token_kinds
+        return kinds.index("distillation") if "distillation" in kinds else None
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the first patch (cls, distillation, registers)."""
+        return self.patch_slice.start
 
     @property
     def groups(self) -> dict[str, torch.Tensor]:

@@ -69,11 +69,12 @@ class TrajectorySummaries:
         self.classes = list(class_names)
         self.has_head = model.head is not None
         self.states, self.image_ranks = states, image_ranks
+        self.cls = layout.cls_index           # None: no cls token, cls-only values undefined
         self.num_logits = 0
         self.grams = tokens.GramAccumulator(self.depth, len(self.kinds), self.dim, device=device)
         self.class_dirs = (tokens.ClassDirectionAccumulator(self.depth + 1, len(self.classes),
                                                             self.dim, device=device)
-                           if self.classes else None)
+                           if self.classes and self.cls is not None else None)
         self.correct = self.total = 0
 
     # ------------------------------------------------------------------ schema
@@ -123,7 +124,9 @@ class TrajectorySummaries:
             w.variable("prediction", [S], "i4", attrs=attrs("predicted class index", ""))
             w.dimension(D.LOGIT, self.num_logits)
             w.variable("logits", [S, D.LOGIT], "f4", attrs=attrs("classifier logits", ""))
-        if self.states in ("cls", "all"):
+        if self.cls is None:
+            w.attrs({"not_defined": f"cls_state and the cls class structure: {D.NO_CLS}"})
+        if self.states in ("cls", "all") and self.cls is not None:
             w.variable("cls_state", [S, D.DEPTH, D.FEATURE], "f4", compress=True,
                        attrs=attrs("cls token state a_l[cls]", "activation units"))
         if self.states == "all":
@@ -172,15 +175,15 @@ class TrajectorySummaries:
         if self.has_head:
             values["prediction"] = tb.logits.argmax(-1).to(torch.int32)
             values["logits"] = tb.logits
-        if self.states in ("cls", "all"):
-            values["cls_state"] = traj[:, :, 0]
+        if self.states in ("cls", "all") and self.cls is not None:
+            values["cls_state"] = traj[:, :, self.cls]
         if self.states == "all":
             values["state"] = traj
         out = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
                for k, v in values.items()}
         self.grams.add_updates(updates, self.groups)
         if self.class_dirs is not None:
-            self.class_dirs.update(traj[:, :, 0], tb.batch.labels)
+            self.class_dirs.update(traj[:, :, self.cls], tb.batch.labels)
         if self.has_head:
             labelled = tb.batch.labels >= 0
             pred = tb.logits.argmax(-1).cpu()

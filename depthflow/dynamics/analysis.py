@@ -147,8 +147,8 @@ class DynamicsAnalysis:
             cfg = self.config
             self._plan = measures.Kept.plan(
                 ctx.source.labels, samples=cfg.samples, min_per_class=cfg.min_per_class,
-                class_samples=cfg.class_samples, robustness_samples=cfg.robustness_samples,
-                robustness=bool(depths))
+                class_samples=cfg.class_samples if ctx.layout.has_cls else 0,
+                robustness_samples=cfg.robustness_samples, robustness=bool(depths))
         return measures.Kept.select(tb, start=start, plan=self._plan,
                                     robustness_depths=depths)
 

@@ -297,6 +297,8 @@ def lyapunov(run: Run) -> xr.DataTree:
                     composition="per-layer and per-phase spectra do not compose into the "
                     "whole-depth spectrum (norm perturbations at intermediate depths change "
                     "later directions)")
+    if cls is None:
+        ds.attrs["not_defined"] = f"restrictions cls->cls and all->cls: {D.NO_CLS}"
     return xr.DataTree(ds)
 
 
@@ -425,6 +427,8 @@ def fixed_points(run: Run) -> xr.DataTree:
     state = find_fixed_points(g, starts, scope="state", k=min(cfg.k, T * (Dm - 1) - 2),
                               **common)
     children = {"state": xr.DataTree(state.to_dataset(points=False))}
+    notes = {} if run.cls_token is not None else {
+        "not_defined": f"cls-token fixed points and the norm scan: {D.NO_CLS}"}
     if run.cls_token is not None:
         token = find_fixed_points(g, starts, scope="token", token=run.cls_token,
                                   k=min(cfg.k, Dm - 3), **common)
@@ -435,7 +439,7 @@ def fixed_points(run: Run) -> xr.DataTree:
         sds = scan.to_dataset()
         sds.attrs["n_starts"] = int(min(cfg.norm_scan_starts, starts.shape[0]))
         children["norm_scan"] = xr.DataTree(sds)
-    root = xr.Dataset(attrs={"layer": t, "n_starts": int(starts.shape[0]),
+    root = xr.Dataset(attrs={**notes, "layer": t, "n_starts": int(starts.shape[0]),
                              "starts": f"directions of {n0} images at depth {t - 1}, each "
                              f"with {perturb} copies rotated by 0.2 rad"})
     return xr.DataTree(root, children=children)

@@ -77,7 +77,8 @@ class PhaseConfig(Options):
     _what = "phase option"
     _help = {
         "metrics": "Matrices to compute: cosine, mse, cka (cka also gives cka_debiased).",
-        "views": "Token views of cosine and MSE: paper, cls, register, patch, all.",
+        "views": "Token views of cosine and MSE: paper, cls, distillation, register, patch, "
+                 "all.",
         "cka_views": "Token views of CKA (each costs ((L+1) D)^2 float64 numbers).",
         "segment_metric": "Matrix the segmentations run on: cosine (the paper's), mse, cka, "
                           "cka_debiased.",
@@ -164,7 +165,8 @@ class PhaseAnalysis:
         self.update_states(tb.states, ctx.layout.token_kinds)
 
     def update_states(self, states: torch.Tensor, token_kinds: Sequence[str]) -> None:
-        """Add trajectories ``(B, L+1, T, D)`` with token kinds ``[cls, registers, ...]``."""
+        """Add trajectories ``(B, L+1, T, D)`` with token kinds
+        ``[cls?, distillation?, registers..., patches...]``."""
         self._prepare(token_kinds)
         self._sim.update(states)
         self.num_samples += states.shape[0]
@@ -257,6 +259,12 @@ class PhaseAnalysis:
             distance=f"1 - {matrix_var}" if cfg.segment_metric.startswith("cka") else matrix_var)
         ds.attrs["config"] = cfg.to_json()
         ds.attrs["num_samples"] = self.num_samples
+        ds.attrs["paper_view"] = ("mean patch token only: this model has no cls token"
+                                  if self._sim.cls_index is None else
+                                  "cls token and mean patch token, metrics averaged")
+        if self._sim.not_defined:
+            ds.attrs["views_not_defined"] = "; ".join(
+                f"{view}: {why}" for view, why in self._sim.not_defined.items())
         if not (cfg.swap_trials and ctx.loaded is not None and ctx.source is not None):
             ds.attrs["swap_skipped"] = ("swap_trials=0" if not cfg.swap_trials else
                                         "no model or images to run the layer-swap test")
@@ -265,6 +273,10 @@ class PhaseAnalysis:
 
     def _segment_matrix(self, result) -> np.ndarray:
         cfg = self.config
+        if cfg.segment_view not in result[cfg.segment_metric]:
+            why = self._sim.not_defined.get(cfg.segment_view, "not computed")
+            raise ConfigError(f"segment_view={cfg.segment_view!r} is {why}; segment on "
+                              "segment_view=paper (the mean patch token for such models)")
         matrix = result[cfg.segment_metric][cfg.segment_view].numpy()[1:, 1:]  # blocks 1..L
         if cfg.segment_metric.startswith("cka"):
             matrix = 1.0 - matrix

@@ -38,8 +38,10 @@ def _merge(a, b):
     return out
 
 
-_VIEW_TEXT = ("paper: mean over {cls token, mean patch token}; cls: cls token; register / "
-              "patch / all: every such token is one observation")
+_VIEW_TEXT = ("paper: mean over {cls token, mean patch token} (the mean patch token alone for "
+              "models without a cls token); cls: cls token; distillation: DeiT's "
+              "distillation token; register / patch / all: every such token is one "
+              "observation")
 
 
 def segmentation_dataset(distance, config: PhaseConfig) -> Any:
@@ -160,8 +162,9 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
         "block run in its place (1-based; -1 = unused slot)", ""))
     ds["num_layers"] = ((F, T), (targets >= 0).sum(-1).astype(np.int32), attrs(
         "number of replaced layers", ""))
-    texts = {"cosine": "mean cosine of final normed cls features, swapped vs unswapped",
-             "r2": "R^2 of final normed cls features, swapped vs unswapped",
+    feature = {"cls": "cls", "mean_patch": "mean-patch"}[values.get("feature", "cls")]
+    texts = {"cosine": f"mean cosine of final normed {feature} features, swapped vs unswapped",
+             "r2": f"R^2 of final normed {feature} features, swapped vs unswapped",
              "accuracy": f"top-1 accuracy of the {values['scorer']} with the swap",
              "agreement": f"share of images whose {values['scorer']} prediction is unchanged "
                           "by the swap"}
@@ -179,9 +182,12 @@ def swap_dataset(model, batches, labels: Sequence[int], *, trials: int, max_laye
         "phases the swaps draw donors from", "", segmentation=segmentation))
     ds.attrs = {"samples": int(values["samples"]), "seed": int(seed),
                 "segmentation": segmentation, "scorer": values["scorer"],
+                "feature": values.get("feature", "cls"),
+                "feature_note": "cls: norm(a_L)[cls]; mean_patch: mean over patch tokens of "
+                "norm(a_L), for models without a cls token (docs/methods.md)",
                 "scorer_note": "head: the model's own head; probe: logistic regression "
-                "on the unswapped normed cls features, cross-fitted on two halves of the "
-                "images; none: no labels"}
+                f"on the unswapped normed {feature} features, cross-fitted on two halves of "
+                "the images; none: no labels"}
     return ds
 
 

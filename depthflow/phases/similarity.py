@@ -4,8 +4,11 @@ Matrices run over depths ``0..L`` (0 = embedded input, l = after block l); memor
 depends on the number of images. A *view* says which vectors represent a depth:
 
 * ``paper``: the paper's two summaries, the cls token and the mean of the patch tokens
-  (registers excluded); a metric is computed for each summary and the two are averaged;
-* ``cls``: the cls token;
+  (registers and distillation token excluded); a metric is computed for each summary and
+  the two are averaged. A model without a cls token (SigLIP) has one summary, the mean
+  patch token, and the view is that summary's matrix (docs/methods.md);
+* ``cls``: the cls token (not defined without one); ``distillation``: DeiT's
+  distillation token;
 * ``register`` / ``patch`` / ``all``: every register / patch / token is one observation.
 
 Metrics (all matrices symmetric):
@@ -34,9 +37,10 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.tokens import token_groups
+from depthflow.tokens import cls_position, token_groups
+from depthflow.vocabulary import NO_CLS
 
-VIEWS = ("paper", "cls", "register", "patch", "all")
+VIEWS = ("paper", "cls", "distillation", "register", "patch", "all")
 METRICS = ("cosine", "mse", "cka")
 COSINE_EPS = 1e-8
 
@@ -50,32 +54,40 @@ def check_views(views: Sequence[str], *, name: str = "views") -> tuple[str, ...]
 
 
 def view_tokens(token_kinds: Sequence[str]) -> dict[str, Tensor]:
-    """Token indices of every view present in a token layout ``[cls, registers, patches]``.
+    """Token indices of every view present in a token layout
+    ``[cls?, distillation?, registers..., patches...]``.
 
-    ``paper`` maps to the patch indices (its other summary, the cls token, is index 0).
+    ``paper`` maps to the patch indices (its other summary, the cls token, is found by
+    :func:`depthflow.tokens.cls_position`; a model without a cls token has none).
+    Views whose tokens are absent are left out.
     """
     kinds = list(token_kinds)
-    if not kinds or kinds[0] != "cls":
-        raise InputError(f"token kinds must start with the cls token, got {kinds[:3]}")
+    if not kinds:
+        raise InputError("token kinds are empty; a layout needs at least one token")
     groups = token_groups(kinds)
-    idx = {k: groups.get(k, torch.zeros(0, dtype=torch.long)) for k in ("register", "patch")}
-    out = {"cls": torch.tensor([0]), "all": torch.arange(len(kinds))}
-    if len(idx["register"]):
-        out["register"] = idx["register"]
-    if len(idx["patch"]):
-        out["patch"] = idx["patch"]
-        out["paper"] = idx["patch"]
+    out = {kind: groups[kind] for kind in ("cls", "distillation", "register", "patch")
+           if kind in groups}
+    out["all"] = torch.arange(len(kinds))
+    if "patch" in groups:
+        out["paper"] = groups["patch"]
+    elif "cls" not in groups:
+        raise InputError(f"token kinds {kinds[:4]} have neither a cls token nor patches")
     return out
 
 
-def view_observations(states: Tensor, view: str, tokens: Tensor) -> Tensor:
-    """``(n, S, L+1, D)``: observations of a view, S summaries (2 for ``paper``, else 1).
+def view_observations(states: Tensor, view: str, tokens: Tensor, *,
+                      cls_index: int | None = 0) -> Tensor:
+    """``(n, S, L+1, D)``: observations of a view, S summaries (``paper``: 2, the cls token
+    at ``cls_index`` and the mean patch, or 1, the mean patch, when ``cls_index`` is None;
+    other views: 1).
 
     ``states``: ``(B, L+1, T, D)``.
     """
     if view == "paper":
-        summaries = torch.stack([states[:, :, 0], states[:, :, tokens].mean(dim=2)], dim=1)
-        return summaries                                           # (B, 2, L+1, D)
+        mean = states[:, :, tokens.to(states.device)].mean(dim=2)
+        if cls_index is None:
+            return mean[:, None]                                   # (B, 1, L+1, D)
+        return torch.stack([states[:, :, cls_index], mean], dim=1)  # (B, 2, L+1, D)
     x = states[:, :, tokens.to(states.device)]                     # (B, L+1, n, D)
     return x.permute(0, 2, 1, 3).reshape(-1, 1, x.shape[1], x.shape[-1])
 
@@ -245,12 +257,19 @@ class DepthSimilarity:
                  cka_views: Sequence[str] = ("cls",)) -> None:
         tokens = view_tokens(token_kinds)
         self.tokens = tokens
-        self.views = [v for v in check_views(views) if v in tokens] if len(views) else []
+        self.cls_index = cls_position(token_kinds)
+        views = check_views(views) if len(views) else ()
+        self.views = [v for v in views if v in tokens]
         cka_views = check_views(cka_views, name="cka_views") if len(cka_views) else ()
         self.cka_views = [v for v in cka_views if v in tokens]
+        # the cls view requested from a model without one (recorded in the results; views
+        # of absent registers or distillation tokens are skipped silently, as before)
+        self.not_defined = {"cls": NO_CLS} if "cls" in (*views, *cka_views) and \
+            "cls" not in tokens else {}
         self.pairwise = {v: PairwiseAccumulator(v) for v in self.views}
+        summaries = 1 if self.cls_index is None else 2
         self.cka: dict[str, list[LinearCKAAccumulator]] = {
-            v: [LinearCKAAccumulator() for _ in range(2 if v == "paper" else 1)]
+            v: [LinearCKAAccumulator() for _ in range(summaries if v == "paper" else 1)]
             for v in self.cka_views}
         self.depths: int | None = None
 
@@ -261,9 +280,10 @@ class DepthSimilarity:
         if self.depths is None:
             self.depths = states.shape[1]
         for view in self.views:
-            self.pairwise[view].update(view_observations(states, view, self.tokens[view]))
+            self.pairwise[view].update(view_observations(states, view, self.tokens[view],
+                                                         cls_index=self.cls_index))
         for view, accs in self.cka.items():
-            obs = view_observations(states, view, self.tokens[view])
+            obs = view_observations(states, view, self.tokens[view], cls_index=self.cls_index)
             for s, acc in enumerate(accs):
                 acc.update(obs[:, s])
 

@@ -5,8 +5,11 @@ run at position l: in the *same* family m is drawn from l's phase (m != l), in t
 *different* family from another phase. Every trial is run on the same images and
 compared with the unswapped model:
 
-* ``cosine``: mean over images of the cosine between the final normed cls tokens
-  (``model.norm(a_L)[cls]``, the feature a head reads) of the swapped and unswapped model;
+* ``cosine``: mean over images of the cosine between the readout features of the swapped
+  and unswapped model: the final normed cls token ``model.norm(a_L)[cls]`` (the feature a
+  head reads), or, for a model without a cls token (SigLIP), the mean over patch tokens of
+  the final normed tokens ``mean_i model.norm(a_L)[patch_i]`` (docs/methods.md, "Layer-swap
+  readout"); DeiT's distillation token is not part of the feature;
 * ``r2``: ``1 - sum (x - x~)^2 / sum (x - mean x)^2`` over images and features of the same
   features (variance from the unswapped model: the standard R^2);
 * ``accuracy``: top-1 accuracy of the model's head on labelled images; a model without a
@@ -91,8 +94,18 @@ class _TrialStats:
         self.agree = 0
 
 
-def _cls_features(model, state: Tensor) -> Tensor:
-    return model.norm(state)[:, 0].double()
+def readout_feature(model) -> str:
+    """``"cls"`` or, for models without a cls token, ``"mean_patch"``."""
+    return "cls" if getattr(model.cfg, "cls_token", True) else "mean_patch"
+
+
+def readout_features(model, state: Tensor) -> Tensor:
+    """The layer-swap readout ``(B, D)`` (float64) of depth-L states ``(B, T, D)``:
+    ``norm(a_L)[cls]``, or ``mean_i norm(a_L)[patch_i]`` without a cls token."""
+    normed = model.norm(state)
+    if readout_feature(model) == "cls":
+        return normed[:, model.cfg.cls_index or 0].double()
+    return normed[:, model.cfg.num_prefix_tokens:].mean(1).double()
 
 
 def _probe_scores(ref: np.ndarray, swapped: list[np.ndarray], labels: np.ndarray,
@@ -130,8 +143,9 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
     """Run every trial on every batch (iterable of :class:`~depthflow.images.Batch`).
 
     Returns per-trial arrays ``cosine``, ``r2``, ``accuracy`` and ``agreement`` (NaN where
-    undefined) plus ``baseline_accuracy``, ``samples``, ``labelled`` and ``scorer``
-    (``"head"``, ``"probe"`` or ``"none"``). Without a head, ``probe`` fits the
+    undefined) plus ``baseline_accuracy``, ``samples``, ``labelled``, ``scorer``
+    (``"head"``, ``"probe"`` or ``"none"``) and ``feature`` (``"cls"`` or ``"mean_patch"``,
+    see :func:`readout_features`). Without a head, ``probe`` fits the
     cross-fitted linear probe described above on labelled images (two classes at least).
     ``progress`` shows a bar over the images (``total`` of them, when known).
     """
@@ -156,7 +170,7 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
         for batch in batches:
             images = batch.images.to(device=dev, dtype=out_dtype)
             states = [s for _, s in model.iter_states(images)]      # depth 0..L
-            ref = _cls_features(model, states[-1])                  # (B, D)
+            ref = readout_features(model, states[-1])                  # (B, D)
             labels = batch.labels.to(dev)
             keep = labels >= 0
             ref_pred = model.readout(states[-1]).argmax(-1) if has_head else None
@@ -167,7 +181,7 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
                 state = states[start]
                 for pos, block in enumerate(trial.schedule(depth)[start:], start=start + 1):
                     state = model.step(block, state)
-                feats = _cls_features(model, state)
+                feats = readout_features(model, state)
                 st.cos += float(torch.nn.functional.cosine_similarity(
                     feats, ref, dim=-1, eps=1e-8).clamp(-1, 1).sum())
                 st.sq_err += float((feats - ref).square().sum())
@@ -215,6 +229,7 @@ def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu
         "samples": n,
         "labelled": labelled,
         "scorer": scorer,
+        "feature": readout_feature(model),
     }
 
 

@@ -22,7 +22,8 @@ from depthflow.io.results import FIGURE_RECORD
 
 __all__ = ["KIND_COLORS", "pyplot", "save_figure", "write_figures", "check_figure_dir"]
 
-KIND_COLORS = {"cls": "tab:red", "register": "tab:green", "patch": "tab:blue"}
+KIND_COLORS = {"cls": "tab:red", "distillation": "tab:orange", "register": "tab:green",
+               "patch": "tab:blue"}
 
 
 def pyplot():

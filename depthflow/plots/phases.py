@@ -157,7 +157,8 @@ def panel_swap(plt, sw, phases_ds=None):
         ax.set_xticks(range(len(families)), [f"{f}\nphase donor" for f in families],
                       fontsize=8)
         ax.set_xlim(-0.6, len(families) - 0.4)
-        ax.set_ylabel(_SWAP_TEXT[key], fontsize=8)
+        feature = "mean patch" if sw.attrs.get("feature") == "mean_patch" else "cls"
+        ax.set_ylabel(_SWAP_TEXT[key].replace("final cls", f"final {feature}"), fontsize=8)
         if key == "accuracy" and "baseline_accuracy" in sw:
             ax.axhline(float(sw["baseline_accuracy"]), color="grey", ls="--", lw=1,
                        label="no swap")
