@@ -147,11 +147,10 @@ def main(argv=None) -> None:
             fits.append(f)
             print(f"rung {index} seed {seed}: ratio {f['accuracy_ratio']:.3f}, R2 last "
                   f"{f['r2_last']:.3f} ({f['seconds']:.0f} s)", flush=True)
-    done = sorted({f["seed"] for f in fits if f["rung"] == len(RUNGS) - 1})
+    done = sorted({f["seed"] for f in fits})
     if not done:
-        raise SystemExit("Error: no seed has finished every rung")
-    fits = [f for f in fits if f["seed"] in done]
-    config = {**config, "seeds": done}
+        raise SystemExit("Error: no finished fits to report")
+    config = {**config, "seeds": done, "finished_fits": len(fits)}
     write_outputs(fits, config, thresholds, out)
 
 
@@ -224,6 +223,13 @@ def write_outputs(fits, config, thresholds, out: Path) -> None:
 def summary(rows, n) -> list[dict]:
     out = []
     means = [r["ratio"]["mean"] for r in rows]
+    if not all(np.isfinite(means)):
+        return [lib.summary_record(
+            study="ablation", claim="every rung of the ladder adds accuracy (k = 3)",
+            paper="3.9, 72.7, 75.2, 76.7, 82.4, 83.0 of 84.5",
+            ours=", ".join(lib.fmt(m) for m in means), interval="n/a",
+            n=f"{n} seed(s); not every rung finished", agrees="not comparable",
+            note="partial run: the CPU budget ran out before every rung was fitted")]
     increasing = all(b >= a - 1e-9 for a, b in zip(means[:-1], means[1:]))
     collapse = rows[0]["ratio"]["hi"] < rows[1]["ratio"]["lo"]
     out.append(lib.summary_record(
