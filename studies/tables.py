@@ -766,24 +766,21 @@ class Builder:
                 self.entry(), self.robustness(), self.attractors(), self.fixed_points(),
                 self.recovery(), self.frozen()]
 
-    def summary(self) -> str:
-        """Plain sentences per claim: for each model whether it agrees with the paper (all
-        rows yes: agrees; all no: does not; mixed: in part), with the rows' evidence."""
+    def claim_verdicts(self) -> dict[str, dict[str, tuple[str, str]]]:
+        """Per claim and model: the overall verdict (all rows yes: yes; all no: no; mixed:
+        partly; not comparable only when no row is judged) and the rows' evidence."""
         claims: dict[str, dict[str, list[Verdict]]] = {}
         for v in self.verdicts:
             claims.setdefault(v.claim, {}).setdefault(v.model, []).append(v)
-        word = {YES: "agrees", NO: "does not agree", PARTLY: "agrees in part",
-                NC: "is not comparable"}
-        lines = []
+        out: dict[str, dict[str, tuple[str, str]]] = {}
         for claim, models in claims.items():
-            parts = []
             for model, vs in models.items():
                 judged = [v for v in vs if v.verdict != NC]
                 vs = judged or vs                    # not comparable only when nothing else
                 kinds = {v.verdict for v in vs}
                 overall = next(iter(kinds)) if len(kinds) == 1 else PARTLY
                 if len(vs) == 1:
-                    parts.append(f"{model} {word[overall]} ({vs[0].why})")
+                    out.setdefault(claim, {})[model] = (overall, vs[0].why)
                     continue
                 detail = []
                 for verdict in (YES, PARTLY, NO, NC):
@@ -791,7 +788,18 @@ class Builder:
                     if rows:
                         detail.append(f"{verdict} in {len(rows)}/{len(vs)} rows, e.g. "
                                       f"{rows[0].why}")
-                parts.append(f"{model} {word[overall]} ({'; '.join(detail)})")
+                out.setdefault(claim, {})[model] = (overall, "; ".join(detail))
+        return out
+
+    def summary(self) -> str:
+        """Plain sentences per claim: for each model whether it agrees with the paper (all
+        rows yes: agrees; all no: does not; mixed: in part), with the rows' evidence."""
+        word = {YES: "agrees", NO: "does not agree", PARTLY: "agrees in part",
+                NC: "is not comparable"}
+        lines = []
+        for claim, models in self.claim_verdicts().items():
+            parts = [f"{model} {word[overall]} ({why})"
+                     for model, (overall, why) in models.items()]
             lines.append(f"- **{claim}**: " + "; ".join(parts) + ".")
         return "\n".join(lines)
 
