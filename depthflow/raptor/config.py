@@ -11,14 +11,33 @@ from depthflow.raptor.model import RaptorConfig
 from depthflow.raptor.schedules import TF_MODES
 
 DTYPES = ("float32", "bfloat16")
+RECIPES = ("paper", "depthflow")
+STAGE1_WEIGHTINGS = ("final", "all")
+# The options a recipe decides (a field left at None takes the recipe's value).
+RECIPE_VALUES: dict[str, dict[str, object]] = {
+    # KempnerInstitute/raptor: stage-1 runs with plain MSE except the segment ending at the
+    # last layer (weighted 0.34/0.33/0.33), b2 ~ N(0, 1e-4), nn.LayerNorm's eps 1e-5,
+    # PyTorch default initialisation.
+    "paper": {"stage1_weighting": "final", "cond_bias_init_std": 1e-4, "norm_eps": 1e-5,
+              "block_init": "pytorch"},
+    # depthflow's earlier choices: every stage-1 segment weighted like stage 2, b2 = 0,
+    # DINOv2's eps 1e-6, trunc-normal(0.02) initialisation.
+    "depthflow": {"stage1_weighting": "all", "cond_bias_init_std": 0.0, "norm_eps": 1e-6,
+                  "block_init": "trunc_normal"},
+}
 # Options that may change on resume without changing the result (beyond float rounding).
 RESUMABLE_CHANGES = ("device", "log_every", "checkpoint_every", "eval_every", "num_threads",
-                     "cache_dir", "cache_gb", "compile", "eval_batch_size")
+                     "cache_dir", "cache_gb", "compile", "eval_batch_size", "probe_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig(Options):
     """Every option of a Raptor fit; the paper's value in brackets where it differs.
+
+    ``recipe`` ("paper", the default, or "depthflow") decides the options left at None:
+    ``stage1_weighting``, ``cond_bias_init_std``, ``norm_eps``, ``block_init`` (see
+    :data:`RECIPE_VALUES`; :meth:`setting` reads the effective value). Routing: ``k`` with
+    ``thresholds`` (contiguous) or ``assignment`` (one block per layer, any pattern).
 
     Defaults are the paper's recipe scaled for small models, so that the embedded digits ViT
     (12 blocks, width 64, 21 tokens) fits in a few CPU minutes: 400 + 400 steps instead of
@@ -43,7 +62,25 @@ class FitConfig(Options):
 
     _what = "fit option"
     _help = {
+        "recipe": "Recipe deciding the options left unset: paper (the official code: "
+                  "stage-1 plain MSE but 0.34/0.33/0.33 on the last segment, b2 ~ "
+                  "N(0,1e-4), LayerNorm eps 1e-5, PyTorch init) or depthflow (every segment "
+                  "0.45/0.10/0.45, b2 = 0, eps 1e-6, trunc-normal init).",
         "k": "Number of Raptor blocks.",
+        "assignment": "Layer -> block routing, one 0-based block per layer, e.g. "
+                      "0,0,1,1,0,... (instead of thresholds; blocks may be non-contiguous).",
+        "stage1_weighting": "Stage-1 token weights: final (plain MSE except the segment "
+                            "ending at the last layer, which gets the final-* weights) or "
+                            "all (every segment gets the cls/register/patch weights) "
+                            "[default: from --recipe].",
+        "final_cls_weight": "Stage-1 cls weight of the segment ending at the last layer.",
+        "final_register_weight": "Stage-1 register weight of the last segment.",
+        "final_patch_weight": "Stage-1 patch weight of the last segment.",
+        "cond_bias_init_std": "Std of the depth-conditioning bias b2 at init "
+                              "[default: from --recipe].",
+        "norm_eps": "LayerNorm epsilon of the Raptor blocks [default: from --recipe].",
+        "block_init": "Random block init: pytorch (PyTorch defaults, official) or "
+                      "trunc_normal (std 0.02) [default: from --recipe].",
         "thresholds": "Last layer of every phase but the final one, e.g. 7,10 for k=3 "
                       "(none: max-cut phases of the training images).",
         "mlp": "Raptor block MLP: swiglu or gelu.",
@@ -66,9 +103,10 @@ class FitConfig(Options):
                    "(teacher forcing only) or autoregressive.",
         "anneal_fraction": "Fraction of stage 1 over which teacher forcing fades to 0.",
         "token_weighting": "Weight the loss by token kind (off: one MSE over all tokens).",
-        "cls_weight": "Loss weight of the cls token.",
-        "register_weight": "Loss weight of the register tokens.",
-        "patch_weight": "Loss weight of the patch tokens.",
+        "cls_weight": "Loss weight of the cls token (stage 2; stage 1 with "
+                      "--stage1-weighting all).",
+        "register_weight": "Loss weight of the register tokens (as cls_weight).",
+        "patch_weight": "Loss weight of the patch tokens (as cls_weight).",
         "input_noise": "Std of Gaussian noise added to the states fed to the blocks.",
         "seed": "Seed for every random path (recorded in the output).",
         "device": "Torch device: cpu, cuda, cuda:1, ...",
@@ -83,10 +121,15 @@ class FitConfig(Options):
         "cache_dir": "Cache teacher states here (compressed, bounded by --cache-gb).",
         "cache_gb": "Bound of the teacher-state cache (GB).",
         "num_threads": "CPU threads (none: torch's default).",
+        "probe_epochs": "Also evaluate with the paper's fine-tuned probe: the teacher's head "
+                        "fine-tuned on the frozen Raptor for N epochs (AdamW 1e-4, wd 1e-2, "
+                        "random resized crops, best validation epoch); 0: frozen head only.",
     }
 
+    recipe: str = "paper"
     k: int = 2
     thresholds: tuple[int, ...] | None = None
+    assignment: tuple[int, ...] | None = None
     mlp: str = "swiglu"
     mlp_hidden_dim: int | None = None
     layerscale_init: float = 1e-5
@@ -109,6 +152,13 @@ class FitConfig(Options):
     cls_weight: float = 0.45
     register_weight: float = 0.10
     patch_weight: float = 0.45
+    stage1_weighting: str | None = None
+    final_cls_weight: float = 0.34
+    final_register_weight: float = 0.33
+    final_patch_weight: float = 0.33
+    cond_bias_init_std: float | None = None
+    norm_eps: float | None = None
+    block_init: str | None = None
     input_noise: float = 0.0
     seed: int = 0
     device: str = "cpu"
@@ -123,6 +173,7 @@ class FitConfig(Options):
     cache_dir: str | None = None
     cache_gb: float = 1.0
     num_threads: int | None = None
+    probe_epochs: int = 0
 
     def validate(self) -> FitConfig:
         if self.thresholds is not None:
@@ -131,6 +182,33 @@ class FitConfig(Options):
             except (TypeError, ValueError):
                 raise ConfigError(f"thresholds: expected comma-separated layer numbers like "
                                   f"7,10, got {self.thresholds!r}") from None
+        if self.assignment is not None:
+            from depthflow.raptor.model import check_assignment
+            try:
+                values = tuple(int(b) for b in self.assignment)
+            except (TypeError, ValueError):
+                raise ConfigError(f"assignment: expected comma-separated block indices like "
+                                  f"0,0,1,1, got {self.assignment!r}") from None
+            values = check_assignment(values, len(values))
+            self._set("assignment", values)
+            if self.thresholds is not None:
+                raise ConfigError("give --thresholds or --assignment, not both")
+            if max(values) + 1 != self.k:
+                raise ConfigError(f"the assignment uses {max(values) + 1} block(s) but k="
+                                  f"{self.k}; set k={max(values) + 1}")
+        check_choice(self.recipe, "recipe", RECIPES)
+        check_int(self.probe_epochs, "probe_epochs", minimum=0)
+        if self.stage1_weighting is not None:
+            check_choice(self.stage1_weighting, "stage1_weighting", STAGE1_WEIGHTINGS)
+        if self.block_init is not None:
+            from depthflow.raptor.model import BLOCK_INITS
+            check_choice(self.block_init, "block_init", BLOCK_INITS)
+        if self.cond_bias_init_std is not None:
+            check_number(self.cond_bias_init_std, "cond_bias_init_std", low=0)
+        if self.norm_eps is not None:
+            check_number(self.norm_eps, "norm_eps", low=0, open_low=True)
+        for name in ("final_cls_weight", "final_register_weight", "final_patch_weight"):
+            check_number(getattr(self, name), name, low=0)
         self._set("betas", tuple(float(b) for b in self.betas))
         for name in ("k", "batch_size", "log_every", "checkpoint_every", "eval_every",
                      "eval_batch_size", "threshold_images", "cond_hidden"):
@@ -158,12 +236,32 @@ class FitConfig(Options):
         resolve_device(self.device)
         return self
 
+    def setting(self, name: str):
+        """The effective value of a recipe-decided option (the field, else the recipe's)."""
+        value = getattr(self, name)
+        return RECIPE_VALUES[self.recipe][name] if value is None else value
+
+    def effective(self) -> dict[str, object]:
+        """Every recipe-decided option with its effective value (for the records)."""
+        return {name: self.setting(name) for name in RECIPE_VALUES[self.recipe]}
+
+    @property
+    def routed(self) -> bool:
+        """Whether the routing is known (thresholds or an assignment given, or k = 1)."""
+        return self.thresholds is not None or self.assignment is not None
+
     def raptor_config(self) -> RaptorConfig:
-        if self.thresholds is None:
+        if self.assignment is not None:
+            routing = {"thresholds": (), "assignment": self.assignment}
+        elif self.thresholds is None:
             raise ConfigError("thresholds are not resolved yet")
-        return RaptorConfig(thresholds=self.thresholds, mlp=self.mlp,
+        else:
+            routing = {"thresholds": self.thresholds}
+        return RaptorConfig(**routing, mlp=self.mlp,
                             mlp_hidden_dim=self.mlp_hidden_dim,
                             layerscale_init=self.layerscale_init,
                             depth_conditioning=self.depth_conditioning,
-                            cond_hidden=self.cond_hidden, cond_init_std=self.cond_init_std)
+                            cond_hidden=self.cond_hidden, cond_init_std=self.cond_init_std,
+                            cond_bias_init_std=float(self.setting("cond_bias_init_std")),
+                            norm_eps=float(self.setting("norm_eps")))
 

@@ -8,6 +8,13 @@ Per depth ``l = 0..L`` (the Raptor rolled out from the teacher's ``a_0``):
 * ``r2``: the standard R^2, the same with the variance of the teacher ``x`` and no epsilon;
 * both also per token kind, and the mean cosine between teacher and Raptor tokens per kind.
 
+Pooled over all depths 0..L (the paper's R^2 figure): ``r2_pooled`` (standard form over the
+whole data set), ``r2_paper_pooled`` (paper form over the whole data set) and
+``r2_paper_pooled_batches`` (the evaluation notebook's: the paper form per batch over every
+entry of every depth, averaged over batches weighted by size; ``eval_batch_size`` recorded).
+Depth 0 is the teacher's own embedding in both trajectories, so pooled values sit above
+the per-layer ones.
+
 Task fidelity: the teacher's head applied to the teacher's and to the Raptor's final states
 (or, for a teacher without a head, a logistic-regression probe fitted on teacher features of
 the probe images and applied to both), accuracy and the ratio Raptor / teacher.
@@ -46,11 +53,20 @@ class FidelityAccumulator:
         shape = (depth + 1, len(self.groups))
         self.sums = {name: torch.zeros(shape, dtype=torch.float64)
                      for name in ("n", "x", "x2", "p", "p2", "sse", "cos", "tokens")}
+        self.batch_paper = 0.0          # sum over batches of batch size x paper R^2
+        self.batch_samples = 0
+        self.batch_sizes: list[int] = []
 
     @torch.no_grad()
     def update(self, teacher: Tensor, pred: Tensor) -> None:
         """``teacher``, ``pred``: ``(B, L+1, T, D)``."""
         x, p = teacher.double().cpu(), pred.double().cpu()
+        # The paper's notebook: one R^2 per batch over every entry of every depth 0..L,
+        # variance from the prediction, averaged over batches weighted by batch size.
+        err = (p - x).square().mean()
+        self.batch_paper += len(x) * float(1.0 - err / (p.var(unbiased=False) + PAPER_EPS))
+        self.batch_samples += len(x)
+        self.batch_sizes.append(len(x))
         cos = torch.nn.functional.cosine_similarity(x, p, dim=-1, eps=1e-8)   # (B, L+1, T)
         for g, group in enumerate(self.groups):
             xi, pi = x[:, :, self.index[group]], p[:, :, self.index[group]]
@@ -75,6 +91,23 @@ class FidelityAccumulator:
         return {"mse": mse, "r2": r2, "r2_paper": 1.0 - mse / (var_p + PAPER_EPS),
                 "cosine": s["cos"] / np.maximum(s["tokens"], 1)}
 
+    def pooled(self) -> dict[str, float]:
+        """R^2 pooled over all depths 0..L and all tokens: the standard form over the whole
+        data set (variance of the teacher around its grand mean), the same in the paper's
+        form (variance of the prediction + 1e-6), and the paper notebook's batch-by-batch
+        paper form (depends slightly on the batch size, recorded)."""
+        s = {k: v[:, 0].numpy() for k, v in self.sums.items()}     # group "all"
+        n = s["n"].sum()
+        if n == 0:
+            return {"r2_pooled": float("nan"), "r2_paper_pooled": float("nan"),
+                    "r2_paper_pooled_batches": float("nan")}
+        mse = s["sse"].sum() / n
+        var_x = s["x2"].sum() / n - (s["x"].sum() / n) ** 2
+        var_p = s["p2"].sum() / n - (s["p"].sum() / n) ** 2
+        return {"r2_pooled": float(1.0 - mse / var_x) if var_x > 0 else float("nan"),
+                "r2_paper_pooled": float(1.0 - mse / (var_p + PAPER_EPS)),
+                "r2_paper_pooled_batches": self.batch_paper / max(self.batch_samples, 1)}
+
 
 @dataclasses.dataclass
 class Fidelity:
@@ -87,6 +120,9 @@ class Fidelity:
     teacher_accuracy: float = float("nan")
     raptor_accuracy: float = float("nan")
     agreement: float = float("nan")
+    pooled: dict[str, float] = dataclasses.field(default_factory=dict)
+    eval_batch_size: int = 0
+    probe: dict[str, Any] | None = None      # the fine-tuned-probe readout, when run
 
     @property
     def accuracy_ratio(self) -> float:
@@ -103,7 +139,10 @@ class Fidelity:
             "teacher_accuracy": self.teacher_accuracy, "raptor_accuracy": self.raptor_accuracy,
             "accuracy_ratio": self.accuracy_ratio, "agreement": self.agreement,
             "last_layer_r2": self.last("r2"), "last_layer_r2_paper": self.last("r2_paper"),
+            **self.pooled, "eval_batch_size": self.eval_batch_size,
         }
+        if self.probe is not None:
+            out["finetuned_probe"] = self.probe
         for name in ("r2", "r2_paper", "cosine"):
             out[f"{name}_by_depth"] = {g: [_num(v) for v in self.arrays[name][:, i]]
                                        for i, g in enumerate(self.groups)}
@@ -131,7 +170,8 @@ class Fidelity:
                 "long_name": "depth (0 = embedded input, l = after layer l)", "units": "1"}),
             "group": ("group", list(self.groups), {
                 "long_name": "token group (all tokens or one token kind)", "units": ""})})
-        ds.attrs.update({k: v for k, v in self.summary().items() if not k.endswith("_depth")})
+        ds.attrs.update({k: v for k, v in self.summary().items() if not k.endswith("_depth")
+                         and not isinstance(v, dict)})
         ds.attrs.update(attrs or {})
         return ds
 
@@ -187,7 +227,8 @@ def evaluate_fidelity(raptor: Raptor, teacher: ViT, source: ImageSource, *,
     labels = torch.cat(labels_t)
     fid = Fidelity(acc.groups, acc.result(), len(labels),
                    task="head" if teacher.head is not None else
-                   ("linear-probe" if probe is not None else "none"))
+                   ("linear-probe" if probe is not None else "none"),
+                   pooled=acc.pooled(), eval_batch_size=batch_size)
     if pred_t:
         t, r = torch.cat(pred_t), torch.cat(pred_r)
         known = labels >= 0

@@ -61,6 +61,10 @@ def resolve_thresholds(loaded: LoadedModel, source: ImageSource, config: FitConf
     if config.k > depth:
         raise ConfigError(f"k={config.k} is larger than the teacher depth {depth}; "
                           f"choose k in 1..{depth}")
+    if config.assignment is not None:
+        from depthflow.raptor.model import check_assignment
+        check_assignment(config.assignment, depth, k=config.k)
+        return ()
     if config.thresholds is not None:
         return check_thresholds(config.thresholds, depth, k=config.k)
     if config.k == 1:
@@ -146,7 +150,7 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    if config.thresholds is not None or config.k > loaded.config.depth:
+    if config.routed or config.k > loaded.config.depth:
         resolve_thresholds(loaded, source, config)          # bad options cost nothing
     preprocessing = model_preprocessing(loaded)
     images = IndexedImages(source, preprocessing)
@@ -161,7 +165,7 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
             if resume:
                 state = load_state(output)
                 config = _resumed_config(state, config)
-            elif config.thresholds is None:           # max-cut phases of the training images
+            elif not config.routed:                   # max-cut phases of the training images
                 config = config.replace(thresholds=resolve_thresholds(
                     loaded, source, config, progress=progress))
             prepare_output(output, overwrite=overwrite, resume=resume)
@@ -184,7 +188,8 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
         raise ConfigError(f"batch_size={config.batch_size} must be divisible by the "
                           f"{dist.world} processes")
     _setup_logging(directory if dist.main else None, resume=resume)
-    raptor = build_raptor(teacher, config.raptor_config(), seed=config.seed, init=config.init)
+    raptor = build_raptor(teacher, config.raptor_config(), seed=config.seed, init=config.init,
+                          block_init=config.setting("block_init"))
     raptor = raptor.to(device).train().set_attention(config.attention)
     if config.compile:
         for block in raptor.blocks:
@@ -193,12 +198,14 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
         if dist.main else None
     record = {"teacher": loaded.provenance(), "images": source.describe(),
               "eval_images": (eval_source or source).describe(), "run": run,
-              "thresholds": list(config.thresholds)}
+              "thresholds": list(config.thresholds or ()),
+              "assignment": list(raptor.assignment), "recipe": config.effective()}
 
     def save_info() -> dict[str, Any]:
         return {"fit": config.to_json(), "teacher_source": loaded.source,
                 "teacher_sha256": loaded.sha256 or "", "teacher_info": loaded.info,
-                "thresholds": list(config.thresholds)}
+                "thresholds": list(config.thresholds or ()),
+                "assignment": list(raptor.assignment)}
 
     trainer = Trainer(raptor, teacher, images, config, directory=directory, dist=dist,
                       device=device, save_info=save_info, preprocessing=preprocessing,
@@ -211,8 +218,8 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
         trainer.load_state_dict(state)
         log.info("resumed at step %d of %d", trainer.step, trainer.total)
     else:
-        log.info("fitting k=%d Raptor (thresholds %s, counts %s) to %s on %s; %d steps",
-                 config.k, list(config.thresholds), raptor.counts, loaded.source,
+        log.info("fitting k=%d Raptor (routing %s, counts %s) to %s on %s; %d steps",
+                 config.k, list(raptor.assignment), raptor.counts, loaded.source,
                  source.describe(), trainer.total)
         trainer.checkpoint()                          # early write check; step-0 restart point
     complete = trainer.run(stop_after=stop_after)
@@ -224,8 +231,8 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
         fidelity = _evaluate(raptor, teacher, eval_source or source, source, config,
                              preprocessing, device, directory, loaded, record, command)
     barrier(dist)
-    return FitResult(directory, trainer.step, complete, tuple(config.thresholds), fidelity,
-                     config, trainer.rows)
+    return FitResult(directory, trainer.step, complete, tuple(config.thresholds or ()),
+                     fidelity, config, trainer.rows)
 
 
 def _resumed_config(state: dict[str, Any], config: FitConfig) -> FitConfig:
@@ -233,7 +240,7 @@ def _resumed_config(state: dict[str, Any], config: FitConfig) -> FitConfig:
     if config == FitConfig().validate() or config == saved:
         return saved
     mine, theirs = config.to_dict(), saved.to_dict()
-    if config.thresholds is None:
+    if config.thresholds is None and config.assignment is None:
         mine["thresholds"] = theirs["thresholds"]
     differ = sorted(k for k in mine if mine[k] != theirs[k] and k not in RESUMABLE_CHANGES)
     if differ:
@@ -272,8 +279,14 @@ def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing,
     fidelity = evaluate_fidelity(raptor, teacher, eval_source, preprocessing=preprocessing,
                                  batch_size=config.eval_batch_size, device=device,
                                  probe_source=train_source)
+    if config.probe_epochs > 0 and teacher.head is not None:
+        fidelity.probe = _finetuned_probe(raptor, teacher, train_source, eval_source,
+                                          preprocessing, config)
     summary = {**fidelity.summary(), "in_sample": eval_source is train_source,
-               "eval_images": eval_source.describe(), "thresholds": list(config.thresholds),
+               "eval_images": eval_source.describe(),
+               "thresholds": list(config.thresholds or ()),
+               "assignment": list(raptor.assignment), "recipe": config.recipe,
+               "recipe_settings": config.effective(),
                "counts": list(raptor.counts), "k": config.k}
     write_json(directory / "evaluation.json", summary)
     attrs = provenance(config=config.to_dict(), command=command,
@@ -288,6 +301,37 @@ def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing,
              fidelity.raptor_accuracy, fidelity.accuracy_ratio, fidelity.last("r2"),
              fidelity.last("r2_paper"))
     return fidelity
+
+
+def _finetuned_probe(raptor, teacher, train_source, eval_source, preprocessing,
+                     config: FitConfig) -> dict[str, Any]:
+    """The paper's fine-tuned-probe readout for the Raptor (and the teacher, same recipe)."""
+    from depthflow.raptor.data import IndexedImages
+    from depthflow.raptor.probe import ProbeConfig, finetune_probe
+
+    def tensors(source):
+        images = IndexedImages(source, preprocessing)
+        idx = torch.arange(images.size)
+        return images(idx), torch.as_tensor(source.labels, dtype=torch.long)
+
+    train_x, train_y = tensors(train_source)
+    eval_x, eval_y = tensors(eval_source)
+    keep_t, keep_e = train_y >= 0, eval_y >= 0
+    probe_cfg = ProbeConfig(epochs=config.probe_epochs, seed=config.seed)
+    out = {}
+    for name, model in (("raptor", raptor), ("teacher", teacher)):
+        result = finetune_probe(model, train_x[keep_t], train_y[keep_t], eval_x[keep_e],
+                                eval_y[keep_e], probe_cfg)
+        out[name] = {k: v for k, v in result.items() if k != "curve"}
+        out[name]["curve"] = [row["eval_accuracy"] for row in result["curve"]]
+    t = out["teacher"]["probe_accuracy"]
+    out["ratio_to_teacher_frozen"] = out["raptor"]["probe_accuracy"] / \
+        out["teacher"]["frozen_accuracy"] if out["teacher"]["frozen_accuracy"] else None
+    out["ratio_to_teacher_probe"] = out["raptor"]["probe_accuracy"] / t if t else None
+    log.info("fine-tuned probe (%d epochs): raptor %.4f (frozen head %.4f), teacher %.4f",
+             config.probe_epochs, out["raptor"]["probe_accuracy"],
+             out["raptor"]["frozen_accuracy"], t)
+    return out
 
 
 def read_run(directory: str | os.PathLike[str]) -> dict[str, Any]:

@@ -5,6 +5,15 @@
   teacher's ``a_(l-1)``, ``L_AR`` rolls the block out from ``a_start`` with gradients
   through the whole rollout, MSE averaged over the steps. The k block losses are summed
   (the blocks share no parameters, so this trains them independently in one pass).
+  A block whose layers are not contiguous (an arbitrary layer -> block assignment) owns
+  several maximal runs of consecutive layers; each run is trained exactly like a segment
+  (fed the teacher state at the run's start), and the block's loss is the mean of its run
+  losses weighted by run length, so every layer of the block counts equally. For a
+  contiguous routing this is the segment loss above.
+* Stage-1 token weights (``paper`` recipe, as the official runs): one plain MSE over all
+  tokens for runs ending before the last layer, ``0.34 / 0.33 / 0.33`` (cls / registers /
+  patches) for the run ending at the last layer; the ``depthflow`` recipe weights every run
+  like stage 2.
 * Stage 2: all blocks chained from ``a_0``, pure autoregressive over all ``L`` layers.
 * Token weighting: ``w_cls MSE(cls) + w_reg MSE(registers) + w_patch MSE(patches)``
   (0.45 / 0.10 / 0.45), each an MSE over the tokens of its kind; weights of kinds a model
@@ -57,31 +66,44 @@ class RaptorObjective(nn.Module):
     inputs the blocks are fed (teacher-forced inputs and rollout starts).
     """
 
-    def __init__(self, raptor: Raptor, *, weights: Tensor | None) -> None:
+    def __init__(self, raptor: Raptor, *, weights: Tensor | None,
+                 stage1_weights: Tensor | None | str = "same",
+                 final_weights: Tensor | None | str = "same") -> None:
+        """``weights``: stage 2 (None: plain MSE); ``stage1_weights``: stage-1 runs ending
+        before the last layer; ``final_weights``: the stage-1 run ending at the last layer
+        (``"same"``: as ``weights``)."""
         super().__init__()
         self.raptor = raptor
-        if weights is None:
-            self.weights = None
-        else:
-            self.register_buffer("weights", weights, persistent=False)
+        s1 = weights if isinstance(stage1_weights, str) else stage1_weights
+        fin = weights if isinstance(final_weights, str) else final_weights
+        for name, value in (("weights", weights), ("stage1_weights", s1),
+                            ("final_weights", fin)):
+            if value is None:
+                setattr(self, name, None)
+            else:
+                self.register_buffer(name, value, persistent=False)
 
     def forward(self, states: Tensor, *, stage: int, ratio: float = 0.0,
                 noise: Tensor | None = None) -> Tensor:
         inputs = states if noise is None else states + noise
         if stage == 2:
             return self.rollout_loss(inputs, states, 0, self.raptor.depth)
+        counts = self.raptor.counts
         losses = []
-        for j, (start, stop) in enumerate(self.raptor.segments()):
+        for j, start, stop in self.raptor.runs():
+            weights = self.final_weights if stop == self.raptor.depth else self.stage1_weights
             loss = states.new_zeros(())
             if ratio > 0:
-                loss = loss + ratio * self.forced_loss(j, inputs, states, start, stop)
+                loss = loss + ratio * self.forced_loss(j, inputs, states, start, stop,
+                                                       weights=weights)
             if ratio < 1:
-                loss = loss + (1 - ratio) * self.rollout_loss(inputs, states, start, stop)
-            losses.append(loss)
+                loss = loss + (1 - ratio) * self.rollout_loss(inputs, states, start, stop,
+                                                              weights=weights)
+            losses.append(loss * ((stop - start) / counts[j]))
         return torch.stack(losses).sum()
 
     def forced_loss(self, j: int, inputs: Tensor, states: Tensor, start: int,
-                    stop: int) -> Tensor:
+                    stop: int, *, weights: Tensor | None | str = "stage2") -> Tensor:
         """Teacher forcing: block j maps every teacher ``a_(l-1)`` to ``a_l`` in one batch."""
         n, batch = stop - start, states.shape[0]
         x = inputs[:, start:stop].transpose(0, 1).reshape(n * batch, *states.shape[2:])
@@ -89,13 +111,15 @@ class RaptorObjective(nn.Module):
                          device=states.device).repeat_interleave(batch)         # (n*B,)
         pred = self.raptor.blocks[j](x, t)
         target = states[:, start + 1:stop + 1].transpose(0, 1).reshape_as(pred)
-        return token_mse(pred, target, self.weights)
+        return token_mse(pred, target, self.weights if isinstance(weights, str) else weights)
 
-    def rollout_loss(self, inputs: Tensor, states: Tensor, start: int, stop: int) -> Tensor:
+    def rollout_loss(self, inputs: Tensor, states: Tensor, start: int, stop: int, *,
+                     weights: Tensor | None | str = "stage2") -> Tensor:
         """Autoregressive: roll out from ``a_start``, MSE at every step, mean over steps."""
+        w = self.weights if isinstance(weights, str) else weights
         x = inputs[:, start]
         total = states.new_zeros(())
         for layer in range(start + 1, stop + 1):
             x = self.raptor.step(layer, x)
-            total = total + token_mse(x, states[:, layer], self.weights)
+            total = total + token_mse(x, states[:, layer], w)
         return total / (stop - start)

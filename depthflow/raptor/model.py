@@ -27,8 +27,53 @@ from depthflow.config import Options, check_choice, check_int, check_number
 from depthflow.models.vit import MLP_KINDS, Block, ViT, ViTConfig
 from depthflow.phases.segmentation import check_thresholds, counts_from_thresholds
 
-ROUTINGS = ("thresholds",)
+ROUTINGS = ("thresholds", "assignment")
+BLOCK_INITS = ("pytorch", "trunc_normal")
 
+
+def check_assignment(assignment: Sequence[int], depth: int, *,
+                     k: int | None = None) -> tuple[int, ...]:
+    """Validate a layer -> block assignment: one 0-based block per layer 1..depth, every
+    block 0..k-1 used (blocks numbered by their first layer is not required)."""
+    try:
+        values = tuple(int(b) for b in assignment)
+    except (TypeError, ValueError):
+        raise ConfigError(f"assignment must be block indices, got {assignment!r}") from None
+    if any(isinstance(b, bool) for b in assignment) or \
+            any(float(a) != v for a, v in zip(assignment, values)):
+        raise ConfigError(f"assignment must be integer block indices, got {list(assignment)}")
+    if len(values) != depth:
+        raise ConfigError(f"assignment needs one block per layer ({depth}), got "
+                          f"{len(values)}: {list(values)}")
+    used = sorted(set(values))
+    if used != list(range(len(used))):
+        raise ConfigError(f"assignment must use every block 0..k-1 (no gaps, no negatives), "
+                          f"got blocks {used}")
+    if k is not None and len(used) != k:
+        raise ConfigError(f"k={k} but the assignment uses {len(used)} block(s): "
+                          f"{list(values)}")
+    return values
+
+
+def assignment_from_thresholds(thresholds: Sequence[int], depth: int) -> tuple[int, ...]:
+    """``[7], 12 -> (0,)*7 + (1,)*5``: the contiguous special case."""
+    counts = counts_from_thresholds(thresholds, depth)
+    return tuple(j for j, n in enumerate(counts) for _ in range(n))
+
+
+def runs_of(assignment: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs of consecutive layers routed to one block, as ``(block, start, stop)``
+    depths (the run maps the state at depth ``start`` to the state at ``stop``).
+
+    ``(0, 0, 1, 1, 0) -> [(0, 0, 2), (1, 2, 4), (0, 4, 5)]``.
+    """
+    runs: list[tuple[int, int, int]] = []
+    for layer, block in enumerate(assignment, start=1):
+        if runs and runs[-1][0] == block and runs[-1][2] == layer - 1:
+            runs[-1] = (block, runs[-1][1], layer)
+        else:
+            runs.append((int(block), layer - 1, layer))
+    return runs
 
 
 
@@ -40,6 +85,11 @@ class RaptorConfig(Options):
     ----------
     thresholds
         Last teacher layer of every segment but the final one (``k - 1`` values).
+    assignment
+        Optional layer -> block routing, one 0-based block index per teacher layer
+        (``routing="assignment"``); thresholds are its contiguous special case. Blocks may
+        own non-contiguous layers (see :func:`runs_of` and docs/methods.md for how stage 1
+        trains them). When given, ``thresholds`` must be ``()``.
     mlp
         ``"swiglu"`` (every released Raptor: ``Linear D -> 2H``, ``silu(x1) * x2``,
         ``Linear H -> D``) or ``"gelu"``.
@@ -52,8 +102,12 @@ class RaptorConfig(Options):
         ``S = W2 silu(W1 t + b1) + b2 + 1`` with ``t`` the raw target-layer index, split
         into ``(s1, s2, s3)``: ``x += s1 ls1(attn)``, ``x += s2 ls2(mlp)``, ``out = s3 x``.
         Off: ``S = 1`` (an autonomous block).
-    cond_hidden, cond_init_std
-        Width of ``W1`` (16) and the standard deviation of ``W2``'s init (1e-4; ``b2 = 0``).
+    cond_hidden, cond_init_std, cond_bias_init_std
+        Width of ``W1`` (16), the standard deviation of ``W2``'s init (1e-4) and of ``b2``'s
+        (1e-4 in the official code; 0 gives ``b2 = 0``).
+    norm_eps
+        LayerNorm epsilon of the blocks (None: the teacher's; the official code uses
+        PyTorch's 1e-5).
     """
 
     _what = "Raptor config"
@@ -67,9 +121,23 @@ class RaptorConfig(Options):
     cond_hidden: int = 16
     cond_init_std: float = 1e-4
     routing: str = "thresholds"
+    cond_bias_init_std: float = 0.0
+    norm_eps: float | None = None
+    assignment: tuple[int, ...] | None = None
 
     def validate(self) -> RaptorConfig:
         self._set("thresholds", tuple(int(t) for t in self.thresholds))
+        if self.assignment is not None:
+            if self.thresholds:
+                raise ConfigError("give thresholds or an assignment, not both")
+            values = check_assignment(self.assignment, len(self.assignment))
+            self._set("assignment", values)
+            self._set("routing", "assignment")
+        elif self.routing == "assignment":
+            raise ConfigError("routing='assignment' needs an assignment")
+        check_number(self.cond_bias_init_std, "RaptorConfig.cond_bias_init_std", low=0)
+        if self.norm_eps is not None:
+            check_number(self.norm_eps, "RaptorConfig.norm_eps", low=0, open_low=True)
         check_choice(self.mlp, "RaptorConfig.mlp", MLP_KINDS)
         check_int(self.mlp_hidden_dim, "RaptorConfig.mlp_hidden_dim", optional=True)
         check_int(self.cond_hidden, "RaptorConfig.cond_hidden")
@@ -80,27 +148,41 @@ class RaptorConfig(Options):
 
     @property
     def k(self) -> int:
+        if self.assignment is not None:
+            return max(self.assignment) + 1
         return len(self.thresholds) + 1
+
+    def layer_assignment(self, depth: int) -> tuple[int, ...]:
+        """The 0-based block of every layer 1..depth."""
+        if self.assignment is not None:
+            return check_assignment(self.assignment, depth)
+        return assignment_from_thresholds(self.thresholds, depth)
 
     def block_config(self, teacher: ViTConfig) -> ViTConfig:
         """The ViTConfig of one Raptor block (teacher width, heads and biases)."""
         hidden = self.mlp_hidden_dim
         if hidden is None:
             hidden = 4 * teacher.embed_dim if self.mlp == "swiglu" else teacher.mlp_hidden_dim
-        return teacher.replace(mlp=self.mlp, mlp_hidden_dim=hidden, layerscale=self.layerscale)
+        eps = teacher.norm_eps if self.norm_eps is None else self.norm_eps
+        return teacher.replace(mlp=self.mlp, mlp_hidden_dim=hidden, layerscale=self.layerscale,
+                               norm_eps=eps)
 
 
 
 class DepthScale(nn.Module):
     """``S(t) = W2 silu(W1 t + b1) + b2 + 1``, split into three ``(D,)`` scales."""
 
-    def __init__(self, dim: int, *, hidden: int = 16, init_std: float = 1e-4) -> None:
+    def __init__(self, dim: int, *, hidden: int = 16, init_std: float = 1e-4,
+                 bias_init_std: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(1, hidden)
         self.fc2 = nn.Linear(hidden, 3 * dim)
         with torch.no_grad():
             self.fc2.weight.normal_(0.0, init_std)
-            self.fc2.bias.zero_()
+            if bias_init_std > 0:
+                self.fc2.bias.normal_(0.0, bias_init_std)
+            else:
+                self.fc2.bias.zero_()
 
     def forward(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``t``: raw layer indices of shape ``(...,)``; returns three ``(..., 1, D)``."""
@@ -118,13 +200,14 @@ class RaptorBlock(Block):
 
     def __init__(self, cfg: ViTConfig, *, layerscale_init: float = 1e-5,
                  depth_conditioning: bool = True, cond_hidden: int = 16,
-                 cond_init_std: float = 1e-4) -> None:
+                 cond_init_std: float = 1e-4, cond_bias_init_std: float = 0.0) -> None:
         super().__init__(cfg)
         if cfg.layerscale:
             with torch.no_grad():
                 self.ls1.gamma.fill_(layerscale_init)
                 self.ls2.gamma.fill_(layerscale_init)
-        self.scale = (DepthScale(cfg.embed_dim, hidden=cond_hidden, init_std=cond_init_std)
+        self.scale = (DepthScale(cfg.embed_dim, hidden=cond_hidden, init_std=cond_init_std,
+                                 bias_init_std=cond_bias_init_std)
                       if depth_conditioning else None)
 
     def forward(self, x: Tensor, t: Tensor | float | None = None,  # type: ignore[override]
@@ -158,14 +241,15 @@ class Raptor(ViT):
         super().__init__(cfg.replace(depth=1))          # embedding, norm, head (+1 spare block)
         self.cfg = cfg
         self.raptor_cfg = raptor_cfg
-        self.counts = counts_from_thresholds(raptor_cfg.thresholds, cfg.depth)
-        self._route = [j for j, n in enumerate(self.counts) for _ in range(n)]
+        self._route = list(raptor_cfg.layer_assignment(cfg.depth))
+        self.counts = tuple(self._route.count(j) for j in range(raptor_cfg.k))
         block_cfg = raptor_cfg.block_config(cfg)
         self.blocks = nn.ModuleList(
             RaptorBlock(block_cfg, layerscale_init=raptor_cfg.layerscale_init,
                         depth_conditioning=raptor_cfg.depth_conditioning,
                         cond_hidden=raptor_cfg.cond_hidden,
-                        cond_init_std=raptor_cfg.cond_init_std)
+                        cond_init_std=raptor_cfg.cond_init_std,
+                        cond_bias_init_std=raptor_cfg.cond_bias_init_std)
             for _ in range(raptor_cfg.k))
         for p in self.teacher_parameters():
             p.requires_grad_(False)
@@ -184,10 +268,25 @@ class Raptor(ViT):
             raise ConfigError(f"layer must be in 1..{self.cfg.depth}, got {layer}")
         return self._route[layer - 1]
 
+    @property
+    def assignment(self) -> tuple[int, ...]:
+        """The 0-based block of every layer 1..L."""
+        return tuple(self._route)
+
+    @property
+    def contiguous(self) -> bool:
+        return len(self.runs()) == self.k
+
     def segments(self) -> list[tuple[int, int]]:
-        """``(start, stop)`` depths of every block: block j maps depth start -> stop."""
-        edges = (0, *self.raptor_cfg.thresholds, self.cfg.depth)
-        return list(zip(edges[:-1], edges[1:]))
+        """``(start, stop)`` depths of every block: block j maps depth start -> stop
+        (contiguous routing only; see :meth:`runs` for the general case)."""
+        if not self.contiguous:
+            raise ConfigError("segments() needs a contiguous routing; use runs()")
+        return [(start, stop) for _, start, stop in self.runs()]
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """Maximal runs ``(block, start, stop)`` of consecutive layers of one block."""
+        return runs_of(self._route)
 
     # ----------------------------------------------------------------- parameters
     def teacher_parameters(self) -> Iterator[nn.Parameter]:
@@ -262,21 +361,51 @@ class Raptor(ViT):
 
 
 def build_raptor(teacher: ViT, raptor_cfg: RaptorConfig, *, seed: int = 0,
-                 init: str = "random") -> Raptor:
-    """A fresh Raptor for ``teacher``: random blocks (trunc-normal 0.02, seeded) or ``init=
-    "teacher"`` (block j starts as the teacher's middle layer of its segment)."""
-    check_thresholds(raptor_cfg.thresholds, teacher.cfg.depth)
+                 init: str = "random", block_init: str = "trunc_normal") -> Raptor:
+    """A fresh Raptor for ``teacher``: random blocks (seeded) or ``init="teacher"`` (block j
+    starts as the teacher's middle layer among its layers).
+
+    ``block_init`` for random blocks: ``"pytorch"`` (the official code: PyTorch's default
+    ``nn.Linear`` init, the attention input projection Xavier-uniform with zero bias and a
+    zero output-projection bias, as ``nn.MultiheadAttention`` does) or ``"trunc_normal"``
+    (std 0.02, zero biases, as DINOv2/timm).
+    """
+    if raptor_cfg.assignment is None:
+        check_thresholds(raptor_cfg.thresholds, teacher.cfg.depth)
+    else:
+        check_assignment(raptor_cfg.assignment, teacher.cfg.depth)
+    check_choice(block_init, "block_init", BLOCK_INITS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         raptor = Raptor(teacher.cfg, raptor_cfg)
-    _init_blocks(raptor, seed=seed, layerscale_init=raptor_cfg.layerscale_init)
+        if block_init == "pytorch":
+            _pytorch_init(raptor, layerscale_init=raptor_cfg.layerscale_init)
+    if block_init == "trunc_normal":
+        _init_blocks(raptor, seed=seed, layerscale_init=raptor_cfg.layerscale_init)
     raptor.adopt_teacher(teacher)
     if init == "teacher":
-        mids = [(a + b + 1) // 2 for a, b in raptor.segments()]
+        mids = []
+        for j in range(raptor.k):
+            layers = [layer for layer, b in enumerate(raptor.assignment, 1) if b == j]
+            mids.append(layers[len(layers) // 2])
         raptor.init_blocks_from_teacher(teacher, mids)
     elif init != "random":
         raise ConfigError(f"init must be 'random' or 'teacher', got {init!r}")
     return raptor.to(next(teacher.parameters()).dtype)
+
+
+@torch.no_grad()
+def _pytorch_init(raptor: Raptor, *, layerscale_init: float) -> None:
+    """The official blocks' initialisation (modules built under the caller's seed keep
+    PyTorch's defaults; the attention projections get ``nn.MultiheadAttention``'s)."""
+    for block in raptor.blocks:
+        nn.init.xavier_uniform_(block.attn.qkv.weight)
+        for linear in (block.attn.qkv, block.attn.proj):
+            if linear.bias is not None:
+                linear.bias.zero_()
+        if hasattr(block, "ls1") and hasattr(block.ls1, "gamma"):
+            block.ls1.gamma.fill_(layerscale_init)
+            block.ls2.gamma.fill_(layerscale_init)
 
 
 @torch.no_grad()

@@ -84,13 +84,20 @@ class Trainer:
         self.step = 0
         self.rows: list[dict[str, Any]] = []
         self.elapsed = 0.0
-        weights = None
+        weights = stage1 = final = None
         if config.token_weighting:
             from depthflow.raptor.losses import kind_weights
-            side = images.shape[-2:]
-            weights = kind_weights(raptor.token_kinds(*side), cls=config.cls_weight,
+            kinds = raptor.token_kinds(*images.shape[-2:])
+            weights = kind_weights(kinds, cls=config.cls_weight,
                                    register=config.register_weight, patch=config.patch_weight)
-        self.objective = RaptorObjective(raptor, weights=weights).to(device)
+            if config.setting("stage1_weighting") == "final":   # the official runs
+                final = kind_weights(kinds, cls=config.final_cls_weight,
+                                     register=config.final_register_weight,
+                                     patch=config.final_patch_weight)
+            else:
+                stage1 = final = weights
+        self.objective = RaptorObjective(raptor, weights=weights, stage1_weights=stage1,
+                                         final_weights=final).to(device)
         self.module: torch.nn.Module = self.objective
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
