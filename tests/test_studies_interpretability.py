@@ -99,8 +99,7 @@ def test_tiny_study_runs_and_summarises(tmp_path):
     assert (out / "digits-trained.nc").is_file() and (out / "digits-random.nc").is_file()
     res = tmp_path / "results"
     assert summarize.main(["--tiny", "--out", str(out), "--results", str(res)]) == 0
-    summary = json.loads((res / "summary.json").read_text())
-    findings = summary["findings"]
+    findings = json.loads((res / "details.json").read_text())["findings"]
     claims = {f["claim"] for f in findings}
     assert "directional convergence (S-curve)" in claims
     assert "angular speed changes at phase boundaries" in claims
@@ -111,5 +110,11 @@ def test_tiny_study_runs_and_summarises(tmp_path):
         assert f["sentence"]
     # the random control is a different network: its verdicts are computed, not copied
     assert any(f.get("random") for f in findings if f["study"] == 6)
+    rows = json.loads((res / "summary.json").read_text())       # the README's records
+    assert {r["study"] for r in rows} == {"6", "7"}
+    for r in rows:
+        assert r["agrees"] in {"yes", "partly", "no", "not comparable"}
+        assert set(r) == {"study", "claim", "paper", "ours", "interval", "n", "agrees", "note"}
+    assert any(r["interval"].startswith("[") for r in rows)
     text = (res / "FINDINGS.md").read_text()
     assert "## Study 7: layer swap" in text and "depth-0 control" in text

