@@ -687,9 +687,10 @@ def summary_records(findings: list[dict[str, Any]], found) -> list[dict[str, str
                         + (f"{r['hits']}/{r['n']} vs chance {_fmt(r['chance'])}, p "
                            f"{_fmt(r['p_value'])}" if r else "no max-cut with this k")
                         + "; depth 0: no steps")
+                k_text = f["segmentation"].split(" ")[-1].strip("()")
                 rows.append(record(
-                    study="6", claim=f"{claim}, cls, {f['segmentation'].split(' ')[-1][:-1]}"
-                    f" [{model}]", paper=f["paper"],
+                    study="6", claim=f"{claim}, cls, max-cut {k_text} [{model}]",
+                    paper=f["paper"],
                     ours=f"{t['hits']}/{t['n']} = {_fmt(t['rate'], 2)} on a boundary vs chance "
                          f"{_fmt(t['chance'], 2)} (binomial p {_fmt(t['p_value'])})",
                     interval=f"[{_fmt(t['low'], 2)}, {_fmt(t['high'], 2)}]", n=t["n"],
