@@ -4,6 +4,10 @@
     python studies/tables.py FILE.nc ... --markdown OUT.md           # write it to OUT.md
     python studies/tables.py FILE.nc ... --readme README.md          # replace the block
         between <!-- dynamics-tables:start --> and <!-- dynamics-tables:end -->
+    python studies/tables.py --findings --readme README.md          # the findings table
+        between <!-- findings:start --> and <!-- findings:end -->, from every
+        studies/*/summary.json (one record per claim: study, claim, paper, ours,
+        interval, n, agrees, note), never typed by hand
 
 Every number comes with its n (images, starts or points) and an interval: medians over
 images with a bootstrap percentile interval (the file's own where it stores one, else
@@ -32,6 +36,9 @@ import xarray as xr
 from depthflow.dynamics.measures import median_interval
 
 START, END = "<!-- dynamics-tables:start -->", "<!-- dynamics-tables:end -->"
+FINDINGS_START, FINDINGS_END = "<!-- findings:start -->", "<!-- findings:end -->"
+STUDIES = Path(__file__).resolve().parent
+RECORD_KEYS = ("study", "claim", "paper", "ours", "interval", "n", "agrees", "note")
 YES, PARTLY, NO, NC = "yes", "partly", "no", "not comparable"
 ALPHA = 0.05                      # significance level of the permutation tests (Holm-adjusted)
 N_BOOT, LEVEL, SEED = 1000, 0.95, 0
@@ -766,24 +773,21 @@ class Builder:
                 self.entry(), self.robustness(), self.attractors(), self.fixed_points(),
                 self.recovery(), self.frozen()]
 
-    def summary(self) -> str:
-        """Plain sentences per claim: for each model whether it agrees with the paper (all
-        rows yes: agrees; all no: does not; mixed: in part), with the rows' evidence."""
+    def claim_verdicts(self) -> dict[str, dict[str, tuple[str, str]]]:
+        """Per claim and model: the overall verdict (all rows yes: yes; all no: no; mixed:
+        partly; not comparable only when no row is judged) and the rows' evidence."""
         claims: dict[str, dict[str, list[Verdict]]] = {}
         for v in self.verdicts:
             claims.setdefault(v.claim, {}).setdefault(v.model, []).append(v)
-        word = {YES: "agrees", NO: "does not agree", PARTLY: "agrees in part",
-                NC: "is not comparable"}
-        lines = []
+        out: dict[str, dict[str, tuple[str, str]]] = {}
         for claim, models in claims.items():
-            parts = []
             for model, vs in models.items():
                 judged = [v for v in vs if v.verdict != NC]
                 vs = judged or vs                    # not comparable only when nothing else
                 kinds = {v.verdict for v in vs}
                 overall = next(iter(kinds)) if len(kinds) == 1 else PARTLY
                 if len(vs) == 1:
-                    parts.append(f"{model} {word[overall]} ({vs[0].why})")
+                    out.setdefault(claim, {})[model] = (overall, vs[0].why)
                     continue
                 detail = []
                 for verdict in (YES, PARTLY, NO, NC):
@@ -791,7 +795,18 @@ class Builder:
                     if rows:
                         detail.append(f"{verdict} in {len(rows)}/{len(vs)} rows, e.g. "
                                       f"{rows[0].why}")
-                parts.append(f"{model} {word[overall]} ({'; '.join(detail)})")
+                out.setdefault(claim, {})[model] = (overall, "; ".join(detail))
+        return out
+
+    def summary(self) -> str:
+        """Plain sentences per claim: for each model whether it agrees with the paper (all
+        rows yes: agrees; all no: does not; mixed: in part), with the rows' evidence."""
+        word = {YES: "agrees", NO: "does not agree", PARTLY: "agrees in part",
+                NC: "is not comparable"}
+        lines = []
+        for claim, models in self.claim_verdicts().items():
+            parts = [f"{model} {word[overall]} ({why})"
+                     for model, (overall, why) in models.items()]
             lines.append(f"- **{claim}**: " + "; ".join(parts) + ".")
         return "\n".join(lines)
 
@@ -836,24 +851,83 @@ def render(paths: Sequence[str]) -> str:
             r.tree.close()
 
 
-def replace_block(readme: Path, text: str) -> bool:
+def replace_block(readme: Path, text: str, start: str = START, end: str = END) -> bool:
     """Replace the text between the markers of ``readme``; False (nothing written) when they
     are absent or out of order."""
     content = readme.read_text()
-    i, j = content.find(START), content.find(END)
+    i, j = content.find(start), content.find(end)
     if i < 0 or j < 0 or j < i:
         return False
-    new = content[:i + len(START)] + "\n" + text.rstrip() + "\n" + content[j:]
+    new = content[:i + len(start)] + "\n" + text.rstrip() + "\n" + content[j:]
     readme.write_text(new)
     return True
 
 
+# --------------------------------------------------------------------------- findings
+def collect_findings(studies: Path = STUDIES) -> list[dict[str, str]]:
+    """Every record of every ``<study>/summary.json`` under ``studies`` (a JSON list of
+    records with the keys of :data:`RECORD_KEYS`), ordered by study number then as
+    written; a file that is not such a list is an error (it would silently drop rows)."""
+    import json
+
+    rows = []
+    for path in sorted(studies.glob("*/summary.json")):
+        data = json.loads(path.read_text())
+        if not isinstance(data, list) or any(set(r) != set(RECORD_KEYS) for r in data):
+            raise ValueError(f"{path}: expected a list of records with keys {RECORD_KEYS}")
+        rows += [dict(r, source=path.parent.name) for r in data]
+
+    def key(r: dict[str, str]) -> float:
+        try:
+            return float(r["study"])
+        except ValueError:
+            return math.inf
+
+    return sorted(rows, key=key)                    # stable: file order within a study
+
+
+def render_findings(rows: Sequence[dict[str, str]]) -> str:
+    """The README findings table: one row per record, generated, never typed."""
+    counts = {v: sum(r["agrees"] == v for r in rows) for v in (YES, PARTLY, NO, NC)}
+    out = ["<!-- generated by studies/tables.py --findings; do not edit by hand -->",
+           "### Findings: the paper's claims re-measured", "",
+           f"{len(rows)} rows from `studies/*/summary.json` ({counts[YES]} yes, "
+           f"{counts[PARTLY]} partly, {counts[NO]} no, {counts[NC]} not comparable). "
+           "'depthflow' is our number with its 95% interval and n; the note holds the "
+           "controls (random weights, depth 0) or the setting. Each study's folder holds "
+           "its figures and details (studies/README.md).", "",
+           "| study | claim | paper | depthflow | interval | n | agrees | note |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cells = [r["study"], r["claim"], r["paper"], r["ours"], r["interval"], r["n"],
+                 r["agrees"], r["note"]]
+        out.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ")
+                                      for c in cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="result files of depthflow analyze (.nc)")
+    parser.add_argument("files", nargs="*", help="result files of depthflow analyze (.nc)")
     parser.add_argument("--markdown", help="write the markdown to this file")
     parser.add_argument("--readme", help=f"replace the block between {START} and {END}")
+    parser.add_argument("--findings", action="store_true",
+                        help="the findings table of every studies/*/summary.json instead "
+                             f"(README block between {FINDINGS_START} and {FINDINGS_END})")
     args = parser.parse_args(argv)
+    if args.findings:
+        text = render_findings(collect_findings())
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+        if args.readme:
+            done = replace_block(Path(args.readme), text, FINDINGS_START, FINDINGS_END)
+            print(f"replaced the findings table in {args.readme}" if done else
+                  f"{args.readme} has no {FINDINGS_START} ... {FINDINGS_END} block")
+        if not args.markdown and not args.readme:
+            print(text)
+        return 0
+    if not args.files:
+        parser.error("give result files, or --findings")
     text = render(args.files)
     if args.markdown:
         Path(args.markdown).write_text(text)

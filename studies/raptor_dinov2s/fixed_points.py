@@ -1,0 +1,134 @@
+"""Directional fixed points of the fitted Raptor blocks of study 5, with their stability
+(docs/methods.md section 7): each block j frozen at the last layer t_j of its segment,
+iterated as a sphere map at the mean token norms of the Raptor's own states at depth
+t_j - 1, solved in the cls-token scope (the other tokens frozen at each start's image) from
+the cls directions of held-out images; next to the same computation for the teacher's
+layer t_j.
+
+    python studies/raptor_dinov2s/fixed_points.py            # after run.py (outputs/k*/)
+    python studies/raptor_dinov2s/fixed_points.py --starts 16 --max-iter 15   # larger
+
+Writes ``results/fixed_points.json`` and ``results/FIXED_POINTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import depthflow
+from depthflow import maps
+from depthflow.dynamics import fixed_points as fp
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+
+def _states(model, images: torch.Tensor, teacher) -> torch.Tensor:
+    """Trajectory ``(N, L+1, T, D)`` of ``model`` from the teacher's embedding (float64)."""
+    x = teacher.embed(images)
+    out = [x]
+    for layer in range(1, model.depth + 1):
+        out.append(model.step(layer, out[-1]))
+    return torch.stack(out, dim=1)
+
+
+def solve(model, traj: torch.Tensor, t: int, *, starts: int, max_iter: int) -> dict:
+    g = maps.sphere(maps.frozen(maps.from_model(model), t),
+                    maps.norms_from_states(traj[:, t - 1]),
+                    source=f"mean token norms at depth {t - 1}")
+    x = traj[:starts, t - 1]
+    u = fp.starts_from(x / x.norm(dim=-1, keepdim=True))
+    res = fp.find_fixed_points(g, u, scope="token", token=0, k=4, max_iter=max_iter,
+                               seed=0)
+    ds = res.to_dataset(points=False)
+    st = ds["stability"].values
+    meanings = ds["stability"].attrs.get("flag_meanings", "").split()
+    counts = {(meanings[v] if 0 <= v < len(meanings) else str(v)): int((st == v).sum())
+              for v in np.unique(st)}
+    rho = ds["spectral_radius"].values
+    rho = rho[np.isfinite(rho)]
+    return {"layer": t, "starts": int(u.shape[0]), "converged": int(ds["n_converged"]),
+            "distinct": int(ds["n_distinct"]), "stability": counts,
+            "spectral_radius": [float(r) for r in rho]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from run import get_config, teacher as load_teacher, wilson
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--starts", type=int, default=8)
+    parser.add_argument("--max-iter", type=int, default=8)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--results", default=None)
+    args = parser.parse_args(argv)
+    cfg = get_config(tiny=args.tiny)
+    out = Path(args.out) if args.out else HERE / "outputs" / ("tiny" if args.tiny else "")
+    res = Path(args.results) if args.results else \
+        (out / "results" if args.tiny else HERE / "results")
+    torch.set_num_threads(1)
+    loaded = load_teacher(cfg)
+    teacher = loaded.model.double().eval().set_attention("math")
+    held = depthflow.open_images(str(out / "data" / "eval.npz")).head(args.starts)
+    images = next(held.batches(args.starts, preprocessing=loaded.preprocessing)).images
+    images = images.double()
+    rows = []
+    start = time.perf_counter()
+    with torch.no_grad():
+        t_traj = _states(teacher, images, teacher)
+    for k in cfg["ks"]:
+        folder = out / f"k{k}"
+        if not (folder / "model.safetensors").is_file():
+            continue
+        raptor = depthflow.load_model(folder).model.double().eval()
+        if hasattr(raptor, "set_attention"):
+            raptor.set_attention("math")
+        with torch.no_grad():
+            r_traj = _states(raptor, images, teacher)
+        blocks = sorted({raptor.block_for(layer) for layer in range(1, raptor.depth + 1)})
+        for b in blocks:
+            t = max(layer for layer in range(1, raptor.depth + 1)
+                    if raptor.block_for(layer) == b)
+            for who, model, traj in (("raptor", raptor, r_traj), ("teacher", teacher, t_traj)):
+                if who == "teacher" and any(r["who"] == "teacher" and r["layer"] == t
+                                            for r in rows):
+                    continue
+                row = solve(model, traj, t, starts=args.starts, max_iter=args.max_iter)
+                row.update(who=who, k=k if who == "raptor" else None, block=b)
+                rows.append(row)
+                print(row, flush=True)
+    seconds = time.perf_counter() - start
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "fixed_points.json").write_text(json.dumps(
+        {"rows": rows, "seconds": round(seconds, 1), "starts": args.starts,
+         "max_iter": args.max_iter}, indent=1) + "\n")
+    lines = ["<!-- generated by studies/raptor_dinov2s/fixed_points.py -->",
+             "# Fixed points of the Raptor blocks (cls scope) and of the teacher's layers", "",
+             f"Sphere maps frozen at the last layer of each block's segment; {args.starts} "
+             f"starts (cls directions of held-out images), at most {args.max_iter} Newton "
+             "steps; stability from the converged tangent spectrum; converged share with its "
+             f"Wilson 95% interval. Wall time {seconds:.0f} s.", "",
+             "| map | layer t | converged | distinct | stability | spectral radius (median) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        p, lo, hi = wilson(r["converged"], r["starts"])
+        name = f"Raptor k={r['k']} block {r['block'] + 1}" if r["who"] == "raptor" else \
+            "teacher layer"
+        rho = f"{np.median(r['spectral_radius']):.3f}" if r["spectral_radius"] else "n/a"
+        stab = ", ".join(f"{a} {c}" for a, c in r["stability"].items()) or "-"
+        lines.append(f"| {name} | {r['layer']} | {r['converged']}/{r['starts']} = {p:.2f} "
+                     f"[{lo:.2f}, {hi:.2f}] | {r['distinct']} | {stab} | {rho} |")
+    (res / "FIXED_POINTS.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
