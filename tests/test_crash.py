@@ -71,8 +71,8 @@ def ckpt(tmp_path_factory):
 def previous(tmp_path_factory, ckpt):
     """A finished run: the result and figures every kill must leave untouched."""
     d = tmp_path_factory.mktemp("prev")
-    done = cli("analyze", ckpt, "-o", d / "run.nc", *CHEAP)
-    assert done.returncode == 0, done.stderr
+    done = inprocess("analyze", ckpt, "-o", d / "run.nc", *CHEAP)
+    assert done.exit_code == 0, done.output
     return d
 
 
