@@ -130,7 +130,7 @@ def open_collection(spec: str) -> ImageSource | None:
     path = Path(spec)
     if path.suffix.lower() in LIST_SUFFIXES:
         if not path.is_file():
-            raise InputError(f"image list {spec!r} does not exist")
+            raise InputError(f"image list {spec!r} not found")
         return FileListSource(path)
     if path.is_dir() and ((path / "state.json").is_file() or
                           (path / "dataset_dict.json").is_file()):
@@ -242,7 +242,7 @@ class TarShardSource(ImageSource):
         self.shards = [Path(p) for p in expand_braces(pattern)]
         missing = [str(p) for p in self.shards if not p.is_file()]
         if missing:
-            raise InputError(f"tar shard {missing[0]!r} does not exist"
+            raise InputError(f"tar shard {missing[0]!r} not found"
                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         members: list[_Member] = []
         labels: list[str] = []

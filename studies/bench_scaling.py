@@ -2,12 +2,13 @@
 
 Prints:
 
-* data-loading overlap: wall time of ``analyze`` on a folder of JPEGs with ``workers=0``
-  over ``workers=2`` (decoding in two worker processes while the model runs);
-* scaling: wall time with 1 process over 2 gloo processes (``torchrun --nproc-per-node 2``)
-  on the same images (on a 2-core machine the two processes share the cores that the one
-  process uses for its intra-op threads: no speed-up is expected, the figure is reported
-  as measured);
+* data-loading overlap: wall time of ``analyze`` (1 intra-op thread) on a folder of JPEGs
+  with ``workers=0`` over ``workers=2`` (decoding in two worker processes while the model
+  runs);
+* scaling: wall time with 1 process (1 intra-op thread) over 2 gloo processes (1 thread
+  each, ``torchrun --nproc-per-node 2``) on the same images, and 1 process with 2 threads
+  over the 2 processes (on a 2-core machine shared with other jobs, reported as
+  measured);
 * memory: peak resident memory per rank of a 2-process run on 2,000 images over the same
   on 250 images (target <= 1.3), with every state kept (``states=all``, 130 KB per image)
   on a 4-block D=384 ViT at 56 px, so that holding per-sample data would show;
@@ -104,9 +105,8 @@ def child(args) -> None:
 
 
 def run(model: str, images: Path, *, procs: int, workers: int, limit: int | None,
-        batch: int, states: str = "cls") -> list[dict]:
+        batch: int, states: str = "cls", threads: int = 1) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        threads = max(1, 2 // procs)
         cmd = [str(HERE / "bench_scaling.py"), "--child", "--model", model,
                "--images-dir", str(images), "--out-dir", tmp, "--workers", str(workers),
                "--threads", str(threads), "--batch", str(batch), "--states", states]
@@ -130,7 +130,7 @@ def gpu_figures() -> list[str]:
     if not torch.cuda.is_available():
         return ["GPU: no CUDA device here; analyze vs bare forward (bf16), images/s of "
                 "ViT-S/14 and ViT-B/14 at 224 px and 1 -> N GPU scaling stay OPEN"]
-    from depthflow.images import Batch  # noqa: F401 - the GPU path below
+    from depthflow.images import Batch
     from depthflow.trajectory import forward_batch
 
     lines = []
@@ -138,9 +138,7 @@ def gpu_figures() -> list[str]:
         loaded = make_model(name)
         model = loaded.model.to("cuda").eval()
         images = torch.rand(64, 3, 224, 224, device="cuda")
-        from depthflow.images import Batch as B
-
-        batch = B(images=images, labels=torch.zeros(64, dtype=torch.long),
+        batch = Batch(images=images, labels=torch.zeros(64, dtype=torch.long),
                   names=[str(i) for i in range(64)])
 
         def bare():
@@ -169,7 +167,7 @@ def gpu_figures() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the digits ViT, fewer images")
-    parser.add_argument("--images", type=int, default=256,
+    parser.add_argument("--images", type=int, default=128,
                         help="JPEGs for the workers and process comparisons")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", default="vit-s", help=argparse.SUPPRESS)
@@ -186,29 +184,37 @@ def main() -> None:
         return
     model = "digits" if args.quick else "vit-s"
     n = min(args.images, 128) if args.quick else args.images
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         jpegs = make_jpegs(Path(tmp) / "jpegs", n, side=64 if args.quick else 160)
-        w0 = run(model, jpegs, procs=1, workers=0, limit=None, batch=32)[0]
-        w2 = run(model, jpegs, procs=1, workers=2, limit=None, batch=32)[0]
-        p2 = run(model, jpegs, procs=2, workers=0, limit=None, batch=32)
+        t1 = run(model, jpegs, procs=1, workers=0, limit=None, batch=32)[0]["seconds"]
+        t1w = run(model, jpegs, procs=1, workers=2, limit=None, batch=32)[0]["seconds"]
+        t2p = max(r["seconds"] for r in run(model, jpegs, procs=2, workers=0, limit=None,
+                                            batch=32))
+        t1t2 = run(model, jpegs, procs=1, workers=0, limit=None, batch=32,
+                   threads=2)[0]["seconds"]
         big = make_jpegs(Path(tmp) / "big", 2000, side=32)
         mem_model = "digits" if args.quick else "vit-mem"
         small_run = run(mem_model, big, procs=2, workers=0, limit=250, batch=32, states="all")
         large_run = run(mem_model, big, procs=2, workers=0, limit=2000, batch=32,
                         states="all")
-    p2_time = max(r["seconds"] for r in p2)
-    print(f"model: {model}, {n} JPEGs, batches of 32, this machine: {os.cpu_count()} cores")
-    print(f"{'measure':44s} {'value':>10s}")
-    print(f"{'analyze, workers=0 (s)':44s} {w0['seconds']:10.2f}")
-    print(f"{'analyze, workers=2 (s)':44s} {w2['seconds']:10.2f}")
-    print(f"{'loading overlap: time w0 / time w2':44s} {w0['seconds'] / w2['seconds']:10.3f}")
-    print(f"{'1 process, 2 threads (s)':44s} {w0['seconds']:10.2f}")
-    print(f"{'2 gloo processes, 1 thread each (s)':44s} {p2_time:10.2f}")
-    print(f"{'scaling: time 1 proc / time 2 procs':44s} {w0['seconds'] / p2_time:10.3f}")
+    print(f"model: {model}, {n} JPEGs, batches of 32, {os.cpu_count()} cores, load average "
+          f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after (other jobs share the "
+          "cores: timings are noisy)")
+    print(f"{'measure':46s} {'value':>10s}")
+    rows = [("1 process, 1 thread, workers=0 (s)", t1),
+            ("1 process, 1 thread, workers=2 (s)", t1w),
+            ("loading overlap: time w0 / time w2", t1 / t1w),
+            ("2 gloo processes, 1 thread each (s)", t2p),
+            ("scaling: time 1 process / time 2 processes", t1 / t2p),
+            ("1 process, 2 threads (s)", t1t2),
+            ("2 threads / 2 gloo processes (time ratio)", t1t2 / t2p)]
+    for label, value in rows:
+        print(f"{label:46s} {value:10.3f}")
     for rank in range(2):
-        s, g = small_run[rank]["peak_mib"], large_run[rank]["peak_mib"]
-        print(f"{f'rank {rank} peak MiB, 250 -> 2000 images':44s} {s:5.0f} -> {g:5.0f}"
-              f"  ratio {g / s:.3f}")
+        a, b = small_run[rank]["peak_mib"], large_run[rank]["peak_mib"]
+        print(f"{f'rank {rank} peak MiB, 250 -> 2000 images':46s} {a:5.0f} -> {b:5.0f}"
+              f"  ratio {b / a:.3f}")
     print(f"target: memory ratio <= 1.3 per rank ({mem_model}, states=all: every state is "
           "gathered to rank 0 and written as it arrives)")
     for line in gpu_figures():

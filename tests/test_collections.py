@@ -86,7 +86,7 @@ def test_file_list_errors_are_one_line(tmp_path):
     (tmp_path / "empty.txt").write_text("path,label\n")
     with pytest.raises(InputError, match="lists no images"):
         open_images(str(tmp_path / "empty.txt"))
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="not found"):
         open_images(str(tmp_path / "missing.txt"))
     (tmp_path / "gone.txt").write_text("nothere.png\n")
     src = open_images(str(tmp_path / "gone.txt"))
@@ -132,7 +132,7 @@ def test_a_batch_reads_only_its_own_shard(tmp_path, monkeypatch):
 
 
 def test_tar_shard_errors(tmp_path):
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="not found"):
         open_images(str(tmp_path / "x-{000..001}.tar"))
     (tmp_path / "junk.tar").write_bytes(b"\0" * 10 + b"junk")
     with pytest.raises(InputError, match="cannot read tar shard|hold no images"):
