@@ -264,6 +264,7 @@ class RopeEmbedding(nn.Module):
         exponents = torch.arange(head_dim // 4, dtype=torch.float64) * 4 / head_dim
         self.register_buffer("periods", (float(theta) ** exponents).float())
         self.grids: dict[int, tuple[int, int]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
 
     def note_grid(self, h_patches: int, w_patches: int) -> None:
         self.grids[h_patches * w_patches] = (h_patches, w_patches)
@@ -279,8 +280,17 @@ class RopeEmbedding(nn.Module):
         return side, side
 
     def forward(self, num_patches: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``(cos, sin)``, each ``(N, head_dim)``, for ``num_patches`` patch tokens."""
+        """``(cos, sin)``, each ``(N, head_dim)``, for ``num_patches`` patch tokens (cached
+        per grid, dtype, device and version of the periods)."""
         h, w = self.grid_for(num_patches)
+        key = (h, w, dtype, self.periods.device, self.periods.data_ptr(), self.periods._version)
+        if key not in self._cache:
+            if len(self._cache) > 16:
+                self._cache.clear()
+            self._cache[key] = self._table(h, w, dtype)
+        return self._cache[key]
+
+    def _table(self, h: int, w: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         periods = self.periods.to(torch.float64 if dtype == torch.float64 else torch.float32)
         ys = (torch.arange(h, dtype=periods.dtype, device=periods.device) + 0.5) / h
         xs = (torch.arange(w, dtype=periods.dtype, device=periods.device) + 0.5) / w
