@@ -40,8 +40,8 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("kind", ["clip", pytest.param("siglip", marks=NO_CLS), "dinov3",
-                                  "deit", "mae", "vit"])
+@pytest.mark.parametrize("kind", ["clip", "dinov3", "deit", "mae", "vit",
+                                  pytest.param("siglip", marks=NO_CLS)])
 def test_analyze_runs_on_every_family(kind, tmp_path):
     family_model(kind).save_pretrained(tmp_path / "model")
     out = tmp_path / "out.nc"
@@ -51,6 +51,25 @@ def test_analyze_runs_on_every_family(kind, tmp_path):
     with xr.open_dataset(out) as ds:
         assert '"cls_token"' in ds.attrs["architecture"]
         assert "preprocessing_source" in ds.attrs["model_info"]
+
+
+def test_rope_tables_from_inference_mode_are_not_reused_for_autograd():
+    """States computed under inference mode (as analyze does) must not leave cached RoPE
+    tables that a later jvp cannot save for backward."""
+    import torch
+
+    from depthflow.models.checkpoints import from_module
+
+    model = from_module(family_model("dinov3")).model.double().set_attention("math")
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    with torch.inference_mode():
+        model.trajectory(x)
+    state = model.embed(x)
+    _, tangent = torch.func.jvp(lambda s: model.step(1, s, attention="math"), (state,),
+                                (torch.ones_like(state),))
+    out, pullback = torch.func.vjp(lambda s: model.step(1, s, attention="math"), state)
+    assert pullback(torch.ones_like(out))[0].shape == state.shape
+    assert tangent.shape == state.shape
 
 
 def test_fit_refuses_rope_models(tmp_path):

@@ -281,9 +281,10 @@ class RopeEmbedding(nn.Module):
 
     def forward(self, num_patches: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """``(cos, sin)``, each ``(N, head_dim)``, for ``num_patches`` patch tokens (cached
-        per grid, dtype, device and version of the periods)."""
+        per grid, dtype, device, version of the periods and inference mode)."""
         h, w = self.grid_for(num_patches)
-        key = (h, w, dtype, self.periods.device, self.periods.data_ptr(), self.periods._version)
+        key = (h, w, dtype, self.periods.device, self.periods.data_ptr(), self.periods._version,
+               torch.is_inference_mode_enabled())     # inference tensors stay in their mode
         if key not in self._cache:
             if len(self._cache) > 16:
                 self._cache.clear()
