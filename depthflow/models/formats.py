@@ -28,7 +28,6 @@ no files, no modules, no pickles.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
