@@ -412,3 +412,19 @@ def test_published_dinov3_vits16_layouts(hidden, swiglu):
     assert (cfg.num_register_tokens, cfg.qkv_bias_parts, cfg.rope_theta) == (4, "qv", 100.0)
     assert (cfg.mlp, cfg.mlp_hidden_dim) == ("swiglu" if swiglu else "gelu", hidden)
     _converted_matches_model(cfg, {k: v for k, v in converted.items()})
+
+
+def test_dinov3_hub_live_module():
+    """A live hub-style module (rope_embed, storage_tokens) is read as dinov3-hub."""
+    from depthflow.models.checkpoints import from_module
+
+    ref = hub_vit()
+    loaded = from_module(ref)
+    assert loaded.info["style"] == "dinov3-hub"
+    assert (loaded.config.num_heads, loaded.config.norm_eps) == (4, 1e-5)
+    model = loaded.model.double().set_attention("math")
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(6),
+                    dtype=torch.float64)
+    with torch.no_grad():
+        states, _ = ref(x)
+        assert rel_err(model.trajectory(x)[:, -1], states[-1]) < 1e-6   # float32 copy

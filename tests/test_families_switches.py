@@ -76,7 +76,8 @@ def test_switch_is_recorded_saved_and_differentiable(name, tmp_path):
     _, jvp = torch.func.jvp(lambda s: model.step(1, s, attention="math"), (state,), (tangent,))
     eps = 1e-6
     with torch.no_grad():
-        fd = (model.step(1, state + eps * tangent) - model.step(1, state - eps * tangent)) / (2 * eps)
+        fd = (model.step(1, state + eps * tangent)
+              - model.step(1, state - eps * tangent)) / (2 * eps)
     assert (jvp - fd).abs().max() < 1e-6 * max(1.0, fd.abs().max().item())
     with torch.no_grad():            # sdpa and math attention agree with every switch
         torch.testing.assert_close(model.step(1, state, attention="sdpa"),

@@ -413,6 +413,8 @@ def _vit_module_hints(obj: nn.Module) -> dict[str, Any]:
     eps = getattr(getattr(obj, "norm", None), "eps", None)
     if eps is not None:
         hints["norm_eps"] = float(eps)
+    if hasattr(obj, "rope_embed") or hasattr(obj, "storage_tokens"):   # DINOv3 hub
+        return {"style": "dinov3-hub", "hints": hints}
     if hasattr(obj, "interpolate_offset"):                      # DINOv2 hub
         hints.update(interp_offset=float(obj.interpolate_offset),
                      interp_antialias=bool(getattr(obj, "interpolate_antialias", False)))

@@ -11,7 +11,13 @@ style                    source
 ``hf-dinov2``            transformers ``Dinov2Model`` (4.x and 5.x parameter names)
 ``hf-dinov2-registers``  transformers ``Dinov2WithRegistersModel`` (4.x and 5.x)
 ``hf-vit``               transformers ``ViTModel`` (4.x and 5.x)
+``hf-deit``              transformers ``DeiTModel`` (+ teacher-distilled classifier heads)
+``hf-vit-mae``           transformers ``ViTMAEModel`` (fixed sin-cos table, no masking)
+``hf-clip``, ``hf-siglip``, ``hf-dinov3``  see :mod:`depthflow.models.hf_families`
+``openclip``, ``dinov3-hub``               see :mod:`depthflow.models.layouts`
 =======================  ===============================================================
+
+docs/families.md lists every family, its switches and how each reader is verified.
 
 Each converter returns ``(ViTConfig, state_dict)``. Facts the weights do not hold come as
 ``hints`` (from an HF ``config.json`` or a live module) or from the style's conventions;
@@ -22,7 +28,6 @@ no files, no modules, no pickles.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
