@@ -379,10 +379,20 @@ def basins(run: Run) -> xr.DataTree:
                                head=(lambda x: model.readout(x)) if model.head is not None
                                else None, seed=cfg.seed, sample_ids=k["rob_index"],
                                n_boot=min(cfg.n_boot, 200), level=cfg.level)
+        # only the images basin_robustness kept (labelled, of a usable class) are in it
+        by_id = dict(zip(np.asarray(k["rob_index"]).tolist(), k["rob_labels"].tolist()))
+        kept_ids = np.asarray(rob.image_ids, np.int64)
         children["robustness"] = xr.DataTree(run.labelled(
-            rob.to_dataset(), "image", index=k["rob_index"], labels=k["rob_labels"]))
+            rob.to_dataset(), "image", index=kept_ids,
+            labels=np.array([by_id[int(i)] for i in kept_ids], np.int32)))
     t = _layer(cfg.attractor_layer, run.L, "attractor_layer")
-    att = attractor_classes(run.frozen(t), run.directions(run.L), keep(run.kept["labels"]),
+    jvp_labels = keep(run.kept["labels"])
+    if len(np.unique(jvp_labels[jvp_labels >= 0])) < 2:
+        children["attractors"] = xr.DataTree(xr.Dataset(attrs={
+            "skipped": "not defined: fewer than two usable classes among the labelled "
+                       "images of the JVP subset (raise dynamics.samples)", "layer": t}))
+        return xr.DataTree(xr.Dataset(attrs={"token": "cls"}), children=children)
+    att = attractor_classes(run.frozen(t), run.directions(run.L), jvp_labels,
                             steps=cfg.attractor_steps, cls_index=cls,
                             tol_angle=cfg.attractor_tol, seed=cfg.seed, n_perm=cfg.n_perm,
                             n_boot=min(cfg.n_boot, 200), level=cfg.level,
