@@ -72,15 +72,15 @@ class FitConfig(Options):
         "stage1_weighting": "Stage-1 token weights: final (plain MSE except the segment "
                             "ending at the last layer, which gets the final-* weights) or "
                             "all (every segment gets the cls/register/patch weights) "
-                            "[default: from --recipe].",
+                            "(unset: the --recipe value).",
         "final_cls_weight": "Stage-1 cls weight of the segment ending at the last layer.",
         "final_register_weight": "Stage-1 register weight of the last segment.",
         "final_patch_weight": "Stage-1 patch weight of the last segment.",
         "cond_bias_init_std": "Std of the depth-conditioning bias b2 at init "
-                              "[default: from --recipe].",
-        "norm_eps": "LayerNorm epsilon of the Raptor blocks [default: from --recipe].",
+                              "(unset: the --recipe value).",
+        "norm_eps": "LayerNorm epsilon of the Raptor blocks (unset: the --recipe value).",
         "block_init": "Random block init: pytorch (PyTorch defaults, official) or "
-                      "trunc_normal (std 0.02) [default: from --recipe].",
+                      "trunc_normal (std 0.02) (unset: the --recipe value).",
         "thresholds": "Last layer of every phase but the final one, e.g. 7,10 for k=3 "
                       "(none: max-cut phases of the training images).",
         "mlp": "Raptor block MLP: swiglu or gelu.",

@@ -30,8 +30,8 @@ import lib  # noqa: E402
 import numpy as np  # noqa: E402
 
 DEFAULT = {
-    "models": {"embedded": {"path": None, "seeds": 3, "steps": [20, 20]},
-               "study1_p0.5_s0": {"path": "study1", "seeds": 10, "steps": [30, 30]}},
+    "models": {"embedded": {"path": None, "seeds": 3, "steps": [30, 30]},
+               "study1_p0.5_s0": {"path": "study1", "seeds": 10, "steps": [60, 60]}},
     "ks": [2, 3, 4], "maxcut_seeds": 2, "batch_size": 32, "lr": 1e-3, "recipe": "paper",
     "bootstrap": 2000,
 }
@@ -76,7 +76,8 @@ def random_noncontiguous(labels: list[int], rng) -> list[int]:
     raise RuntimeError("no non-contiguous permutation found")
 
 
-def run_model(name: str, spec: dict, config: dict, work: Path, tiny: bool) -> list[dict]:
+def run_model(name: str, spec: dict, config: dict, work: Path, tiny: bool,
+              report: bool = False) -> list[dict]:
     from depthflow.loader import load_model
     from depthflow.phases.segmentation import phase_metrics
 
@@ -104,6 +105,8 @@ def run_model(name: str, spec: dict, config: dict, work: Path, tiny: bool) -> li
             cache = work / f"{name}_k{k}_{family.replace(' ', '_')}_{seed}_{key}.json"
             if cache.is_file():
                 rows.append(json.loads(cache.read_text()))
+                continue
+            if report:
                 continue
             contiguous_labels = _is_sorted(labels)       # blocks 0, 1, ... in layer order
             fit = lib.fit(path, workdir=work / f"fit_{name}_k{k}", k=k,
@@ -240,6 +243,9 @@ def main(argv=None) -> None:
                         "family, k and model")
     parser.add_argument("--steps", default=None, help="Raptor steps per stage, e.g. 200,200")
     parser.add_argument("--ks", default=None)
+    parser.add_argument("--report", action="store_true",
+                        help="write the outputs from the finished fits only")
+    parser.add_argument("--only-model", default=None, help="compute this model only")
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -258,7 +264,13 @@ def main(argv=None) -> None:
                                          "command": sys.argv})
     rows = []
     for name, spec in config["models"].items():
-        rows += run_model(name, spec, config, work, args.tiny)
+        if args.only_model and name != args.only_model:
+            continue
+        rows += run_model(name, spec, config, work, args.tiny, report=args.report)
+    models = [n for n in config["models"] if any(r["model"] == n and r["family"] == "max-cut"
+                                                 for r in rows)]
+    config = {**config, "models": {n: config["models"][n] for n in models}}
+    config["ks"] = [k for k in config["ks"] if any(r["k"] == k for r in rows)]
     write_outputs(rows, analyse(rows, config), config, out)
     print(f"wrote {out}/table.md, summary.json, results.nc, figures/")
 

@@ -46,8 +46,10 @@ from depthflow.models.vit import ViT, ViTConfig  # noqa: E402
 from depthflow.phases.segmentation import (phase_metrics, segment_into,  # noqa: E402
                                            thresholds_from_labels)
 
-TINY_ARCH = {"img_size": 8, "patch_size": 2, "in_chans": 1, "embed_dim": 32, "depth": 12,
-             "num_heads": 2, "mlp": "gelu", "mlp_hidden_dim": 128, "num_register_tokens": 4,
+# 12 blocks, width 16, 2x2 patches of 4x4 pixels + cls = 5 tokens (chosen for the CPU budget:
+# a pilot reached 42% held-out accuracy in 6 epochs against 18-37% for 2x2-pixel patches).
+TINY_ARCH = {"img_size": 8, "patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 12,
+             "num_heads": 2, "mlp": "gelu", "mlp_hidden_dim": 64, "num_register_tokens": 0,
              "layerscale": True, "num_classes": 10, "head_input": "cls"}
 
 

@@ -3,7 +3,7 @@
     python studies/stochastic_depth/run.py [--tiny] [--seeds N] [--epochs N] [--steps S1,S2]
                                            [--set KEY=JSON] [--out DIR] [--work DIR]
 
-12-block tiny ViTs (width 32) on digits with +-1 pixel shifts, one drop probability p for
+12-block tiny ViTs (width 16, 4x4-pixel patches) on digits with +-1 pixel shifts, one drop probability p for
 every block, p in {0, .1, .2, .3, .5, .7} x seeds. Per model: held-out accuracy, the layer x
 layer similarity, phase-structure metrics of the max-cut phases (k = 2, 3), and Raptor k = 2
 and 3 fits (paper recipe; standard and paper R^2, accuracy ratio). Reports Spearman trends
@@ -32,8 +32,8 @@ import numpy as np  # noqa: E402
 DEFAULT = {
     "ps": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7],
     "seeds": [0, 1, 2],
-    "vit": {"arch": lib.TINY_ARCH, "epochs": 8, "lr": 3e-3, "min_lr": 1e-5,
-            "warmup_epochs": 1, "weight_decay": 0.05, "batch_size": 64, "translate": 1,
+    "vit": {"arch": lib.TINY_ARCH, "epochs": 10, "lr": 3e-3, "min_lr": 1e-5,
+            "warmup_epochs": 1, "weight_decay": 0.05, "batch_size": 32, "translate": 1,
             "label_smoothing": 0.1, "layerscale_init": 0.01, "subset": None},
     "ks": [2, 3],
     "raptor": {"steps": [40, 40], "batch_size": 32, "lr": 1e-3, "recipe": "paper"},
@@ -48,13 +48,15 @@ METRICS = ("mean_similarity", "contrast", "normalized_cut", "modularity")
 FIDELITY = ("r2_last", "r2_paper_pooled", "accuracy_ratio")
 
 
-def run_model(p: float, seed: int, config: dict, work: Path) -> dict:
+def run_model(p: float, seed: int, config: dict, work: Path, report: bool = False):
     key = hashlib.sha1(json.dumps([p, seed, config["vit"], config["ks"], config["raptor"],
                                    config["distance_images"]], sort_keys=True)
                        .encode()).hexdigest()[:10]
     cache = work / f"p{p:g}_s{seed}_{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
+    if report:
+        return None
     tic = time.perf_counter()
     model, rows = lib.train_vit({**config["vit"], "seed": seed, "drop_path": p})
     ckpt = lib.save_vit(model, work / f"p{p:g}_s{seed}.safetensors",
@@ -280,6 +282,14 @@ def parse(argv=None):
     parser.add_argument("--steps", default=None, help="Raptor steps per stage, e.g. 400,400")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=JSON",
                         help="override a top-level config entry, e.g. --set ps=[0,0.5]")
+    parser.add_argument("--only-seed", type=int, default=None,
+                        help="compute this seed only (to spread seeds over processes); "
+                        "no outputs are written")
+    parser.add_argument("--jobs", default=None,
+                        help="compute these p:seed pairs only, in this order, e.g. "
+                        "0.7:0,0.5:0 (to spread models over processes); no outputs written")
+    parser.add_argument("--report", action="store_true",
+                        help="write the outputs from the finished models only")
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--work", type=Path, default=None,
                         help="checkpoints and fits [default: OUT/work]")
@@ -309,18 +319,36 @@ def main(argv=None) -> None:
     out = args.out
     work = args.work or out / "work"
     work.mkdir(parents=True, exist_ok=True)
-    lib.write_json(out / "config.json", {"config": config, "versions": lib.versions(),
-                                         "command": sys.argv})
+    if args.jobs:
+        for item in args.jobs.split(","):
+            p, seed = item.split(":")
+            m = run_model(float(p), int(seed), config, work)
+            print(f"p={float(p):g} seed={seed}: done ({m['seconds']:.0f} s)", flush=True)
+        return
     tic = time.perf_counter()
     models = []
     for seed in config["seeds"]:
+        if args.only_seed is not None and seed != args.only_seed:
+            continue
         for p in config["ps"]:
-            m = run_model(p, seed, config, work)
+            m = run_model(p, seed, config, work, report=args.report)
+            if m is None:
+                continue
             models.append(m)
             print(f"p={p:g} seed={seed}: acc {m['test_acc']:.3f}, " + ", ".join(
                 f"k={k} R2 {m['fits'][k]['r2_last']:.3f} ratio "
                 f"{m['fits'][k]['accuracy_ratio']:.3f}" for k in m["fits"]) +
                 f" ({m['seconds']:.0f} s)", flush=True)
+    if args.only_seed is not None:
+        return
+    if not models:
+        raise SystemExit("Error: no finished models to report")
+    done = sorted({m["seed"] for m in models})
+    if len(models) < len(config["seeds"]) * len(config["ps"]):
+        config = {**config, "planned_seeds": config["seeds"], "seeds": done,
+                  "finished_models": len(models)}
+    lib.write_json(out / "config.json", {"config": config, "versions": lib.versions(),
+                                         "command": sys.argv})
     res = analyse(models, config)
     write_outputs(models, res, config, out, sum(m["seconds"] for m in models))
     print(f"wrote {out}/table.md, summary.json, results.nc, figures/")
