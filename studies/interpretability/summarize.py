@@ -504,8 +504,9 @@ def fig_boundaries(ax, tree, cond):
     for r in rows:
         if r["segmentation"] != first:
             continue
-        x = np.arange(1, len(r["counts"]) + 1) + (0 if cond == "trained" else 0.3)
-        ax.bar(x, np.asarray(r["counts"]) / max(r["n"], 1), width=0.3,
+        shift = {"cls": -0.3, "register": -0.1, "patch": 0.1}.get(r["kind"], 0.0)
+        x = np.arange(1, len(r["counts"]) + 1) + shift + (0 if cond == "trained" else 0.1)
+        ax.bar(x, np.asarray(r["counts"]) / max(r["n"], 1), width=0.1,
                color=COLORS[r["kind"]], alpha=0.9 if cond == "trained" else 0.4,
                label=f"{r['kind']} ({cond}, {first}: {r['hits']}/{r['n']})")
         if cond == "trained":
@@ -688,10 +689,13 @@ def summary_records(findings: list[dict[str, Any]], found) -> list[dict[str, str
             label = f"{claim} [{model}]"
             if f["study"] == 6 and claim in CLAIMS:
                 ours, iv, n = headline(h, claim, trees[(model, "trained")])
-                rnd = headline(h, claim, trees[(model, "random")]) \
-                    if (model, "random") in trees else ("not run", "", 0)
-                note = (f"random weights: {rnd[0]} {rnd[1]} (n = {rnd[2]}, verdict "
-                        f"'{f['random']['verdict']}'); depth 0: {f['depth0']}")
+                if (model, "random") in trees:
+                    rnd = headline(h, claim, trees[(model, "random")])
+                    rtxt = (f"random weights: {rnd[0]} {rnd[1]} (n = {rnd[2]}, verdict "
+                            f"'{f['random']['verdict']}')")
+                else:
+                    rtxt = "random weights: not run at this size"
+                note = f"{rtxt}; depth 0: {f['depth0']}"
                 rows.append(record(study="6", claim=label,
                                    paper=PAPER_NUMBERS.get(claim, f["paper"]), ours=ours,
                                    interval=iv, n=n, agrees=f["agrees"], note=note))
