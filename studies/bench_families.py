@@ -88,11 +88,12 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=None, help="default 15 (5 quick)")
     parser.add_argument("--families", default=",".join(FAMILIES))
     args = parser.parse_args()
     if args.quick:
-        args.depth, args.image, args.repeats = 4, 112, 5
+        args.depth, args.image = 4, 112
+    args.repeats = args.repeats or (5 if args.quick else 15)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"CPU, float32, SDPA both sides, {args.threads} threads, batch {args.batch}, "
