@@ -3,6 +3,8 @@ the Hugging Face layout by ``save_pretrained``; ``depthflow fit`` refuses RoPE m
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import xarray as xr
 from click.testing import CliRunner
@@ -19,8 +21,10 @@ COMMON = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, patch_
 # Trajectories, phases (cheap swaps) and figures; the dynamics analyses are exercised on
 # these switches by tests/test_families_switches.py (jvp) and by tests/test_cli.py.
 CHEAP = ["--set", "phases.swap_trials=2", "--dynamics", "none"]
-NO_CLS = pytest.mark.xfail(reason="token analyses of models without a cls token come with "
-                                  "the 'names' branch (issue 11 req. 7)", strict=False)
+# The model's own preprocessing config (16 px, as the tiny models were built for): without
+# it the family default (resize 256, crop 224) would give 3,136 tokens per image.
+PREPROCESSOR = {"do_resize": True, "size": {"height": 16, "width": 16}, "do_center_crop": False,
+                "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}
 
 
 def family_model(kind: str):
@@ -40,10 +44,10 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("kind", ["clip", "dinov3", "deit", "mae", "vit",
-                                  pytest.param("siglip", marks=NO_CLS)])
+@pytest.mark.parametrize("kind", ["clip", "dinov3", "deit", "mae", "vit", "siglip"])
 def test_analyze_runs_on_every_family(kind, tmp_path):
     family_model(kind).save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
     out = tmp_path / "out.nc"
     result = run("analyze", tmp_path / "model", "--images", "digits", "--limit", 6,
                  "--batch-size", 6, "-o", out, "--quiet", *CHEAP)
@@ -51,6 +55,7 @@ def test_analyze_runs_on_every_family(kind, tmp_path):
     with xr.open_dataset(out) as ds:
         assert '"cls_token"' in ds.attrs["architecture"]
         assert "preprocessing_source" in ds.attrs["model_info"]
+        assert json.loads(ds.attrs["preprocessing"])["crop"] == 16     # the model's config
 
 
 def test_rope_tables_from_inference_mode_are_not_reused_for_autograd():
