@@ -250,6 +250,11 @@ def summary(rows, n) -> list[dict]:
         interval="; ".join(f"[{lib.fmt(r['ratio']['lo'])}, {lib.fmt(r['ratio']['hi'])}]"
                            for r in rows),
         n=f"seeds per rung: {n}", agrees="yes" if increasing else "partly"))
+    if min(r["ratio"]["n"] for r in rows) < 2:      # a partial run: no verdict
+        for row in out:
+            row["agrees"] = "not comparable"
+            row["note"] = (row["note"] + "; " if row["note"] else "") + \
+                "partial run: some rungs have a single seed"
     return out
 
 

@@ -225,6 +225,13 @@ def summary(models, res, config) -> list[dict]:
                      f"[{lib.fmt(within['lo'])}, {lib.fmt(within['hi'])}]",
             n=n, agrees=verdict,
             note="within p: after subtracting each p's mean (p drives both)"))
+    n_p = len({m["p"] for m in models})
+    if n_p < 3 or len(models) < 9:                 # a partial run: no verdict
+        for row in rows:
+            row["agrees"] = "not comparable"
+            row["note"] = (row["note"] + "; " if row["note"] else "") + \
+                f"partial run: {len(models)} models, {n_p} p values (planned " \
+                f"{len(config.get('planned_seeds', config['seeds'])) * len(config['ps'])})"
     return rows
 
 
