@@ -39,6 +39,9 @@ START, END = "<!-- dynamics-tables:start -->", "<!-- dynamics-tables:end -->"
 FINDINGS_START, FINDINGS_END = "<!-- findings:start -->", "<!-- findings:end -->"
 STUDIES = Path(__file__).resolve().parent
 RECORD_KEYS = ("study", "claim", "paper", "ours", "interval", "n", "agrees", "note")
+# issue 14's numbering of the study folders (records may name their study by folder)
+STUDY_ORDER = {"stochastic_depth": 1, "partitions": 2, "overfitting": 3, "ablation": 4,
+               "raptor_dinov2s": 5, "interpretability": 6}
 YES, PARTLY, NO, NC = "yes", "partly", "no", "not comparable"
 ALPHA = 0.05                      # significance level of the permutation tests (Holm-adjusted)
 N_BOOT, LEVEL, SEED = 1000, 0.95, 0
@@ -880,8 +883,8 @@ def collect_findings(studies: Path = STUDIES) -> list[dict[str, str]]:
     def key(r: dict[str, str]) -> float:
         try:
             return float(r["study"])
-        except ValueError:
-            return math.inf
+        except ValueError:                            # a folder name: the issue's numbering
+            return float(STUDY_ORDER.get(r["study"], STUDY_ORDER.get(r["source"], math.inf)))
 
     return sorted(rows, key=key)                    # stable: file order within a study
 
