@@ -39,8 +39,6 @@ demo: $(VENV)/.core
 test: $(VENV)/.test
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# Every studies/bench_*.py (discovered by name), one table in studies/benchmarks/RESULTS.md;
-# `make test` runs the --quick variant as a smoke test (tests/test_benchmarks.py).
 # Every studies/bench_*.py (discovered by name) into one table, studies/benchmarks/RESULTS.md;
 # `make test` runs the --quick variant as a smoke test (tests/test_benchmarks.py).
 bench: $(VENV)/.test

@@ -48,7 +48,9 @@ def fit(checkpoint, images, limit, eval_images, output, resume, stop_after, arch
 
     config = options.build_config(FitConfig, fit_options)
     k = config.k
-    output = output or resume or f"raptor{k}"
+    if output is not None and not output.strip():
+        raise ConfigError("the output directory is empty; give a name (e.g. -o raptor2)")
+    output = (resume or f"raptor{k}") if output is None else output
     if resume and os.path.abspath(output) != os.path.abspath(resume):
         raise ConfigError(f"--resume continues in its own directory {resume!r}; drop -o "
                           f"{output!r} or give the same directory")

@@ -87,11 +87,14 @@ def iter_trajectories(model: ViT, source: ImageSource, *, preprocessing: Preproc
         from tqdm.auto import tqdm
         bar = tqdm(total=len(source), unit="img", desc="trajectories", leave=False)
     try:
-        with torch.inference_mode():
-            for batch in source.batches(batch_size, preprocessing=preprocessing):
-                yield forward_batch(model, batch, dev, tdtype)
-                if bar is not None:
-                    bar.update(len(batch.labels))
+        for batch in source.batches(batch_size, preprocessing=preprocessing):
+            # inference mode only around the forward pass: a generator suspended inside
+            # the context would leave the consumer's thread in inference mode
+            with torch.inference_mode():
+                tb = forward_batch(model, batch, dev, tdtype)
+            yield tb
+            if bar is not None:
+                bar.update(len(batch.labels))
     finally:
         if bar is not None:
             bar.close()

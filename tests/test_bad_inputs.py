@@ -332,6 +332,7 @@ CASES = [
      lambda d, c, r: ["phases", r, "--images", "digits", "-o", d / O, "--quiet"]),
     # ----- output paths
     ("out-empty", 2, "empty", lambda d, c, r: ["analyze", c, "-o", "", *CHEAP]),
+    ("out-empty-fit", 2, "empty", lambda d, c, r: ["fit", c, "-o", "", "--limit", 4]),
     ("out-empty-figures", 2, "empty",
      lambda d, c, r: ["analyze", c, "-o", d / O, "--figures", "", "--no-phases", "--dynamics", "none",
                       "--limit", 4, "--quiet"]),

@@ -116,6 +116,12 @@ def test_kind_weights_renormalise_when_a_kind_is_absent():
     assert float(w.sum()) == pytest.approx(1.0)
     with pytest.raises(ConfigError):
         kind_weights(["register", "register"], cls=0.5, register=0.0, patch=0.5)
+    # DeiT: cls and distillation tokens share the cls weight (one class-token MSE)
+    w = kind_weights(["cls", "distillation", "patch", "patch"], cls=0.45, register=0.10,
+                     patch=0.45)
+    assert w.tolist() == pytest.approx([0.25, 0.25, 0.25, 0.25])
+    with pytest.raises(ConfigError, match="no loss weight"):
+        kind_weights(["cls", "mystery"], cls=0.5, register=0.0, patch=0.5)
 
 
 @settings(max_examples=40, deadline=None)

@@ -34,7 +34,7 @@ from depthflow.images import ImageSource
 from depthflow.io.provenance import provenance
 from depthflow.models.checkpoints import LoadedModel
 from depthflow.models.preprocessing import model_preprocessing
-from depthflow.trajectory import TrajectoryBatch, iter_trajectories, resolve_device
+from depthflow.trajectory import TrajectoryBatch, iter_trajectories
 from depthflow.vocabulary import attrs
 from depthflow.phases import segmentation as seg
 from depthflow.errors import ConfigError, InputError

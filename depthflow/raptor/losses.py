@@ -17,7 +17,9 @@
 * Stage 2: all blocks chained from ``a_0``, pure autoregressive over all ``L`` layers.
 * Token weighting: ``w_cls MSE(cls) + w_reg MSE(registers) + w_patch MSE(patches)``
   (0.45 / 0.10 / 0.45), each an MSE over the tokens of its kind; weights of kinds a model
-  lacks (no registers) are dropped and the rest renormalised to sum to 1. Without
+  lacks (no registers, no cls token) are dropped and the rest renormalised to sum to 1;
+  the class tokens (cls and DeiT's distillation token) share the cls weight, one MSE over
+  both, so the paper's class / register / patch proportions are kept. Without
   weighting, one MSE over all tokens.
 """
 
@@ -38,12 +40,20 @@ def kind_weights(kinds: Sequence[str], *, cls: float, register: float,
     given = {"cls": cls, "register": register, "patch": patch}
     if any(v < 0 for v in given.values()):
         raise ConfigError(f"token weights must be >= 0, got {given}")
-    counts = {kind: sum(1 for k in kinds if k == kind) for kind in given}
+    group = [_WEIGHT_GROUP.get(k, k) for k in kinds]
+    unknown = sorted(set(group) - set(given))
+    if unknown:
+        raise ConfigError(f"no loss weight for token kind(s) {unknown}")
+    counts = {kind: group.count(kind) for kind in given}
     present = {kind: w for kind, w in given.items() if counts[kind]}
     total = sum(present.values())
     if total <= 0:
         raise ConfigError(f"token weights {given} give zero weight to every token kind present")
-    return torch.tensor([present.get(k, 0.0) / total / counts[k] for k in kinds])
+    return torch.tensor([present.get(g, 0.0) / total / counts[g] for g in group])
+
+
+# Class tokens share the cls weight: DeiT's distillation token is a second class token.
+_WEIGHT_GROUP = {"distillation": "cls"}
 
 
 def token_mse(pred: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
