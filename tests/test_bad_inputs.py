@@ -235,7 +235,10 @@ CASES = [
                       "-o", d / O, "--batch-size", 1, *CHEAP]),
     ("img-source-missing", 1, "not found",
      lambda d, c, r: ["analyze", c, "--images", d / "nowhere", "-o", d / O, *CHEAP]),
-    ("img-source-text-file", 1, "neither a folder",
+    ("img-source-unknown-file", 1, "neither a folder",
+     lambda d, c, r: [then("analyze", (d / "x.dat").write_text("x")), c, "--images", d / "x.dat",
+                      "-o", d / O, *CHEAP]),
+    ("img-list-missing-image", 1, "cannot read image",     # a .txt is a file list
      lambda d, c, r: [then("analyze", (d / "x.txt").write_text("x")), c, "--images", d / "x.txt",
                       "-o", d / O, *CHEAP]),
     ("img-digits-bad-split", 1, "split",
