@@ -36,8 +36,9 @@ demo: $(VENV)/.core
 		--figures depthflow-demo-figures
 	$(VENV)/bin/depthflow info depthflow-demo.nc
 
+# One pytest-xdist worker per core, a test file per worker (module fixtures built once).
 test: $(VENV)/.test
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile tests
 
 # Every studies/bench_*.py (discovered by name) into one table, studies/benchmarks/RESULTS.md;
 # `make test` runs the --quick variant as a smoke test (tests/test_benchmarks.py).

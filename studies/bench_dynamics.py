@@ -17,6 +17,9 @@ import warnings
 
 import torch
 
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent / "benchmarks"))
+from report import emit  # noqa: E402
+
 from depthflow import maps
 from depthflow.loader import load_model
 from depthflow.dynamics import eigvals, find_fixed_points, restrict_token, starts_from
@@ -207,6 +210,14 @@ def main(names: list[str] | None = None) -> list[dict]:
         print(f"{r['benchmark']:48s} {r['measure']:28s} {r['baseline']:10.3g} "
               f"{r['ours']:10.3g} {r['ratio']:8.1f}  {r['target']}")
         print(f"    {r['note']}")
+    for r in rows:                                    # rows of `make bench` (RESULTS.md)
+        target = r["target"].removeprefix(">= ").removesuffix("x")
+        unit = "s" if "seconds" in r["measure"] else "evals"
+        emit(r["benchmark"], r["ours"],
+             baseline=None if r["baseline"] != r["baseline"] else r["baseline"], unit=unit,
+             target=float(target) if target.replace(".", "", 1).isdigit() else None,
+             note=(r["note"] if r["target"].startswith(">=") else
+                   f"{r['target']}; {r['note']}"))
     return rows
 
 

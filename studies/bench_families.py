@@ -18,9 +18,15 @@ import argparse
 import statistics
 import time
 
+import sys
+from pathlib import Path
+
 import torch
 
-from depthflow.models.checkpoints import from_module
+sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
+from report import emit  # noqa: E402
+
+from depthflow.models.checkpoints import from_module  # noqa: E402
 
 WIDTH = dict(hidden_size=384, num_attention_heads=6, intermediate_size=1536, patch_size=16)
 FAMILIES = ("vit", "dinov2", "clip", "siglip", "dinov3", "deit", "vit_mae")
@@ -104,6 +110,11 @@ def main() -> None:
                     repeats=args.repeats)
         print(f"{family:<10}{row['hf_ms']:>10.1f}{row['depthflow_ms']:>14.1f}"
               f"{row['ratio']:>8.3f}", flush=True)
+        emit(f"{family} forward, every hidden state, depth {args.depth}, {args.image} px, "
+             f"batch {args.batch} (vs Hugging Face)", row["depthflow_ms"] / 1e3,
+             baseline=row["hf_ms"] / 1e3, target=round(1 / 1.1, 3),
+             note=f"CPU float32, SDPA both sides, {args.threads} threads; target: at most "
+                  "1.1x the HF time")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,9 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+sys.path.insert(0, str(HERE / "benchmarks"))
 from depthflow.raptor.model import DepthScale, RaptorBlock  # noqa: E402
+from report import emit  # noqa: E402
 from depthflow.models.vit import LayerScale, SwiGLUMlp, ViTConfig  # noqa: E402
 
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
@@ -164,6 +166,12 @@ def main(argv=None) -> dict:
         peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
         result["mfu_bf16"] = None if peak is None else flops / sec["depthflow"] / peak
     print(json.dumps(result, indent=2))
+    emit(f"Raptor training step, D={dim} T={args.tokens} B={args.batch} x{args.applications} "
+         f"applications ({'CUDA' if cuda else 'CPU'})", result["steps_per_s"]["depthflow"],
+         baseline=result["steps_per_s"]["official"], unit="steps/s", higher_is_better=True,
+         target=None,
+         note=result["depthflow_path"] + ("" if not cuda else
+                                          f"; MFU {result.get('mfu_bf16') or float('nan'):.2f}"))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench_raptor.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -38,6 +38,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE / "benchmarks"))
+from report import emit  # noqa: E402
 
 
 def make_jpegs(root: Path, n: int, side: int) -> Path:
@@ -193,10 +195,11 @@ def main() -> None:
                                             batch=32))
         t1t2 = run(model, jpegs, procs=1, workers=0, limit=None, batch=32,
                    threads=2)[0]["seconds"]
-        big = make_jpegs(Path(tmp) / "big", 2000, side=32)
+        few, many = (32, 256) if args.quick else (250, 2000)
+        big = make_jpegs(Path(tmp) / "big", many, side=32)
         mem_model = "digits" if args.quick else "vit-mem"
-        small_run = run(mem_model, big, procs=2, workers=0, limit=250, batch=32, states="all")
-        large_run = run(mem_model, big, procs=2, workers=0, limit=2000, batch=32,
+        small_run = run(mem_model, big, procs=2, workers=0, limit=few, batch=32, states="all")
+        large_run = run(mem_model, big, procs=2, workers=0, limit=many, batch=32,
                         states="all")
     print(f"model: {model}, {n} JPEGs, batches of 32, {os.cpu_count()} cores, load average "
           f"{load_before:.1f} before / {os.getloadavg()[0]:.1f} after (other jobs share the "
@@ -213,10 +216,22 @@ def main() -> None:
         print(f"{label:46s} {value:10.3f}")
     for rank in range(2):
         a, b = small_run[rank]["peak_mib"], large_run[rank]["peak_mib"]
-        print(f"{f'rank {rank} peak MiB, 250 -> 2000 images':46s} {a:5.0f} -> {b:5.0f}"
+        print(f"{f'rank {rank} peak MiB, {few} -> {many} images':46s} {a:5.0f} -> {b:5.0f}"
               f"  ratio {b / a:.3f}")
     print(f"target: memory ratio <= 1.3 per rank ({mem_model}, states=all: every state is "
           "gathered to rank 0 and written as it arrives)")
+    size = f"{model}, {n} JPEGs"                      # rows of `make bench` (RESULTS.md)
+    emit(f"analyze data loading, workers=2 vs workers=0 ({size})", t1w, baseline=t1,
+         note="1 process, 1 intra-op thread; decoding in 2 worker processes")
+    emit(f"analyze, 2 gloo processes vs 1 process ({size})", t2p, baseline=t1,
+         note="1 intra-op thread each; slowest rank's wall time")
+    emit(f"analyze, 2 gloo processes vs 1 process with 2 threads ({size})", t2p,
+         baseline=t1t2, note="same 2 cores used both ways")
+    for rank in range(2):
+        a, b = small_run[rank]["peak_mib"], large_run[rank]["peak_mib"]
+        emit(f"peak memory of rank {rank}, {few} vs {many} images ({mem_model}, states=all)",
+             b, baseline=a, unit="MiB", target=round(1 / 1.3, 3),
+             note=f"ratio = MiB({few}) / MiB({many}); target: {many} images need at most 1.3x")
     for line in gpu_figures():
         print(line)
 

@@ -12,6 +12,14 @@ settings.register_profile("depthflow", deadline=None, derandomize=True, max_exam
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "depthflow"))
 
+# Under pytest-xdist (`make test` runs one worker per core), each worker and the processes
+# it starts use one intra-op thread: two workers with two threads each would oversubscribe
+# a 2-core machine. Results do not depend on the thread count (tests compare values, never
+# times).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="module")
 def one_thread():

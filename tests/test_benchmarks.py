@@ -4,6 +4,7 @@ protocol of ``studies/benchmarks/report.py`` round-trips."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,7 +12,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "studies" / "benchmarks"))
 
 import report  # noqa: E402
-import run as bench_run  # noqa: E402
+
+def _load(name: str, path: Path):
+    # by path, under a unique name: other tests load other studies' ``run.py``
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_run = _load("benchmarks_run", ROOT / "studies" / "benchmarks" / "run.py")
 
 
 def test_row_protocol_round_trips(capsys):
@@ -30,6 +41,9 @@ def test_runner_discovers_every_bench_script():
     names = {p.name for p in bench_run.scripts()}
     assert {"bench_phases.py", "bench_extraction.py"} <= names
     assert all(n.startswith("bench_") for n in names)
+    # every script reports rows for RESULTS.md (not only its wall time)
+    silent = [p.name for p in bench_run.scripts() if "emit(" not in p.read_text()]
+    assert not silent, silent
 
 
 def test_quick_benchmarks_run(tmp_path, monkeypatch, capsys):

