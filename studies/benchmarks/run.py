@@ -38,7 +38,9 @@ def machine() -> str:
         threads = torch.get_num_threads()
     except Exception:  # noqa: BLE001 - the table must still be written
         gpu, threads = "torch unavailable", os.cpu_count()
-    return f"{cpu}, {os.cpu_count()} CPUs ({threads} torch threads), {gpu}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} CPUs ({threads} torch threads), {gpu}, "
+            f"load {load:.1f} at start")
 
 
 def scripts() -> list[Path]:

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 DEFAULT = {
     "ps": [0.0, 0.1, 0.2, 0.3, 0.5, 0.7],
     "seeds": [0, 1, 2],
-    "vit": {"arch": lib.TINY_ARCH, "epochs": 10, "lr": 3e-3, "min_lr": 1e-5,
+    "vit": {"arch": lib.TINY_ARCH, "epochs": 30, "lr": 3e-3, "min_lr": 1e-5,
             "warmup_epochs": 1, "weight_decay": 0.05, "batch_size": 32, "translate": 1,
             "label_smoothing": 0.1, "layerscale_init": 0.01, "subset": None},
     "ks": [2, 3],
