@@ -99,8 +99,10 @@ def config_options(cls: type, *, exclude: Iterable[str] = (),
                                       show_default=True, help=text)
             elif _is_tuple(field, hints) or default is None:
                 shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+                # an unset option says so in its own help text ("unset: ..."), not "None"
+                suffix = "" if default is None else f" [default: {shown}]"
                 option = click.option(flag, field.name, default=None, metavar="VALUE",
-                                      help=f"{text} [default: {shown}]".strip())
+                                      help=f"{text}{suffix}".strip())
             else:
                 option = click.option(flag, field.name, type=type(default), default=default,
                                       show_default=True, help=text)

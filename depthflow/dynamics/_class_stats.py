@@ -86,17 +86,21 @@ def halfsample_draws(y: np.ndarray, n_draws: int, seed: int):
         yield index, stratified_folds(y[index], rng)
 
 
-def halfsample_interval(estimate: np.ndarray, draws: np.ndarray,
-                        level: float) -> tuple[np.ndarray, np.ndarray]:
+def halfsample_interval(estimate: np.ndarray, draws: np.ndarray, level: float,
+                        bounds: tuple[float, float] = (-np.inf, np.inf),
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Centred half-sampling interval: the percentile interval of the half-sample
     statistics (axis 0) shifted by ``estimate - median(draws)``. Sampling half of n without
     replacement gives a linear statistic the variance of the full-sample one (finite
-    population factor 1 - 1/2), and the shift removes the bias of the smaller sample."""
+    population factor 1 - 1/2), and the shift removes the bias of the smaller sample. The
+    shift can carry a bound past the statistic's range (an accuracy near 1 whose
+    half-samples sit lower): ``bounds`` is that range, and the interval is clipped to it."""
     lo, hi = percentile_interval(draws, level)
     if draws.shape[0] == 0:
         return lo, hi
     shift = estimate - np.quantile(draws, 0.5, axis=0, method="inverted_cdf")
-    return lo + shift, hi + shift
+    return (np.clip(lo + shift, bounds[0], bounds[1]),
+            np.clip(hi + shift, bounds[0], bounds[1]))
 
 
 def _kpp(u: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -355,7 +355,7 @@ def attractor_classes(f: DepthMap, starts: Any, labels: Any, *, steps: int,
     est = S.ami(y, att)
     draws = np.array([S.FixedMarginAMI(y[i], att[i])(np.arange(len(i)))
                       for i, _ in S.halfsample_draws(y, n_boot, seed)]).reshape(-1, 1)
-    lo, hi = S.halfsample_interval(np.array([est]), draws, level)
+    lo, hi = S.halfsample_interval(np.array([est]), draws, level, (-np.inf, 1.0))
     stats = dict(ami=est, ami_low=float(lo[0]), ami_high=float(hi[0]),
                  ami_null_mean=float(null.mean()),
                  ami_p_value=float(S.permutation_p(np.array(est), null)),

@@ -184,6 +184,10 @@ _MEANING = {
 }
 
 _SHORT = {"ncm_accuracy": "ncm", "ami": "ami"}
+# the range of each statistic (its interval is clipped to it): angles in [0, pi], an
+# accuracy in [0, 1], AMI at most 1 (negative below chance)
+_RANGE = {"within_dispersion": (0.0, np.pi), "between_angle": (0.0, np.pi),
+          "angular_speed": (0.0, np.pi), "ncm_accuracy": (0.0, 1.0), "ami": (-np.inf, 1.0)}
 
 
 def _to_dataset(r: ClassBasinResult) -> xr.Dataset:
@@ -307,14 +311,15 @@ def class_basins(directions: Any, labels: Any, *, seed: int = 0, n_perm: int = 1
     boot = _halfsamples(u, y, C, n_boot, seed, boot_restarts, centres) if n_boot else {}
     for name in _MEANING:
         draws = boot.get(name, np.empty((0, u.shape[0])))
-        stats[f"{name}_low"], stats[f"{name}_high"] = S.halfsample_interval(stats[name],
-                                                                            draws, level)
+        stats[f"{name}_low"], stats[f"{name}_high"] = S.halfsample_interval(
+            stats[name], draws, level, _RANGE[name])
     config = dict(seed=seed, n_perm=n_perm, n_boot=n_boot, level=level,
                   kmeans="spherical k-means (own implementation), k = number of classes, "
                          "k-means++ seeding on 1 - cos",
                   kmeans_restarts=kmeans_restarts, boot_restarts=boot_restarts,
                   interval="centred half-sampling: n_boot stratified half-samples without "
-                           "replacement, percentile interval shifted by estimate - median; "
+                           "replacement, percentile interval shifted by estimate - median, "
+                           "clipped to the statistic's range; "
                            "k-means in a half-sample starts from the data's centres")
     return ClassBasinResult(np.arange(u.shape[0]), classes, ids, y, stats, clusters,
                             _entry(u, y, fold, C), config, excluded)

@@ -103,7 +103,9 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path, default=None,
                    help="table file [default: studies/benchmarks/RESULTS.md; none with --quick]")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per script")
-    p.add_argument("--only", default=None, help="run only scripts whose name contains this")
+    p.add_argument("--only", default=None,
+                   help="run only scripts whose name contains this (their rows replace "
+                        "theirs in an existing table; other scripts' rows are kept)")
     args = p.parse_args(argv)
     output = args.output or (None if args.quick else HERE / "RESULTS.md")
     where = machine()
@@ -129,6 +131,16 @@ def main(argv=None) -> int:
     text = ("# Benchmark results\n\nWritten by `make bench` (`studies/benchmarks/run.py`); "
             "ratio = baseline / ours for times and memory (higher is better), target = the "
             "promised ratio.\n\n" + table(results, where, date))
+    if output is not None and args.only and output.is_file():
+        # a partial run replaces its scripts' rows and keeps every other script's rows
+        ran = {name for name, _ in results}
+        kept = [line for line in output.read_text().splitlines()
+                if line.startswith("| bench_") and line.split("|")[1].strip() not in ran]
+        lines = text.rstrip("\n").splitlines()
+        head = [line for line in lines if not line.startswith("| bench_")]
+        rows = [line for line in lines if line.startswith("| bench_")] + kept
+        rows.sort(key=lambda line: line.split("|")[1].strip())    # stable: script order
+        text = "\n".join(head + rows) + "\n"
     if output is not None:
         output.write_text(text)
         print(f"wrote {output}")

@@ -30,7 +30,7 @@ import lib  # noqa: E402
 import numpy as np  # noqa: E402
 
 DEFAULT = {
-    "models": {"embedded": {"path": None, "seeds": 3, "steps": [30, 30]},
+    "models": {"embedded": {"path": None, "seeds": 10, "steps": [30, 30]},
                "study1_p0.5_s0": {"path": "study1", "seeds": 10, "steps": [60, 60]}},
     "ks": [2, 3, 4], "maxcut_seeds": 2, "batch_size": 32, "lr": 1e-3, "recipe": "paper",
     "bootstrap": 2000,
@@ -99,8 +99,10 @@ def run_model(name: str, spec: dict, config: dict, work: Path, tiny: bool,
         for s in range(spec["seeds"]):
             jobs.append(("random non-contiguous", s, random_noncontiguous(maxcut, rng)))
         for family, seed, labels in jobs:
-            key = hashlib.sha1(json.dumps([name, k, family, seed, labels, spec, config["lr"],
-                                           config["batch_size"], config["recipe"]],
+            fit_spec = {key: v for key, v in spec.items() if key != "seeds"}  # not per fit
+            key = hashlib.sha1(json.dumps([name, k, family, seed, labels, fit_spec,
+                                           config["lr"], config["batch_size"],
+                                           config["recipe"]],
                                           sort_keys=True).encode()).hexdigest()[:10]
             cache = work / f"{name}_k{k}_{family.replace(' ', '_')}_{seed}_{key}.json"
             if cache.is_file():
