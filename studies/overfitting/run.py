@@ -36,7 +36,7 @@ import lib  # noqa: E402
 import numpy as np  # noqa: E402
 
 DEFAULT = {
-    "seeds": [0, 1],
+    "seeds": [0, 1, 2, 3, 4],
     "vit": {"arch": lib.TINY_ARCH, "epochs": 200, "lr": 2e-3, "min_lr": 2e-3,
             "warmup_epochs": 2, "weight_decay": 0.0, "batch_size": 25, "translate": 0,
             "label_smoothing": 0.0, "layerscale_init": 0.01, "subset": 100, "drop_path": 0.0},

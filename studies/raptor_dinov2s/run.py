@@ -57,7 +57,7 @@ def get_config(tiny: bool = False) -> dict[str, Any]:
         # init=random --set mlp=swiglu and more steps follow the paper (teacher init
         # needs the teacher's block architecture: a GELU MLP for DINOv2)
         "fit": {"recipe": "paper", "init": "teacher", "mlp": "gelu",
-                "stage1_steps": 10, "stage2_steps": 10,
+                "stage1_steps": 200, "stage2_steps": 200,
                 "batch_size": 8, "lr": 1e-4, "eval_every": 1000, "log_every": 5,
                 "checkpoint_every": 10000, "threshold_images": 96,
                 "eval_batch_size": 32, "num_threads": 1},
