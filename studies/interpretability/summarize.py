@@ -40,6 +40,14 @@ from measures import (boundary_test, bootstrap_difference, bootstrap_mean,  # no
 from records import Headlines, headline, record  # noqa: E402
 
 
+def repo_relative(text: str) -> str:
+    """``text`` with the checkout's absolute prefix cut from paths into the repository
+    (``/any/checkout/studies/...`` -> ``studies/...``, likewise ``depthflow/assets/``), so
+    that committed run logs do not name the machine they ran on."""
+    import re
+    return re.sub(r"/[^\s'\"]*?/(?=(?:studies|depthflow/assets)/)", "", text)
+
+
 def _study_run():
     """This study's ``run.py``, loaded by path: a bare ``import run`` would pick up whichever
     ``run`` module another study (or the benchmark runner) put in ``sys.modules`` first."""
@@ -859,7 +867,7 @@ def main(argv: list[str] | None = None) -> int:
         txt = out / f"{m}-{c}.txt"
         if txt.is_file():
             (res / "runs" / txt.name).parent.mkdir(exist_ok=True)
-            (res / "runs" / txt.name).write_text(txt.read_text())
+            (res / "runs" / txt.name).write_text(repo_relative(txt.read_text()))
     print(f"wrote {res}: {len(findings)} findings")
     return 0
 
