@@ -1,7 +1,7 @@
 """Sharded analysis (depthflow.distributed): two gloo processes write the one-process file.
 
 Per-sample variables must be bit-identical, reduced ones equal to float64 rounding; a
-different batch size gives the same per-sample values; a failing rank stops every rank
+different batch size gives per-sample values within the documented tolerance; a failing rank stops every rank
 with one error and leaves no file; ``--resume`` after a kill gives the uninterrupted file.
 """
 
@@ -102,14 +102,43 @@ def test_two_processes_write_the_one_process_file(single, tmp_path):
         assert len(set(ds["sample_name"].values)) == N_IMAGES             # each image once
 
 
-def test_batch_size_does_not_change_per_sample_values(single, tmp_path):
+def assert_within_contract(x: np.ndarray, y: np.ndarray, name: str) -> None:
+    """The reproducibility contract across batch and world sizes (docs/methods.md,
+    "Reproducibility"): integers, strings and labels identical; floats within a relative
+    tolerance of the variable's scale, 1e-5 for float32 values and 1e-12 for float64."""
+    assert x.shape == y.shape, name
+    if x.dtype.kind not in "fc":
+        assert np.array_equal(x, y), name
+        return
+    rtol = 1e-5 if x.dtype == np.float32 else 1e-12
+    scale = float(np.nanmax(np.abs(x))) if np.isfinite(x).any() else 0.0
+    assert np.array_equal(np.isnan(x), np.isnan(y)), name
+    np.testing.assert_allclose(y, x, rtol=0, atol=rtol * max(scale, np.finfo(x.dtype).tiny),
+                               equal_nan=True, err_msg=name)
+
+
+def test_batch_size_changes_per_sample_values_only_within_the_contract(single, tmp_path):
+    """The float32 forward is not batch-invariant (BLAS picks kernels by shape), so a
+    different batch size may move a per-sample value by rounding, never by more than the
+    documented tolerance; the order and identity of the samples do not change."""
     _run(tmp_path / "b3.nc", batch_size=3)
-    assert _compare(single, tmp_path / "b3.nc", per_sample_only=True) == len(PER_SAMPLE)
     with xr.open_datatree(single) as ta, xr.open_datatree(tmp_path / "b3.nc") as tb:
+        root_a, root_b = ta.to_dataset(), tb.to_dataset()
+        for name in PER_SAMPLE:
+            assert_within_contract(root_a[name].values, root_b[name].values, name)
         kept = ta["dynamics/stretching"].to_dataset()
         again = tb["dynamics/stretching"].to_dataset()
         np.testing.assert_array_equal(kept["sample_index"], again["sample_index"])
-        np.testing.assert_array_equal(kept["sigma"], again["sigma"])
+        assert_within_contract(kept["sigma"].values, again["sigma"].values, "sigma")
+
+
+def test_the_contract_accepts_rounding_and_refuses_a_real_change():
+    x = np.linspace(1.0, 2.0, 7, dtype=np.float32)
+    assert_within_contract(x, np.nextafter(x, np.float32(3)), "rounding")
+    with pytest.raises(AssertionError):
+        assert_within_contract(x, x * np.float32(1.001), "changed")
+    with pytest.raises(AssertionError):
+        assert_within_contract(np.arange(3), np.arange(3)[::-1], "order")
 
 
 def test_spans_give_every_image_to_one_rank_once():
