@@ -20,7 +20,9 @@ from typing import Any
 
 import click
 
+from depthflow._signals import Interrupted, signals_as_errors
 from depthflow.config import parse_value
+from depthflow.environment import check_environment
 from depthflow.errors import ConfigError, DepthflowError
 
 IMAGE_SOURCES = ("'digits[:test|train|all]' (scikit-learn's digits; default: the 450 held-out), "
@@ -39,6 +41,26 @@ def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn depthflow and OS errors into one ``Error: ...`` line: exit 2 for configuration
     (usage) errors, 1 for data errors; no traceback."""
 
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            with signals_as_errors():
+                check_environment()
+                return func(*args, **kwargs)
+        except Interrupted as exc:            # SIGTERM / SIGINT: the clean-up has run
+            click.echo(f"Error: {exc}; temporary files removed, no output half-written",
+                       err=True)
+            sys.exit(exc.exit_code)
+        except DepthflowError as exc:
+            if getattr(exc, "signum", None) is None:
+                raise
+            click.echo(f"Error: {str(exc).splitlines()[0]}", err=True)
+            sys.exit(128 + int(exc.signum))
+
+    return _one_line(wrapper)
+
+
+def _one_line(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:

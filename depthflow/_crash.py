@@ -21,6 +21,10 @@ Named points (see the calls of :func:`crash_point`):
 ``fit.step``
     after a training step of ``depthflow fit`` (``:n``: after the n-th step of this process).
 
+``DEPTHFLOW_CRASH_SIGNAL=TERM`` (or ``INT``) sends that signal instead of ``SIGKILL``: the
+process then runs its clean-up as for an error (:mod:`depthflow._signals`), which
+``tests/test_reliability.py`` checks at the same points.
+
 The tests in ``tests/test_crash.py`` use it so that kills land at deterministic places on
 a loaded machine; it is harmless to leave in production code.
 """
@@ -30,9 +34,10 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["ENV", "POINTS", "crash_point"]
+__all__ = ["ENV", "SIGNAL_ENV", "POINTS", "crash_point"]
 
 ENV = "DEPTHFLOW_CRASH_AT"
+SIGNAL_ENV = "DEPTHFLOW_CRASH_SIGNAL"
 POINTS = ("analyze.start", "analyze.batch", "analyze.analyses", "analyze.written", "fit.step")
 _counts: dict[str, int] = {}
 
@@ -62,4 +67,6 @@ def crash_point(name: str, rank: int | None = None) -> None:
         return
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] == wanted:
-        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+        kind = os.environ.get(SIGNAL_ENV, "KILL").strip().upper().removeprefix("SIG") or "KILL"
+        os.kill(os.getpid(), getattr(signal, f"SIG{kind}", None) or
+                getattr(signal, "SIGKILL", signal.SIGTERM))

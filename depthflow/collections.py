@@ -218,6 +218,9 @@ class FileListSource(FolderSource):
         ImageSource.__init__(self, np.array(labels), [str(f) for f in files],
                              class_names=classes)
 
+    def input_paths(self) -> list[Path]:
+        return [self.list_path, *self.files]
+
     def describe(self) -> str:
         return (f"image list {str(self.list_path)!r}, {len(self)} images, "
                 f"{len(self.class_names)} classes")
@@ -304,6 +307,9 @@ class TarShardSource(ImageSource):
                 self._handles = {}
             self._handles[shard] = open(self.shards[shard], "rb")
         return self._handles[shard]
+
+    def input_paths(self) -> list[Path]:
+        return list(self.shards)
 
     def describe(self) -> str:
         return (f"tar shards {self.pattern!r} ({len(self.shards)} shards), {len(self)} images, "

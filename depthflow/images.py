@@ -93,6 +93,10 @@ class ImageSource:
     def describe(self) -> str:  # pragma: no cover - overridden
         return self.kind
 
+    def input_paths(self) -> list[Path]:
+        """The files and folders this source reads (outputs must stay clear of them)."""
+        return []
+
     def _read(self, start: int, stop: int) -> list[Tensor] | Tensor:  # pragma: no cover
         raise NotImplementedError
 
@@ -217,6 +221,9 @@ class FolderSource(ImageSource):
         super().__init__(np.array(labels), [str(p.relative_to(self.root)) for p in files],
                          class_names=classes)
         self.files = files
+
+    def input_paths(self) -> list[Path]:
+        return [self.root]
 
     def describe(self) -> str:
         return (f"folder {str(self.root)!r}, {len(self)} images, "
@@ -379,6 +386,9 @@ class ArraySource(ImageSource):
                 else []
         super().__init__(labels, [f"{self.path.name}[{i}]" for i in range(n)],
                          class_names=classes)
+
+    def input_paths(self) -> list[Path]:
+        return [self.path]
 
     def describe(self) -> str:
         return f"array file {str(self.path)!r}, {len(self)} images, layout {self._layout}"

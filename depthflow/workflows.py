@@ -8,6 +8,7 @@ never half-replaced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from depthflow._crash import crash_point
+from depthflow._signals import deferred_signals
 from depthflow.analysis.context import Analysis
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.errors import ArchitectureError, ConfigError
 from depthflow.images import open_images
 from depthflow.io.files import check_output_path
+from depthflow.io.guard import check_disjoint, output_lock
 from depthflow.io.netcdf import write_tree
 from depthflow.io.results import figure_record, open_result
 from depthflow.loader import load_model
@@ -63,10 +66,13 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
         check_figure_dir(figures, overwrite=overwrite)
     loaded = load_model(checkpoint, arch=arch)
     source = open_images(images).head(config.limit)
+    check_disjoint({"-o": output, "--figures": figures}, _inputs(checkpoint, source))
     crash_point("analyze.start")
     drawn: list[Path] = []
+    tail = contextlib.ExitStack()        # figures renamed -> file renamed: not cut by a signal
 
     def draw(tmp: Path) -> None:
+        tail.enter_context(deferred_signals())
         if figures is not None:
             drawers = [draw_token_dynamics, *(a.plot for a in analyses)]
             with open_result(tmp) as tree:
@@ -74,12 +80,32 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
                                            record=figure_record(tmp, output)))
         crash_point("analyze.written")
 
-    path = analyze(loaded, source, output, config=config, analyses=analyses,
-                   overwrite=overwrite, progress=progress, command=command, resume=resume,
-                   before_rename=draw)
+    with output_lock([output, figures] if _main_rank() else []), tail:
+        path = analyze(loaded, source, output, config=config, analyses=analyses,
+                       overwrite=overwrite, progress=progress, command=command,
+                       resume=resume, before_rename=draw)
     if path is None:
         return None
     return AnalysisOutputs(Path(output), drawn, len(source), loaded.config.depth)
+
+
+def _main_rank() -> bool:
+    """Rank 0 of a torchrun run (or a plain run): the process that writes and locks."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
+def _inputs(checkpoint, source=None, **more) -> dict[str, Any]:
+    """The paths a run reads, labelled for messages (see :func:`check_disjoint`)."""
+    inputs: dict[str, Any] = {}
+    if checkpoint is not None and os.path.lexists(str(checkpoint)):
+        inputs["checkpoint"] = str(checkpoint)
+    if source is not None:
+        inputs["--images"] = source.input_paths()
+    for label, value in more.items():
+        if value is not None:
+            inputs[label.replace("_", "-")] = value.input_paths() \
+                if hasattr(value, "input_paths") else value
+    return inputs
 
 
 def phases_checkpoint(checkpoint: str | os.PathLike[str] | None, *,
@@ -100,21 +126,24 @@ def phases_checkpoint(checkpoint: str | os.PathLike[str] | None, *,
         if images is not None:
             raise ConfigError("--images cannot be used with a trajectory file: its images "
                               "are already in it")
+        check_disjoint({"-o": output, "--figures": figures}, _inputs(checkpoint))
         tree = phase_tree_from_file(checkpoint, config=config, batch_size=batch_size)
     else:
         loaded = load_model(checkpoint, arch=arch)
         source = open_images(images).head(limit)
+        check_disjoint({"-o": output, "--figures": figures}, _inputs(checkpoint, source))
         tree = phase_tree(loaded, source, config=config, batch_size=batch_size,
                           device=device, dtype=dtype, seed=seed, progress=progress,
                           workers=workers)
         if tree is None:                 # a rank > 0 of a distributed run
             return None, []
     written: list[Path] = []
-    if output is not None:
-        written.append(write_tree(tree, output, overwrite=overwrite))
-    if figures is not None:
-        written += write_figures(tree, figures, [PhaseAnalysis(config).plot],
-                                 overwrite=overwrite)
+    with output_lock([output, figures]):
+        if output is not None:
+            written.append(write_tree(tree, output, overwrite=overwrite))
+        if figures is not None:
+            written += write_figures(tree, figures, [PhaseAnalysis(config).plot],
+                                     overwrite=overwrite)
     return tree, written
 
 
@@ -151,8 +180,10 @@ def fit_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | os.P
             "fit a model with absolute position embeddings")
     source = open_images(images).head(limit)
     eval_source = open_images(eval_images) if eval_images else None
+    check_disjoint({"-o": output}, _inputs(checkpoint, source, eval_images=eval_source))
     run = {"checkpoint": None if checkpoint is None else str(checkpoint),
            "images": str(images), "limit": limit, "eval_images": eval_images, "arch": arch}
-    return fit_raptor(loaded, source, output, config=config, eval_source=eval_source,
-                      overwrite=overwrite, resume=resume, progress=progress,
-                      stop_after=stop_after, command=command, run=run)
+    with output_lock([output] if _main_rank() else []):
+        return fit_raptor(loaded, source, output, config=config, eval_source=eval_source,
+                          overwrite=overwrite, resume=resume, progress=progress,
+                          stop_after=stop_after, command=command, run=run)

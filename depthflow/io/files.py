@@ -171,10 +171,12 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Ite
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False,
+               replace=None) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` (mode from the umask); on success it
-    replaces ``path`` (an existing directory is removed first, only with ``overwrite``).
-    On any exception it is removed and ``path`` is left untouched."""
+    replaces ``path`` (an existing directory is removed first, only with ``overwrite``;
+    ``replace(tmp, final)``, when given, does that instead, e.g. keeping files depthflow
+    did not write). On any exception it is removed and ``path`` is left untouched."""
     target = Path(path)
     if str(path).strip() == "":
         raise ConfigError("the figure directory is empty; give a directory name")
@@ -192,7 +194,9 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
         raise OutputError(f"cannot write in {str(parent)!r}: {exc.strerror or exc}") from exc
     try:
         yield tmp
-        if final.exists():
+        if final.exists() and replace is not None:
+            replace(tmp, final)
+        elif final.exists():
             old = parent / temp_name(final.name)
             os.replace(final, old)               # a rename: the old set stays whole until
             os.replace(tmp, final)               # the new one is in place

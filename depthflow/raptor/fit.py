@@ -31,6 +31,7 @@ from depthflow.models.checkpoints import LoadedModel
 from depthflow.images import ImageSource
 from depthflow.errors import ConfigError, InputError
 from depthflow.io.provenance import provenance, resumed_provenance
+from depthflow.raptor.digests import check_resume_digests, fit_digests, recipe_digest
 from depthflow.raptor.distributed import DistInfo, barrier, broadcast_object, setup, teardown
 from depthflow.raptor.evaluate import Fidelity, evaluate_fidelity
 from depthflow.raptor.io import CONFIG_FILE, MODEL_FILE, load_state, write_json
@@ -159,12 +160,15 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
         check_labels(loaded, eval_source)
     state = None
     error = None
+    digests = fit_digests(loaded, source, images, config) if dist.main else {}
     if dist.main:
         try:
             prepare_output(output, overwrite=overwrite, resume=resume, create=False)
             if resume:
                 state = load_state(output)
                 config = _resumed_config(state, config)
+                check_resume_digests(read_run(output, "digests"),
+                                     {**digests, "recipe": recipe_digest(config)}, output)
             elif not config.routed:                   # max-cut phases of the training images
                 config = config.replace(thresholds=resolve_thresholds(
                     loaded, source, config, progress=progress))
@@ -199,7 +203,8 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
     record = {"teacher": loaded.provenance(), "images": source.describe(),
               "eval_images": (eval_source or source).describe(), "run": run,
               "thresholds": list(config.thresholds or ()),
-              "assignment": list(raptor.assignment), "recipe": config.effective()}
+              "assignment": list(raptor.assignment), "recipe": config.effective(),
+              "digests": {**digests, "recipe": recipe_digest(config)}}
 
     def save_info() -> dict[str, Any]:
         return {"fit": config.to_json(), "teacher_source": loaded.source,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -10,7 +11,13 @@ from typing import Any
 
 from depthflow.errors import OutputError
 from depthflow.io.files import atomic_path
-from depthflow.raptor.io import STATE_FILE
+from depthflow.raptor.io import CONFIG_FILE, MODEL_FILE, STATE_FILE
+
+#: Every file ``depthflow fit`` writes in its output directory; ``--overwrite`` removes
+#: these (and only these) of an earlier fit before the new one starts.
+FIT_FILES = (MODEL_FILE, CONFIG_FILE, STATE_FILE, "fit_config.json", "evaluation.json",
+             "evaluation.nc", "log.csv", "fit.log", "curves.png")
+_FIT_MARKERS = (STATE_FILE, "fit_config.json")
 
 
 def prepare_output(directory: str | os.PathLike[str], *, overwrite: bool,
@@ -23,10 +30,21 @@ def prepare_output(directory: str | os.PathLike[str], *, overwrite: bool,
     elif path.exists():
         if not path.is_dir():
             raise OutputError(f"output {str(path)!r} exists and is not a directory")
-        if any(path.iterdir()) and not overwrite:
+        entries = [e.name for e in path.iterdir()]
+        if entries and not overwrite:
             raise OutputError(
                 f"output directory {str(path)!r} exists and is not empty; pass --overwrite "
                 "to replace it or --resume to continue it")
+        foreign = sorted(n for n in entries if n not in FIT_FILES and not n.startswith("."))
+        if entries and (foreign or not any(n in entries for n in _FIT_MARKERS)):
+            what = (f"holds {foreign[0]!r}, which depthflow fit did not write" if foreign
+                    else "is not the output of a depthflow fit")
+            raise OutputError(f"output directory {str(path)!r} {what}; --overwrite only "
+                              "replaces an earlier fit: choose another directory")
+        if entries and create:          # the old run's files go before the new run writes
+            for name in (*FIT_FILES[3:], *FIT_FILES[:3]):       # its resume record last
+                with contextlib.suppress(FileNotFoundError):
+                    (path / name).unlink()
     else:
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():

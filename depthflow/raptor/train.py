@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import random
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 from torch import Tensor
 
 from depthflow._crash import crash_point
+from depthflow._signals import deferred_signals
 from depthflow.errors import DepthflowError
 from depthflow.raptor.data import IndexedImages, batch_indices, step_noise
 from depthflow.raptor.distributed import DistInfo, all_mean, barrier
@@ -45,7 +47,10 @@ class FitError(DepthflowError, RuntimeError):
 
 
 class FitInterrupted(DepthflowError, RuntimeError):
-    """Training was interrupted; its resumable state was saved."""
+    """Training was interrupted; its resumable state was saved (``signum``: the signal,
+    so that the CLI exits with 128 + signum)."""
+
+    signum: int | None = None
 
 
 def rng_state() -> dict[str, Any]:
@@ -156,10 +161,11 @@ class Trainer:
     def checkpoint(self) -> None:
         """Rank 0 writes the Raptor and the resume record (each atomically)."""
         if self.dist.main:
-            save_raptor(self.raptor, self.directory, preprocessing=self.preprocessing,
-                        info={**self.save_info(), "step": self.step, "complete":
-                              self.step >= self.total})
-            save_state(self.state_dict(), self.directory)
+            with deferred_signals():        # the weights and their resume record, as a pair
+                save_raptor(self.raptor, self.directory, preprocessing=self.preprocessing,
+                            info={**self.save_info(), "step": self.step, "complete":
+                                  self.step >= self.total})
+                save_state(self.state_dict(), self.directory)
         barrier(self.dist)
 
     # ----------------------------------------------------------------- one step
@@ -237,10 +243,14 @@ class Trainer:
                         self.checkpoint()
                         good_step = self.step
                 crash_point("fit.step")
-        except KeyboardInterrupt:
-            raise FitInterrupted(
-                f"interrupted at step {self.step}; the resumable state of step {good_step} is "
-                f"in {str(self.directory)!r}; continue with --resume {self.directory}") from None
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            stop = FitInterrupted(
+                f"interrupted by {signal.Signals(signum).name} at step {self.step}; the "
+                f"resumable state of step {good_step} is in {str(self.directory)!r}; continue "
+                f"with --resume {self.directory}")
+            stop.signum = signum
+            raise stop from None
         finally:
             if bar is not None:
                 bar.close()
