@@ -32,7 +32,6 @@ A worker's error comes back as the same one-line error, never a worker traceback
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import re
 import tarfile
@@ -45,7 +44,7 @@ import torch
 
 from depthflow.errors import ConfigError, InputError
 from depthflow.images import (IMAGE_SUFFIXES, Batch, FolderSource, ImageSource, _prepare,
-                              register_collection)
+                              check_regular_file, read_image, register_collection)
 
 __all__ = ["read_batch", "load_batches", "open_collection", "FileListSource",
            "TarShardSource", "HFDatasetSource", "expand_braces"]
@@ -161,30 +160,22 @@ def expand_braces(pattern: str) -> list[str]:
     return [out for item in items for out in expand_braces(head + item + tail)]
 
 
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
+
+
 def _class_index(labels: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Class names (numeric ones in numeric order) and each label's index (-1: none)."""
+    """Class names (integer ones -- ASCII digits with an optional minus -- in numeric
+    order, then the others) and each label's index (-1: none)."""
     names = sorted({lab for lab in labels if lab != ""},
-                   key=lambda x: (0, int(x), "") if x.lstrip("-").isdigit() else (1, 0, x))
+                   key=lambda x: (0, int(x), "") if _INTEGER.fullmatch(x) else (1, 0, x))
     index = {name: i for i, name in enumerate(names)}
     return [index.get(lab, -1) for lab in labels], names
 
 
-def _to_tensor(img) -> torch.Tensor:
-    """A PIL image -> ``(C, H, W)`` float in [0, 1] (as folders are read)."""
-    img = img.convert("RGB") if img.mode not in ("L", "RGB") else img
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
 def _decode_bytes(data: bytes, name: str) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return _to_tensor(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"cannot read image {name!r}: {exc}") from exc
+    """The bytes of an image file, decoded by :func:`depthflow.images.read_image` (the one
+    decoder: pixel limit, bit depth, mode, orientation and errors as for a folder)."""
+    return read_image(data, name)
 
 
 # --------------------------------------------------------------------------- file lists
@@ -199,11 +190,14 @@ class FileListSource(FolderSource):
 
         self.list_path = Path(path)
         self.root = self.list_path.parent
-        try:
-            with open(self.list_path, newline="", encoding="utf-8") as handle:
-                rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+        check_regular_file(self.list_path, str(self.list_path), what="image list")
+        try:                    # UTF-8 with or without a byte-order mark; CSV quoting
+            with open(self.list_path, newline="", encoding="utf-8-sig") as handle:
+                rows = [r for r in csv.reader(handle, skipinitialspace=True)
+                        if r and any(c.strip() for c in r)]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise InputError(f"cannot read image list {str(path)!r}: {exc}") from exc
+            raise InputError(f"cannot read image list {str(path)!r}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else exc}") from exc
         if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "label"], ["path"]):
             rows = rows[1:]
         if not rows:
@@ -212,11 +206,21 @@ class FileListSource(FolderSource):
         if bad:
             raise InputError(f"image list {str(path)!r}: line {bad[0]} has more than two "
                              "fields (expected path[,label])")
-        files = [Path(r[0].strip()) for r in rows]
+        files = [Path(self._path_field(r[0])) for r in rows]
         self.files = [f if f.is_absolute() else self.root / f for f in files]
         labels, classes = _class_index([r[1].strip() if len(r) > 1 else "" for r in rows])
         ImageSource.__init__(self, np.array(labels), [str(f) for f in files],
                              class_names=classes)
+
+    def _path_field(self, text: str) -> str:
+        """The path as written: leading spaces of an unquoted field are dropped by the CSV
+        reader (a quoted field keeps them); trailing spaces are dropped unless a file of
+        that exact name exists."""
+        if text != text.rstrip() and not os.path.lexists(self.root / text):
+            text = text.rstrip()
+        if not text:
+            raise InputError(f"image list {str(self.list_path)!r} has an empty path")
+        return text
 
     def input_paths(self) -> list[Path]:
         return [self.list_path, *self.files]
@@ -227,6 +231,17 @@ class FileListSource(FolderSource):
 
 
 # --------------------------------------------------------------------------- tar shards
+def webdataset_key(member: str) -> tuple[str, str]:
+    """The WebDataset sample key and field of a tar member: the key is the path up to the
+    first dot of the file name, the field everything after it, lowercased
+    (``d/s1.seg.png`` -> ``("d/s1", "seg.png")``); a name without a dot has no field."""
+    folder, _, base = member.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot:
+        return member, ""
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Member:
     shard: int
@@ -272,24 +287,26 @@ class TarShardSource(ImageSource):
                 for info in tar:
                     if not info.isfile():
                         continue
-                    key, dot, ext = info.name.rpartition(".")
-                    if not dot:
+                    key, ext = webdataset_key(info.name)
+                    if not ext:
                         continue
-                    ext = "." + ext.lower()
-                    if ext in IMAGE_SUFFIXES and key not in images:
+                    if "." + ext in IMAGE_SUFFIXES and key not in images:
                         images[key] = _Member(i, info.offset_data, info.size,
                                               f"{shard.name}/{info.name}")
                         order.append(key)
-                    elif ext == ".cls":
+                    elif ext == "cls":
                         data = tar.extractfile(info).read(64).decode("utf-8", "replace")
                         classes[key] = data.strip()
         except (tarfile.TarError, OSError) as exc:
             raise InputError(f"cannot read tar shard {str(shard)!r}: {exc}") from exc
         bad = [classes[k] for k in order if k in classes
-               and not classes[k].lstrip("-").isdigit()]
+               and not (_INTEGER.fullmatch(classes[k]) and int(classes[k]) >= -1)]
         if bad:
             raise InputError(f"tar shard {str(shard)!r}: class entry {bad[0]!r} is not an "
-                             "integer")
+                             "integer >= -1 (ASCII digits; -1 = unknown)")
+        for k in order:                     # -1: unlabelled, as an empty entry
+            if classes.get(k) == "-1":
+                classes[k] = ""
         return [images[k] for k in order], [classes.get(k, "") for k in order]
 
     def __getstate__(self) -> dict:          # worker processes open their own files
@@ -374,7 +391,8 @@ class HFDatasetSource(ImageSource):
             classes = list(features[self.label_column].names)
         else:
             y, classes = np.full(len(ds), -1), []
-        self.dataset = ds
+        self.dataset = ds.cast_column(self.image_column, datasets.Image(decode=False))
+        self.path = Path(path)
         self.split = split
         super().__init__(y, [f"{Path(path).name}[{i}]" for i in range(len(ds))],
                          class_names=classes)
@@ -384,14 +402,22 @@ class HFDatasetSource(ImageSource):
                 f"{f' split {self.split}' if self.split else ''}, {len(self)} images, "
                 f"{len(self.class_names)} classes")
 
+    def input_paths(self) -> list[Path]:
+        return [self.path]
+
     def _read(self, start: int, stop: int) -> list[torch.Tensor]:
         rows = self.dataset.select_columns([self.image_column])[start:stop][self.image_column]
         out = []
-        for i, img in enumerate(rows):
-            try:
-                out.append(_to_tensor(img))
-            except (OSError, ValueError) as exc:
-                raise InputError(f"cannot read image {self.names[start + i]!r}: {exc}") from exc
+        for i, cell in enumerate(rows):           # undecoded: {"bytes": ..., "path": ...}
+            name = self.names[start + i]
+            data = cell.get("bytes") if isinstance(cell, dict) else None
+            where = cell.get("path") if isinstance(cell, dict) else None
+            if data is not None:
+                out.append(read_image(data, name))
+            elif where:
+                out.append(read_image(where, name))
+            else:
+                raise InputError(f"image {name!r} of the Hugging Face dataset is empty")
         return out
 
 

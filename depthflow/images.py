@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import io
 import os
+import struct
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -248,11 +250,14 @@ def max_image_pixels() -> int:
     return value
 
 
-def read_image(source: str | os.PathLike[str] | BinaryIO, name: str | None = None, *,
+def read_image(source: str | os.PathLike[str] | BinaryIO | bytes, name: str | None = None, *,
                max_pixels: int | None = None) -> Tensor:
-    """Decode one image file (a path or a binary file object) into a ``(C, H, W)`` float32
-    tensor in [0, 1], faithfully or not at all.
+    """Decode one image (a path, a binary file object or the bytes of a file) into a
+    ``(C, H, W)`` float32 tensor in [0, 1], faithfully or not at all. It is the one decoder
+    of every image source: folders, file lists, tar shards and Hugging Face datasets.
 
+    * A path must name a regular file: FIFOs, devices and sockets are refused before they
+      are opened (reading a FIFO would wait forever).
     * The header is read first: an image of more than ``max_pixels`` pixels (default
       :func:`max_image_pixels`, 67,108,864 = 8192 x 8192) is refused before anything is
       decoded (decompression bombs).
@@ -261,13 +266,20 @@ def read_image(source: str | os.PathLike[str] | BinaryIO, name: str | None = Non
       read), refused otherwise; 32-bit float grey (``F``, e.g. float TIFF) is kept as is and
       must lie in [0, 1]. Palette, bilevel, CMYK, YCbCr and alpha images become RGB (alpha
       dropped); grey+alpha becomes grey.
+    * EXIF orientation is applied (the image is turned upright, as Hugging Face's
+      ``load_image`` and most viewers do): the pixels the model sees are the picture as it
+      is shown, whatever the camera stored.
 
     Raises :class:`InputError` naming ``name`` (default: the path) for anything unreadable,
     too large, out of range or of an unsupported mode.
     """
     from PIL import Image, UnidentifiedImageError
 
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
     label = name if name is not None else str(getattr(source, "name", source))
+    if isinstance(source, (str, os.PathLike)):
+        check_regular_file(source, label)
     limit = max_image_pixels() if max_pixels is None else int(max_pixels)
     try:
         with _pil_limit_off(Image):
@@ -278,17 +290,52 @@ def read_image(source: str | os.PathLike[str] | BinaryIO, name: str | None = Non
                 raise InputError(_too_large(label, width, height, limit))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                arr = _decode(img, label)
+                arr = _decode(_upright(img), label)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
         raise InputError(f"image {label!r}: {exc}".splitlines()[0]) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-            MemoryError) as exc:
+            MemoryError, TypeError, struct.error, IndexError, KeyError,
+            ZeroDivisionError) as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"cannot read image {label!r}: {text}") from exc
     arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     return torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))
+
+
+def check_regular_file(path: str | os.PathLike[str], label: str | None = None, *,
+                       what: str = "image") -> None:
+    """:class:`InputError` unless ``path`` is an existing regular file (after symbolic
+    links): FIFOs, character/block devices, sockets and directories are refused without
+    being opened."""
+    import stat
+
+    label = str(path) if label is None else label
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"cannot read {what} {label!r}: not found") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {label!r}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a directory" if stat.S_ISDIR(mode) else "not a regular file")
+    raise InputError(f"{what} {label!r} is {kind}, not a file; refused without reading it")
+
+
+def _upright(img):
+    """``img`` turned by its EXIF orientation (2..8); itself when it has none."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:           # noqa: BLE001 - a damaged EXIF block: keep the pixels as stored
+        return img
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        from PIL import ImageOps
+        return ImageOps.exif_transpose(img)
+    return img
 
 
 _PIL_LOCK = threading.Lock()

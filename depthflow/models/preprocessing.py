@@ -8,6 +8,7 @@ cropped, and normalised per channel: ``(x - mean) / std``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -47,8 +48,15 @@ class Preprocessing(Options):
     mode: str = "RGB"
 
     def validate(self) -> Preprocessing:
-        self._set("mean", tuple(float(m) for m in self.mean))
-        self._set("std", tuple(float(s) for s in self.std))
+        try:
+            self._set("mean", tuple(float(m) for m in self.mean))
+            self._set("std", tuple(float(s) for s in self.std))
+        except (TypeError, ValueError):
+            raise ConfigError(f"preprocessing mean/std must be lists of numbers, got "
+                              f"{self.mean!r} and {self.std!r}") from None
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ConfigError(f"preprocessing mean/std must be finite, got {self.mean} and "
+                              f"{self.std}")
         check_choice(self.mode, "preprocessing mode", MODES)
         check_choice(self.interpolation, "preprocessing interpolation", INTERPOLATIONS)
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -59,6 +67,9 @@ class Preprocessing(Options):
             raise ConfigError(f"preprocessing std must be positive, got {self.std}")
         for name in ("resize", "crop"):
             check_int(getattr(self, name), f"preprocessing {name}", optional=True)
+            value = getattr(self, name)
+            if value is not None and value > MAX_SIDE:
+                raise ConfigError(f"preprocessing {name}={value} is beyond {MAX_SIDE} pixels")
         return self
 
     @property
@@ -80,6 +91,7 @@ class Preprocessing(Options):
             h, w = x.shape[-2:]
             scale = self.resize / min(h, w)
             size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            check_resized(h, w, size)
             if size != (h, w):
                 kwargs = {} if self.interpolation == "nearest" else {"antialias": True,
                                                                      "align_corners": False}
@@ -95,6 +107,24 @@ class Preprocessing(Options):
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+MAX_SIDE = 1 << 16        # resize / crop beyond 65,536 pixels are refused
+
+
+def check_resized(h: int, w: int, size: tuple[int, int]) -> None:
+    """Refuse a resize whose result would exceed the image pixel limit (an image very long
+    in one dimension: 1 x 60,000,000 pixels resized to a shorter side of 256 would be
+    256 x 15,360,000,000), before anything is allocated."""
+    from depthflow.images import MAX_PIXELS_ENV, max_image_pixels
+
+    limit = max_image_pixels()
+    if size[0] * size[1] > limit:
+        raise InputError(
+            f"an image of {h}x{w} pixels resized to a shorter side of {min(size)} would be "
+            f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than the limit of "
+            f"{limit:,} (aspect ratio {max(h, w) / max(1, min(h, w)):.0f}:1); crop the image "
+            f"or raise --max-image-pixels / {MAX_PIXELS_ENV}")
 
 
 def dinov2_preprocessing(crop: int = 224) -> Preprocessing:
@@ -135,6 +165,29 @@ def dinov3_preprocessing(size: int = 224, *, satellite: bool = False) -> Preproc
 
 
 def preprocessing_from_timm(cfg: dict[str, Any]) -> Preprocessing:
+    """See :func:`_from_timm`; a field of the wrong type or range is one ConfigError."""
+    return _parsed("timm pretrained_cfg", _from_timm, cfg)
+
+
+def preprocessing_from_openclip(cfg: dict[str, Any], img_size: int) -> Preprocessing:
+    """See :func:`_from_openclip`; a field of the wrong type or range is one ConfigError."""
+    return _parsed("open_clip_config.json preprocess_cfg", _from_openclip, cfg, img_size)
+
+
+def _parsed(what: str, fn, *args) -> Preprocessing:
+    if not isinstance(args[0], dict):
+        raise ConfigError(f"{what} must be a JSON object, got {type(args[0]).__name__}")
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError,
+            OverflowError) as exc:
+        raise ConfigError(f"{what} has a field of the wrong type or range: "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def _from_timm(cfg: dict[str, Any]) -> Preprocessing:
     """A timm ``pretrained_cfg``: ``input_size`` (C, H, W), ``crop_pct`` (resize to
     ``H / crop_pct``, then centre crop ``H``), ``interpolation``, ``mean``, ``std``."""
     size = cfg.get("test_input_size") or cfg.get("input_size") or (3, 224, 224)
@@ -148,7 +201,7 @@ def preprocessing_from_timm(cfg: dict[str, Any]) -> Preprocessing:
                          std=tuple(cfg.get("std", IMAGENET_STD)), interpolation=interpolation)
 
 
-def preprocessing_from_openclip(cfg: dict[str, Any], img_size: int) -> Preprocessing:
+def _from_openclip(cfg: dict[str, Any], img_size: int) -> Preprocessing:
     """An ``open_clip_config.json``'s ``preprocess_cfg`` (``mean``, ``std``,
     ``interpolation``); resize the shorter side to ``img_size`` and centre crop."""
     interpolation = str(cfg.get("interpolation", "bicubic"))
