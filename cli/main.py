@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import click
 
@@ -28,6 +29,24 @@ class _Group(click.Group):
         ctx = super().make_context(info_name, args, parent=parent, **extra)
         ctx.meta["depthflow.argv"] = ["depthflow", *argv]
         return ctx
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """Usage errors (an unknown option, a value click cannot convert) as one
+        ``Error: ...`` line with exit code 2, like every other depthflow error."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            click.echo(f"Error: {exc.format_message().splitlines()[0]}", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from depthflow import vocabulary as D
+from depthflow.errors import InputError
 from depthflow.io.results import figures_match, open_result
 from depthflow.phases.datasets import describe_phases
 
@@ -19,7 +20,21 @@ def _fmt(values) -> str:
 
 
 def describe(path: str | os.PathLike[str]) -> str:
-    """A few screens of text: provenance, groups, variables and headline curves."""
+    """A few screens of text: provenance, groups, variables and headline curves. A file
+    that opens but is damaged (a variable or attribute missing or malformed) is one
+    :class:`~depthflow.errors.InputError`, never a traceback."""
+    try:
+        return _describe(path)
+    except InputError:
+        raise
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, ArithmeticError,
+            RuntimeError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        raise InputError(f"{str(path)!r} is a damaged depthflow result ({type(exc).__name__}"
+                         f"{': ' + text if text else ''}); re-run depthflow analyze") from exc
+
+
+def _describe(path: str | os.PathLike[str]) -> str:
     with open_result(path) as tree:
         ds = tree.to_dataset(inherit=False)
         a = tree.attrs

@@ -32,6 +32,22 @@ def split_options(options: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def _check_read(assignments: Sequence[str], chosen: Sequence[str]) -> None:
+    """Refuse ``--set dynamics.KEY`` for a known key that no chosen analysis reads (it
+    would be recorded in the result without any effect)."""
+    owner = {key: name for name, keys in DynamicsConfig.READ_BY.items() for key in keys}
+    for item in assignments:
+        key = item.partition("=")[0].strip()
+        if key not in owner:
+            continue
+        if owner[key] is None:
+            raise ConfigError(f"--set dynamics.{key}: no analysis of this version reads "
+                              f"{key}; drop it (it would be recorded without effect)")
+        if owner[key] not in chosen:
+            raise ConfigError(f"--set dynamics.{key}: only the {owner[key]} analysis reads it, "
+                              f"and it is not run (--dynamics {','.join(chosen)})")
+
+
 def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all",
                    options: Sequence[str] = (), seed: int = 0) -> list[Analysis]:
     """The plug-ins of ``depthflow analyze``.
@@ -59,6 +75,7 @@ def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all"
     if unknown:
         raise ConfigError(f"--dynamics: unknown analyses {unknown}; give 'all', 'none' or a "
                           f"comma list of {', '.join(ANALYSES)}")
+    _check_read(per["dynamics"], chosen)
     cfg = DynamicsConfig(analyses=tuple(chosen), seed=seed).with_overrides(per["dynamics"])
     out.append(DynamicsAnalysis(cfg))
     return out

@@ -93,6 +93,20 @@ class DynamicsConfig(Options):
     recovery_draws: int = 2
     seed: int = 0
 
+    #: the analysis that reads each option (``--set`` of an option whose analysis is not
+    #: run is refused); options no analysis reads yet are listed under ``None``
+    READ_BY = {"lyapunov": ("frozen_layers", "frozen_samples", "frozen_steps",
+                            "frozen_transient"),
+               "stretching": ("stretching_k",),
+               "basins": ("n_perm", "robustness_depths", "robustness_angles",
+                          "robustness_samples", "attractor_layer", "attractor_steps",
+                          "attractor_tol"),
+               "fixed_points": ("fixed_point_layer", "fixed_point_starts",
+                                "fixed_point_max_iter", "norm_scan_starts", "norm_scales"),
+               "recovery": ("recovery_depths", "recovery_angles", "recovery_directions",
+                            "recovery_draws"),
+               None: ("fixed_point_token",)}
+
     def validate(self) -> DynamicsConfig:
         self._set("analyses", tuple(self.analyses))
         bad = [a for a in self.analyses if a not in ANALYSES]
@@ -114,6 +128,11 @@ class DynamicsConfig(Options):
             check_number(theta, "robustness_angles", low=0, high=math.pi)
         for scale in self.norm_scales:
             check_number(scale, "norm_scales", low=0, open_low=True)
+        for theta in self.recovery_angles:
+            check_number(theta, "recovery_angles", low=0, high=math.pi, open_low=True)
+        for name in ("frozen_layers", "robustness_depths", "recovery_depths"):
+            for value in getattr(self, name) or ():
+                check_int(value, name, minimum=-(1 << 20))
         if any(d not in DIRECTIONS for d in self.recovery_directions):
             raise ConfigError(f"recovery_directions must be from {DIRECTIONS}, got "
                               f"{self.recovery_directions}")

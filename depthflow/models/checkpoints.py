@@ -148,8 +148,29 @@ def build_from_state_dict(cfg: ViTConfig, state_dict: Mapping[str, Tensor],
             f"weights in {source!r} have shapes that do not match the architecture "
             f"(got vs expected): {_preview(wrong)}")
     check_finite(state_dict, source)
+    check_dtypes(state_dict, expected, source)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()})
     return model.eval()
+
+
+def check_dtypes(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor],
+                 source: str) -> None:
+    """Integer (quantised) or boolean weights where the model has floats are refused;
+    weights mixing float dtypes are converted to the model's float32, with a one-line
+    warning naming the dtypes found."""
+    wrong = [f"{k} ({v.dtype})".replace("torch.", "") for k, v in state_dict.items()
+             if torch.is_floating_point(expected[k]) and not torch.is_floating_point(v)]
+    if wrong:
+        raise CheckpointError(
+            f"checkpoint {source!r} has integer weights where floats are expected "
+            f"({_preview(wrong)}); quantised checkpoints are not read: dequantise them first")
+    kinds = sorted({str(v.dtype).replace("torch.", "") for v in state_dict.values()
+                    if torch.is_floating_point(v)})
+    if len(kinds) > 1:
+        import logging
+        logging.getLogger("depthflow").warning(
+            "depthflow: checkpoint %s mixes %s weights; all converted to float32", source,
+            ", ".join(kinds))
 
 
 def load_depthflow(path: str | os.PathLike[str]) -> LoadedModel:

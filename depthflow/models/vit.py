@@ -18,6 +18,7 @@ apply directly. Attention runs either as fused SDPA (fast) or in plain math form
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -37,6 +38,29 @@ HEAD_INPUTS = ("cls", "cls+mean", "mean", "cls+distillation")
 POSITION_EMBEDDINGS = ("learned", "sincos", "none")
 ROPE_KINDS = ("none", "dinov3")
 INTERP_MODES = ("bicubic", "bilinear")
+
+
+MAX_DEPTH = 100_000           # shapes beyond these are refused whatever the memory
+MAX_WIDTH = 1 << 20
+
+
+def check_model_size(cfg: "ViTConfig") -> None:
+    """Refuse, before anything is allocated, a shape no machine can hold (depth beyond
+    :data:`MAX_DEPTH`, width beyond :data:`MAX_WIDTH`) or whose float32 parameters exceed
+    the memory budget (:func:`depthflow.limits.memory_budget`)."""
+    from depthflow.limits import format_bytes, memory_budget
+
+    if cfg.depth > MAX_DEPTH or cfg.embed_dim > MAX_WIDTH or cfg.mlp_hidden_dim > 8 * MAX_WIDTH:
+        raise ConfigError(f"ViTConfig depth={cfg.depth}, embed_dim={cfg.embed_dim}, "
+                          f"mlp_hidden_dim={cfg.mlp_hidden_dim} is beyond any model "
+                          f"(limits: depth {MAX_DEPTH:,}, width {MAX_WIDTH:,})")
+    need = cfg.parameter_estimate() * 4
+    budget = memory_budget()
+    if budget is not None and need > budget:
+        raise ConfigError(f"a ViT of depth {cfg.depth} and width {cfg.embed_dim} needs about "
+                          f"{format_bytes(need)} for its float32 parameters alone, more than "
+                          f"the {format_bytes(budget)} of memory available; check the "
+                          "architecture (--arch, config.json)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +175,24 @@ class ViTConfig(Options):
         if self.img_size < self.patch_size:
             raise ConfigError(
                 f"ViTConfig.img_size={self.img_size} is smaller than patch_size={self.patch_size}")
+        for name in ("norm_eps", "interp_offset", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                    not math.isfinite(value) or (name != "interp_offset" and value <= 0):
+                raise ConfigError(f"ViTConfig.{name} must be a finite"
+                                  f"{'' if name == 'interp_offset' else ' positive'} number, "
+                                  f"got {value!r}")
+        check_model_size(self)
         return self
+
+    def parameter_estimate(self) -> int:
+        """Parameters of a model of this shape (blocks, embeddings, head), to within the
+        biases and norms: what :func:`check_model_size` compares with the memory."""
+        d, L = self.embed_dim, self.depth
+        block = 4 * d * d + 2 * d * self.mlp_hidden_dim * (2 if self.mlp == "swiglu" else 1)
+        grid = (self.img_size // self.patch_size) ** 2
+        embed = self.patch_size ** 2 * self.in_chans * d + (grid + 1) * d
+        return L * (block + 12 * d) + embed + self.num_classes * d
 
     @property
     def head_dim(self) -> int:

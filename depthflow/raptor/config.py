@@ -209,7 +209,14 @@ class FitConfig(Options):
             check_number(self.norm_eps, "norm_eps", low=0, open_low=True)
         for name in ("final_cls_weight", "final_register_weight", "final_patch_weight"):
             check_number(getattr(self, name), name, low=0)
-        self._set("betas", tuple(float(b) for b in self.betas))
+        betas = self.betas if isinstance(self.betas, (tuple, list)) else (self.betas,)
+        if len(betas) != 2:
+            raise ConfigError(f"betas must be two numbers (beta1,beta2), got {len(betas)}: "
+                              f"{tuple(betas)}")
+        for b in betas:
+            if check_number(b, "betas", low=0, high=1) >= 1:
+                raise ConfigError(f"betas must lie in [0, 1), got {tuple(betas)}")
+        self._set("betas", tuple(float(b) for b in betas))
         for name in ("k", "batch_size", "log_every", "checkpoint_every", "eval_every",
                      "eval_batch_size", "threshold_images", "cond_hidden"):
             check_int(getattr(self, name), name)
