@@ -127,6 +127,18 @@ def int_weights(d: Path) -> Path:
     return d / "int.pth"
 
 
+def hf_dir(d: Path, **changes) -> Path:
+    """A small transformers DeiT saved with save_pretrained, its config.json edited."""
+    T = pytest.importorskip("transformers")
+    model = T.DeiTModel(T.DeiTConfig(hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, patch_size=4, image_size=16,
+                                     intermediate_size=48))
+    model.save_pretrained(d / "hf")
+    cfg = json.loads((d / "hf" / "config.json").read_text())
+    (d / "hf" / "config.json").write_text(json.dumps({**cfg, **changes}))
+    return d / "hf"
+
+
 def then(word, *effects):
     return word
 
@@ -204,9 +216,6 @@ CASES = [
     ("opt-set-known-unused-key", 2, "fixed_point_token",
      lambda d, c: ["analyze", c, "-o", d / O, "--no-phases", "--set",
                    "dynamics.fixed_point_token=3", "--quiet", "--no-figures"]),
-    ("opt-set-key-of-analysis-not-run", 2, "recovery",
-     lambda d, c: ["analyze", c, "-o", d / O, "--no-phases", "--dynamics", "stretching",
-                   "--set", "dynamics.recovery_draws=3", "--quiet", "--no-figures"]),
     ("opt-set-recovery-angle-nan", 2, "recovery_angles",
      lambda d, c: ["analyze", c, "-o", d / O, "--no-phases", "--set",
                    "dynamics.recovery_angles=nan", "--quiet", "--no-figures"]),
@@ -222,6 +231,12 @@ CASES = [
      lambda d, c: ["analyze", c, "-o", d / O, *CHEAP, {"DEPTHFLOW_MEMORY_BUDGET": "100000"}]),
     ("arch-norm-eps-nan", 2, "norm_eps",
      lambda d, c: ["analyze", c, "-o", d / O, "--arch", "norm_eps=nan", *CHEAP]),
+    ("ckpt-hf-config-field-of-the-wrong-type", 1, "num_attention_heads='4'",
+     lambda d, c: ["analyze", hf_dir(d, num_attention_heads="4"), "-o", d / O, *CHEAP]),
+    ("ckpt-hf-config-disagrees-with-the-weights", 1, "num_hidden_layers=5",
+     lambda d, c: ["analyze", hf_dir(d, num_hidden_layers=5), "-o", d / O, *CHEAP]),
+    ("ckpt-hf-config-eps-nan", 1, "layer_norm_eps",
+     lambda d, c: ["analyze", hf_dir(d, layer_norm_eps=float("nan")), "-o", d / O, *CHEAP]),
     ("ckpt-integer-weights", 1, "integer weights",
      lambda d, c: ["analyze", int_weights(d), "--arch", "num_heads=4", "-o", d / O, *CHEAP]),
     # ----- images: special files, long images, one decoder through the collections
@@ -491,6 +506,16 @@ def test_overwrite_of_figures_removes_only_what_depthflow_wrote(tmp_path, ckpt):
     assert r.exit_code == 1 and clash in r.output and "did not write" in r.output, r.output
 
 
+def test_set_of_a_key_whose_analysis_is_not_run_warns_on_one_line(caplog):
+    from depthflow.analysis.registry import build_analyses
+
+    with caplog.at_level("WARNING", logger="depthflow"):
+        build_analyses(phases=False, dynamics="stretching",
+                       options=["dynamics.recovery_draws=3", "dynamics.stretching_k=2"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "recovery_draws" in lines[0] and "recovery" in lines[0]
+
+
 def test_check_disjoint_known_answers(tmp_path):
     from depthflow.errors import OutputError
     from depthflow.io.guard import check_disjoint
@@ -572,3 +597,20 @@ def _one_line_or_ok(argv):
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert result.exit_code in (1, 2), (argv, result.output)
     assert len(lines) == 1 and lines[0].startswith("Error: "), (argv, result.output)
+
+
+@pytest.mark.parametrize("preset", [None, "dinov2_vits14_reg4", "dinov2_vitb14"])
+def test_parameter_estimate_is_a_close_lower_bound(preset):
+    """methods.md section 16: the estimate never exceeds the true count (a refusal is no
+    false alarm) and is within 5% of it."""
+    from depthflow.models.arch import PRESETS
+    from depthflow.models.vit import ViT, ViTConfig
+
+    if preset is None:
+        model = tiny_vit()
+    else:
+        with torch.device("meta"):
+            model = ViT(ViTConfig(**PRESETS[preset]))
+    true = sum(p.numel() for p in model.state_dict().values())
+    est = model.cfg.parameter_estimate()
+    assert 0.95 * true <= est <= true, (est, true)

@@ -33,8 +33,9 @@ def split_options(options: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _check_read(assignments: Sequence[str], chosen: Sequence[str]) -> None:
-    """Refuse ``--set dynamics.KEY`` for a known key that no chosen analysis reads (it
-    would be recorded in the result without any effect)."""
+    """``--set dynamics.KEY`` of a known key that no analysis reads: an error (it would be
+    recorded in the result without any effect); of a key read only by an analysis that is
+    not run this time: a one-line warning (budgets are often shared between runs)."""
     owner = {key: name for name, keys in DynamicsConfig.READ_BY.items() for key in keys}
     for item in assignments:
         key = item.partition("=")[0].strip()
@@ -44,8 +45,10 @@ def _check_read(assignments: Sequence[str], chosen: Sequence[str]) -> None:
             raise ConfigError(f"--set dynamics.{key}: no analysis of this version reads "
                               f"{key}; drop it (it would be recorded without effect)")
         if owner[key] not in chosen:
-            raise ConfigError(f"--set dynamics.{key}: only the {owner[key]} analysis reads it, "
-                              f"and it is not run (--dynamics {','.join(chosen)})")
+            import logging
+            logging.getLogger("depthflow").warning(
+                "depthflow: --set dynamics.%s has no effect: only the %s analysis reads it, "
+                "and it is not run (--dynamics %s)", key, owner[key], ",".join(chosen))
 
 
 def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all",

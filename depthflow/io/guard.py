@@ -98,7 +98,10 @@ def output_lock(outputs: Iterable[str | os.PathLike[str] | None]) -> Iterator[No
         for output in outputs:
             if output is None or not str(output).strip():
                 continue
-            held.append(_acquire(fcntl, lock_path(output), output))
+            path = lock_path(output)
+            if not path.parent.is_dir():     # the run's own output check says what is wrong
+                continue
+            held.append(_acquire(fcntl, path, output))
         yield
     finally:
         for path, fd in reversed(held):

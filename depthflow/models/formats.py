@@ -443,8 +443,64 @@ def convert_hf(state_dict: Mapping[str, Tensor], *, style: str | None = None,
     style = style or (hf_style(config) if config else detect_style(sd))
     sd = _deit_teacher_head(sd)
     out = _rename(sd, _HF_RULES, style)
+    check_hf_config_types(dict(config or {}))
     defaults = {**_hf_defaults(style, dict(config or {}), out), **(hints or {})}
-    return infer_config(out, defaults=defaults, overrides=overrides), out
+    cfg = infer_config(out, defaults=defaults, overrides=overrides)
+    check_hf_config_agrees(dict(config or {}), cfg, overrides or {})
+    return cfg, out
+
+
+_HF_INT_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "intermediate_size", "patch_size", "num_channels", "image_size", "head_dim",
+                  "num_register_tokens")
+_HF_FLOAT_FIELDS = ("layer_norm_eps",)
+
+
+def check_hf_config_types(config: Mapping[str, Any]) -> None:
+    """The fields of an HF ``config.json`` depthflow reads, each of its type and range:
+    positive integers (booleans and fractions refused; ``num_register_tokens`` may be 0),
+    a finite positive ``layer_norm_eps``; otherwise one :class:`ArchitectureError` naming
+    the field and its value."""
+    import math
+
+    for key in _HF_INT_FIELDS:
+        value = config.get(key)
+        if value is None:
+            continue
+        low = 0 if key == "num_register_tokens" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ArchitectureError(f"config.json field {key}={value!r} must be an integer "
+                                    f">= {low}")
+    for key in _HF_FLOAT_FIELDS:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not math.isfinite(value) or value <= 0:
+            raise ArchitectureError(f"config.json field {key}={value!r} must be a finite "
+                                    "positive number")
+    act = config.get("hidden_act")
+    if act is not None and not isinstance(act, str):
+        raise ArchitectureError(f"config.json field hidden_act={act!r} must be a string")
+
+
+def check_hf_config_agrees(config: Mapping[str, Any], cfg: ViTConfig,
+                           overrides: Mapping[str, Any]) -> None:
+    """What ``config.json`` declares must be what the weights hold: a disagreement is an
+    :class:`ArchitectureError` naming both values (an explicit ``--arch`` override wins)."""
+    pairs = (("hidden_size", "embed_dim"), ("num_hidden_layers", "depth"),
+             ("intermediate_size", "mlp_hidden_dim"), ("patch_size", "patch_size"),
+             ("num_channels", "in_chans"), ("num_attention_heads", "num_heads"))
+    for key, field in pairs:
+        declared = config.get(key)
+        if declared is None or field in overrides:
+            continue
+        if field == "mlp_hidden_dim" and cfg.mlp != "gelu":
+            continue                     # SwiGLU widths are stored fused / rounded
+        held = getattr(cfg, field)
+        if int(declared) != int(held):
+            raise ArchitectureError(f"config.json says {key}={declared} but the weights hold "
+                                    f"{field}={held}; the config and the weights disagree")
 
 
 def _deit_teacher_head(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
