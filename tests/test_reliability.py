@@ -139,6 +139,19 @@ def hf_dir(d: Path, **changes) -> Path:
     return d / "hf"
 
 
+def nan_std(d: Path, c: Path) -> Path:
+    """A depthflow checkpoint whose recorded preprocessing has std NaN."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(c), "pt") as handle:
+        meta = dict(handle.metadata())
+    pre = json.loads(meta["preprocessing"])
+    meta["preprocessing"] = json.dumps({**pre, "std": [float("nan")] * len(pre["std"])})
+    save_file(load_file(str(c)), str(d / "nanstd.safetensors"), metadata=meta)
+    return d / "nanstd.safetensors"
+
+
 def then(word, *effects):
     return word
 
@@ -237,6 +250,8 @@ CASES = [
      lambda d, c: ["analyze", hf_dir(d, num_hidden_layers=5), "-o", d / O, *CHEAP]),
     ("ckpt-hf-config-eps-nan", 1, "layer_norm_eps",
      lambda d, c: ["analyze", hf_dir(d, layer_norm_eps=float("nan")), "-o", d / O, *CHEAP]),
+    ("ckpt-preprocessing-std-nan", 2, "finite",
+     lambda d, c: ["analyze", nan_std(d, c), "-o", d / O, *CHEAP]),
     ("ckpt-integer-weights", 1, "integer weights",
      lambda d, c: ["analyze", int_weights(d), "--arch", "num_heads=4", "-o", d / O, *CHEAP]),
     # ----- images: special files, long images, one decoder through the collections
@@ -398,6 +413,13 @@ def test_file_lists_bom_quoting_and_relative_paths(tmp_path):
     assert [p.name for p in src.files] == [" lead.png", "a,b.png", "plain.png"]
     assert all(p.is_file() for p in src.files)
     assert list(src.labels) == [0, 1, 0] and src.class_names == ["cat", "dog"]
+    # labels that look numeric but are not ASCII integers are class names, not tracebacks
+    (sub / "n.txt").write_text("imgs/plain.png,--5\nimgs/a,b.png,3\n".replace("a,b", "x")
+                               + "imgs/plain.png,\u00b3\nimgs/plain.png,-2\n",
+                               encoding="utf-8")
+    src = open_images(str(sub / "n.txt"))
+    assert src.class_names == ["-2", "3", "--5", "\u00b3"]
+    assert list(src.labels) == [2, 1, 3, 0]
 
 
 # ------------------------------------------------------------------ signals
