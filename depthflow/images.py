@@ -636,6 +636,8 @@ def open_images(spec: str | os.PathLike[str] | None, *, limit: int | None = None
         if path.is_dir():
             source = FolderSource(path)
         elif path.suffix.lower() in ARRAY_SUFFIXES:
+            if path.exists() and not path.is_file():
+                check_regular_file(path, spec, what="array file")
             if not path.is_file():
                 raise InputError(f"array file {spec!r} does not exist")
             source = ArraySource(path)

@@ -72,6 +72,10 @@ def load_model(source: str | os.PathLike[str] | nn.Module | None = None, *,
         return _load_path(path, overrides)
     path = Path(os.fspath(source))
     if path.exists():
+        if not (path.is_file() or path.is_dir()):      # a FIFO would block the read forever
+            raise CheckpointError(f"checkpoint {str(source)!r} is not a regular file or "
+                                  "directory (a FIFO, device or socket); refused without "
+                                  "reading it")
         return _load_path(path, overrides)
     named = zoo.resolve_named(source) if isinstance(source, str) else None
     if named is not None:

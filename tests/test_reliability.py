@@ -152,6 +152,19 @@ def nan_std(d: Path, c: Path) -> Path:
     return d / "nanstd.safetensors"
 
 
+def wrong_positions(d: Path, c: Path) -> Path:
+    """The tiny checkpoint (2 register tokens) with a position table of 26 rows, not 17."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(c), "pt") as handle:
+        meta = dict(handle.metadata())
+    tensors = load_file(str(c))
+    tensors["pos_embed"] = torch.zeros(1, 26, tensors["pos_embed"].shape[-1])
+    save_file(tensors, str(d / "pos.safetensors"), metadata=meta)
+    return d / "pos.safetensors"
+
+
 def then(word, *effects):
     return word
 
@@ -252,11 +265,19 @@ CASES = [
      lambda d, c: ["analyze", hf_dir(d, layer_norm_eps=float("nan")), "-o", d / O, *CHEAP]),
     ("ckpt-preprocessing-std-nan", 2, "finite",
      lambda d, c: ["analyze", nan_std(d, c), "-o", d / O, *CHEAP]),
+    ("ckpt-position-table-wrong-size", 1, "pos_embed (1, 26, 32)",
+     lambda d, c: ["analyze", wrong_positions(d, c), "-o", d / O, *CHEAP]),
     ("ckpt-integer-weights", 1, "integer weights",
      lambda d, c: ["analyze", int_weights(d), "--arch", "num_heads=4", "-o", d / O, *CHEAP]),
     # ----- images: special files, long images, one decoder through the collections
     ("img-fifo-in-a-file-list", 1, "FIFO",
      lambda d, c: ["analyze", c, "--images", fifo_list(d), "-o", d / O, *CHEAP]),
+    ("img-fifo-as-an-array-file", 1, "FIFO",
+     lambda d, c: [then("analyze", os.mkfifo(d / "a.npy")), c, "--images", d / "a.npy",
+                   "-o", d / O, *CHEAP]),
+    ("ckpt-fifo-as-the-checkpoint", 1, "FIFO",
+     lambda d, c: [then("analyze", os.mkfifo(d / "ck.pth")), d / "ck.pth", "-o", d / O,
+                   *CHEAP]),
     ("img-device-in-a-file-list", 1, "device",
      lambda d, c: [then("analyze", (d / "l.txt").write_text("/dev/null\n")), c, "--images",
                    d / "l.txt", "-o", d / O, *CHEAP]),
