@@ -11,6 +11,8 @@ request that cannot fit *before* the model runs, naming the estimate:
   ``samples`` budget, up to 4x that when classes are short of ``min_per_class``, never more
   than the images), ``n_cls x (L + 1) x D x 4`` for the class subset and
   ``n_rob x depths x T x D x 4`` for the robustness subset;
+* the trajectories of one batch: ``B x (L + 1) x T x D x 4`` bytes (8 for float64), with
+  ``B`` the batch size (at most the number of images);
 * the result file: ``n x (L + 1) x T x D x 4`` bytes of raw states with ``--states all``
   (``x 1`` token with ``cls``), compared with the free space of the output's file system:
   a warning (one line on stderr, through the ``depthflow`` logger) above
@@ -72,11 +74,13 @@ def memory_budget() -> int | None:
 
 
 def analyze_estimates(*, n: int, depth: int, tokens: int, dim: int, classes: int,
-                      states: str, dynamics: Any = None) -> dict[str, int]:
+                      states: str, dynamics: Any = None, batch_size: int = 0,
+                      itemsize: int = 4) -> dict[str, int]:
     """Bytes per item (see the module docstring) for ``n`` images through a model of
     ``depth`` blocks, ``tokens`` tokens of width ``dim``; ``dynamics`` is a
     :class:`~depthflow.dynamics.analysis.DynamicsConfig` or None."""
     out = {"class accumulators": (depth + 1) * classes * dim * 8,
+           "batch trajectories": batch_size * (depth + 1) * tokens * dim * itemsize,
            "result file": n * (depth + 1) * dim * 4 * (tokens if states == "all" else
                                                        1 if states == "cls" else 0)}
     if dynamics is not None:
@@ -99,11 +103,20 @@ def check_analyze_resources(loaded: Any, source: Any, preprocessing: Any, config
     tokens = loaded.model.num_tokens(side, side)
     dynamics = next((getattr(a, "config", None) for a in analyses
                      if getattr(a, "name", "") == "dynamics"), None)
+    batch = int(getattr(config, "batch_size", 0) or 0)
+    itemsize = 8 if str(getattr(config, "dtype", "")) == "float64" else 4
     est = analyze_estimates(n=len(source), depth=cfg.depth, tokens=tokens, dim=cfg.embed_dim,
                             classes=len(source.class_names), states=config.states,
-                            dynamics=dynamics)
+                            dynamics=dynamics, batch_size=min(batch, len(source)),
+                            itemsize=itemsize)
     budget = memory_budget()
     if budget is not None:
+        if est["batch trajectories"] > budget:
+            raise ConfigError(
+                f"--batch-size {batch} would hold about "
+                f"{format_bytes(est['batch trajectories'])} of trajectories per batch "
+                f"({cfg.depth + 1} depths x {tokens} tokens x {cfg.embed_dim} wide; memory "
+                f"available: {format_bytes(budget)}); lower --batch-size")
         if est["class accumulators"] > budget:
             raise InputError(
                 f"{len(source.class_names):,} classes would need about "
