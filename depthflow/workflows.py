@@ -180,7 +180,10 @@ def fit_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | os.P
             "fit a model with absolute position embeddings")
     source = open_images(images).head(limit)
     eval_source = open_images(eval_images) if eval_images else None
-    check_disjoint({"-o": output}, _inputs(checkpoint, source, eval_images=eval_source))
+    inputs = _inputs(checkpoint, source, eval_images=eval_source)
+    check_disjoint({"-o": output}, inputs)
+    if config is not None and config.cache_dir:      # teacher-state shards are written there
+        check_disjoint({"--cache-dir": config.cache_dir}, inputs)
     run = {"checkpoint": None if checkpoint is None else str(checkpoint),
            "images": str(images), "limit": limit, "eval_images": eval_images, "arch": arch}
     with output_lock([output] if _main_rank() else []):
