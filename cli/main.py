@@ -36,7 +36,7 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
-            super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, standalone_mode=False, **kwargs)
         except click.UsageError as exc:
             click.echo(f"Error: {exc.format_message().splitlines()[0]}", err=True)
             sys.exit(exc.exit_code)
@@ -46,7 +46,7 @@ class _Group(click.Group):
         except click.Abort:
             click.echo("Error: aborted", err=True)
             sys.exit(1)
-        sys.exit(0)
+        sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

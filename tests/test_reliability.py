@@ -240,6 +240,8 @@ CASES = [
      lambda d, c: ["fit", c, "-o", d / "run", "--betas", "2,3", "--quiet"]),
     ("opt-betas-single", 2, "two numbers",
      lambda d, c: ["fit", c, "-o", d / "run", "--betas", "0.9", "--quiet"]),
+    ("opt-click-value-not-an-integer", 2, "'--k'",
+     lambda d, c: ["fit", c, "-o", d / "run", "--k", "two", "--quiet"]),
     ("opt-betas-nan", 2, "betas",
      lambda d, c: ["fit", c, "-o", d / "run", "--betas", "nan,0.9", "--quiet"]),
     ("opt-set-known-unused-key", 2, "fixed_point_token",
