@@ -91,8 +91,8 @@ MOVES: dict[str, str] = {
 # docstrings of the packages the layout creates (written only where no __init__.py exists)
 PACKAGE_DOCS: dict[str, str] = {
     "depthflow.data": (
-        "Data in and out of a model: image sources (:mod:`~depthflow.data.images`, the "
-        "labelled\ncollections of :mod:`~depthflow.data.collections`), trajectories "
+        "Data in and out of a model: image sources (:mod:`~depthflow.data.images`; large "
+        "collections\nread in place, :mod:`~depthflow.data.collections`), trajectories "
         "streamed through a model\n(:mod:`~depthflow.data.trajectory`) and the token "
         "measures computed on them\n(:mod:`~depthflow.data.tokens`)."),
     "depthflow.core": (
@@ -578,8 +578,8 @@ def test_an_unknown_module_is_still_an_import_error():
 
 def test_every_package_folder_is_installed():
     text = (ROOT / "pyproject.toml").read_text()
-    listed = set(re.findall(r'"([\w.]+)"', re.search(r"^packages\s*=\s*\[[^\]]*\]", text,
-                                                     re.M).group(0)))
+    listed = set(re.findall(r'"([\\w.]+)"', re.search(r"^packages\\s*=\\s*\\[[^\\]]*\\]",
+                                                       text, re.M).group(0)))
     on_disk = {{".".join(["depthflow", *p.parent.relative_to(PACKAGE).parts])
                for p in PACKAGE.rglob("__init__.py")}}
     assert listed == on_disk | {{"depthflow.cli"}}
@@ -595,26 +595,26 @@ def _relayout():
 
 def test_the_migration_rewrites_imports_and_paths_word_by_word():
     R = _relayout()
-    src = ("from depthflow import dynamics, maps, phases\n"
-           "from depthflow import report\n"
-           "from depthflow.dynamics import oracles, basins as b\n"
-           "x = 'depthflow.config.Options', 'depthflow.configs', 'depthflow.raptor.config'\n"
-           "y = 'depthflow/images.py', 'my.depthflow.images', 'depthflow.images_old'\n")
+    src = ("from depthflow import dynamics, maps, phases\\n"
+           "from depthflow import report\\n"
+           "from depthflow.dynamics import oracles, basins as b\\n"
+           "x = 'depthflow.config.Options', 'depthflow.configs', 'depthflow.raptor.config'\\n"
+           "y = 'depthflow/images.py', 'my.depthflow.images', 'depthflow.images_old'\\n")
     out, n = R.rewrite_from_imports(src, R.MOVES)
     pattern, table = R.path_patterns(R.MOVES)
     out, paths = R.rewrite_text(out, pattern, table)
-    assert out == ("from depthflow import dynamics, phases\n"
-                   "from depthflow.dynamics import maps\n"
-                   "from depthflow.reporting import info as report\n"
-                   "from depthflow.dynamics import oracles\n"
-                   "from depthflow.dynamics.attractors import basins as b\n"
+    assert out == ("from depthflow import dynamics, phases\\n"
+                   "from depthflow.dynamics import maps\\n"
+                   "from depthflow.reporting import info as report\\n"
+                   "from depthflow.dynamics import oracles\\n"
+                   "from depthflow.dynamics.attractors import basins as b\\n"
                    "x = 'depthflow.core.config.Options', 'depthflow.configs', "
-                   "'depthflow.raptor.config'\n"
+                   "'depthflow.raptor.config'\\n"
                    "y = 'depthflow/data/images.py', 'my.depthflow.images', "
-                   "'depthflow.images_old'\n")
+                   "'depthflow.images_old'\\n")
     assert (n, paths) == (3, 2)
     assert R.rewrite_from_imports(out, R.MOVES) == (out, 0)          # idempotent
-    assert R.split_paths("x = ('depthflow.dynamics' '.basins')\n", pattern) == [
+    assert R.split_paths("x = ('depthflow.dynamics' '.basins')\\n", pattern) == [
         "1: depthflow.dynamics.basins"]
 
 
@@ -622,8 +622,8 @@ def test_the_migration_has_nothing_left_to_do():
     run = subprocess.run([sys.executable, "studies/migration/relayout.py", "--dry-run"],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
-    assert " 0 module(s) to move" in run.stdout and "files naming old paths: 0" in run.stdout, \
-        run.stdout
+    assert " 0 module(s) to move" in run.stdout, run.stdout
+    assert "files naming old paths: 0" in run.stdout, run.stdout
 
 
 def test_no_source_names_an_old_module_path():
