@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -19,12 +19,8 @@ from depthflow import vocabulary as D
 from depthflow.phases import segmentation as seg
 from depthflow.phases import swap
 from depthflow.errors import ConfigError
+from depthflow.phases.config import DEFAULT_K_MAX, PhaseConfig
 from depthflow.vocabulary import attrs
-
-if TYPE_CHECKING:
-    from depthflow.phases.analysis import PhaseConfig
-
-DEFAULT_K_MAX = 4       # PhaseConfig's default; lowered (with a note) on models this shallow
 
 SELECTION_RULE = ("k* = the smallest k whose modularity Q_k = (cut_k - mean_W * "
                   "pairs_between_k) / total_W is within select_tolerance of the best Q over "
