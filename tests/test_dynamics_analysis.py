@@ -132,6 +132,26 @@ def test_models_without_labels_or_cls_skip_with_a_reason(tmp_path):
     assert "not defined" in node.attrs["skipped"]
 
 
+def test_attractors_keep_only_images_of_usable_classes(tmp_path):
+    """Classes with one labelled image in the JVP subset are left out of the attractor
+    statistics; the group is labelled with the images actually used (regression:
+    `depthflow analyze --limit 20` raised a dimension-size error)."""
+    options = [o for o in BUDGET if not o.startswith(("dynamics.samples", "dynamics.min_per"))]
+    analyses = df.build_analyses(phases=False, dynamics="basins",
+                                 options=["dynamics.samples=20", "dynamics.min_per_class=1",
+                                          *options])
+    path = df.analyze(tiny_loaded(0, depth=3), df.open_images("digits"), tmp_path / "d.nc",
+                      config=df.AnalyzeConfig(limit=20), analyses=analyses)
+    tree = df.open_result(path)
+    labels = tree.to_dataset()["label"].values
+    counts = np.bincount(labels)
+    att = tree["dynamics/basins/attractors"].to_dataset()
+    assert (counts == 1).any()                       # the case this test is about
+    assert att.sizes["subsample"] == int(counts[counts >= 2].sum())
+    assert set(att["label"].values.tolist()) == set(np.flatnonzero(counts >= 2).tolist())
+    np.testing.assert_array_equal(labels[att["sample_index"].values], att["label"].values)
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(analyses=("spectra",)), "unknown dynamics analyses"),
     (dict(samples=0), "samples"),

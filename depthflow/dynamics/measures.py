@@ -399,7 +399,10 @@ def basins(run: Run) -> xr.DataTree:
                             sample_ids=run.kept["index"])
     adata = _class_names(att.to_dataset(), names)
     adata.attrs["layer"] = t
-    children["attractors"] = xr.DataTree(run.labelled(adata, "image"))
+    # only the labelled images of a usable class are in it (as for the robustness child)
+    children["attractors"] = xr.DataTree(run.labelled(
+        adata, "image", index=np.asarray(att.image_ids, np.int64),
+        labels=np.asarray(att.labels, np.int32)))
     return xr.DataTree(xr.Dataset(attrs={"token": "cls"}), children=children)
 
 
