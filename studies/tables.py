@@ -348,10 +348,10 @@ def rule_attractors(ami: float, p: float, unassigned: float) -> tuple[str, str]:
 
 def rule_recovery(m: float, lo: float, hi: float) -> tuple[str, str]:
     """Self-correction (a perturbation injected mid-depth shrinks over the later layers), on
-    the median over images of the final ratio angle_L / theta: *yes* when its upper bound
-    is below 1; *no* when its lower bound is above 1 (it grows); *partly* when the interval
-    contains 1."""
-    why = f"angle_L / theta = {ci(m, lo, hi, 2)}"
+    the median over images of the final ratio angle_L / theta_K (theta_K: the perturbation's
+    own RMS angle on the kind): *yes* when its upper bound is below 1; *no* when its lower
+    bound is above 1 (it grows); *partly* when the interval contains 1."""
+    why = f"angle_L / theta_K = {ci(m, lo, hi, 2)}"
     if hi < 1:
         return YES, why
     if lo > 1:
@@ -691,17 +691,26 @@ class Builder:
                   ["model", "scope", "norm scale", "n starts", "converged starts",
                    "distinct points", "stability counts", "spectral radius: median "
                    "[min, max] over points", "agrees", "why"],
-                  note="Stability from converged tangent spectra only (unknown otherwise); "
-                       "the reference norms r scaled by 0.5, 1, 2 (norm scan, fewer starts). "
+                  note="Stability from converged tangent spectra only (unknown otherwise): "
+                       "any multiplier beyond 1 + tol makes a point unstable (saddle or "
+                       "repelling when the smallest decides), marginal only when the largest "
+                       "is within tol of 1; 'non-hyperbolic' counts points with a computed "
+                       "multiplier within tol of 1 (docs/methods.md 7.3). "
+                       "The reference norms r scaled by 0.5, 1, 2 (norm scan, fewer starts). "
                        "In the cls scope only the cls token moves, the other tokens frozen "
                        "at each start's own image: every start is a different map, so "
                        "distinct points there count contexts, not attractors of one map.")
         names = ["attracting", "repelling", "saddle", "marginal", "unstable", "unknown"]
 
-        def stab(values: np.ndarray) -> str:
+        def stab(values: np.ndarray, flat: np.ndarray | None = None) -> str:
             values = values[values >= 0]
-            return ", ".join(f"{names[v]} {int((values == v).sum())}"
+            text = ", ".join(f"{names[v]} {int((values == v).sum())}"
                              for v in range(len(names)) if (values == v).any()) or "-"
+            n_flat = int((flat == 1).sum()) if flat is not None else 0
+            return text + (f" (non-hyperbolic {n_flat})" if n_flat else "")
+
+        def flat_of(ds) -> np.ndarray | None:
+            return ds["non_hyperbolic"].values if "non_hyperbolic" in ds else None
 
         def radius(values: np.ndarray) -> str:
             values = values[np.isfinite(values)]
@@ -716,7 +725,7 @@ class Builder:
                     continue
                 n0 = int(ds.sizes["start"])
                 t.add(r.name, scope, "1", n0, frac(int(ds["n_converged"]), n0),
-                      int(ds["n_distinct"]), stab(ds["stability"].values),
+                      int(ds["n_distinct"]), stab(ds["stability"].values, flat_of(ds)),
                       radius(ds["spectral_radius"].values), NC, NOT_CLAIMED)
             ns = r.group("dynamics/fixed_points/norm_scan")
             if ns is None:
@@ -726,7 +735,7 @@ class Builder:
                 int(m.group(1)) if m else -1
             for sc in ns["norm_scale"].values:
                 s = ns.sel(norm_scale=sc)
-                stab_cell = stab(s["stability"].values)
+                stab_cell = stab(s["stability"].values, flat_of(s))
                 basins = f"; {int(s['n_basins'])} basins by iteration"
                 t.add(r.name, "state (norm scan)", num(float(sc), 1), n0,
                       frac(int(s["n_converged"]), n0), int(s["n_distinct"]),
@@ -736,17 +745,19 @@ class Builder:
 
     # ---------------------------------------------------------------- recovery
     def recovery(self) -> Table:
-        t = Table("Recovery: angle_L / theta after a perturbation injected at depth l0",
+        t = Table("Recovery: angle_L / theta_K after a perturbation injected at depth l0",
                   ["model", "kind", "direction", "inject depth", "n", "theta", "final ratio",
                    "largest ratio after l0", "propagator gain s_1 (l0 -> L)", "agrees", "why"],
                   note="Median over images [bootstrap 95%] of the final angle ratio, for "
                        "the smallest injected angle; adversarial = top right singular vector "
                        "of the all-tokens-in -> kind-out propagator (converged solves only). "
                        "< 1: the perturbation shrank. The ratio compares the kind's RMS angle "
-                       "with the per-token RMS input angle theta; an all-token perturbation "
-                       "has total size sqrt(T) theta, so for one token (cls) the ratio is "
-                       "about sqrt(T) times the propagator gain s_1 (the last column, median "
-                       "over images [bootstrap 95%]) while perturbations stay linear.")
+                       "at L with the perturbation's own RMS angle theta_K on that kind at "
+                       "l0 (random: theta_K = theta; adversarial: theta sqrt(T / |K|) times "
+                       "the direction's norm on the kind), so it does not grow with T; in "
+                       "the linear limit the adversarial ratio is s_1 / ||v_K on K||, s_1 "
+                       "the propagator gain (the last column, median over images "
+                       "[bootstrap 95%]).")
         for r in self.results:
             ds = r.group("dynamics/recovery")
             if ds is None:
@@ -844,13 +855,34 @@ def load(paths: Sequence[str]) -> list[Result]:
     return results
 
 
+def file_scale(r: Result) -> str:
+    """The scale of one result file: embedded (the shipped digits ViT) or a real checkpoint,
+    its blocks, width and tokens, and the images (the dynamics use subsets, stated per row)."""
+    import json
+
+    root = r.root
+    ckpt = str(root.attrs.get("checkpoint", ""))
+    kind = "embedded model" if "digits_vit" in ckpt or not ckpt else "real model"
+    try:
+        arch = json.loads(root.attrs.get("architecture", "{}"))
+    except ValueError:
+        arch = {}
+    parts = [kind]
+    if arch.get("depth") and arch.get("embed_dim"):
+        parts.append(f"{arch['depth']} blocks, width {arch['embed_dim']}")
+    if "token" in root.sizes:
+        parts.append(f"T = {root.sizes['token']}")
+    parts.append(f"{root.sizes.get('sample', '?')} images")
+    return ", ".join(parts)
+
+
 def render(paths: Sequence[str]) -> str:
     results = load(paths)
     try:
         b = Builder(results)
         tables = b.tables()
-        files = ", ".join(f"`{r.path.name}` ({r.root.attrs.get('title', r.name)}, "
-                          f"{r.root.sizes.get('sample', '?')} images)" for r in results)
+        files = ", ".join(f"`{r.path.name}` ({r.root.attrs.get('title', r.name)}; scale: "
+                          f"{file_scale(r)})" for r in results)
         out = ["<!-- generated by studies/tables.py; do not edit by hand -->",
                "### Dynamics findings", "",
                f"From {files}. Each row's 'agrees' column compares it with the paper's claim "
