@@ -1,10 +1,10 @@
-"""The README's dynamics tables, generated from ``depthflow analyze`` result files.
+"""The dynamics tables and the findings table of docs/findings.md, generated from
+``depthflow analyze`` result files and the studies' ``summary.json``.
 
     python studies/tables.py FILE.nc [FILE2.nc ...]                  # print the markdown
     python studies/tables.py FILE.nc ... --markdown OUT.md           # write it to OUT.md
-    python studies/tables.py FILE.nc ... --readme README.md          # replace the block
+    python studies/tables.py FILE.nc ... --readme docs/findings.md   # replace the block
         between <!-- dynamics-tables:start --> and <!-- dynamics-tables:end -->
-    python studies/tables.py FILE.nc ... --readme docs/findings.md    # (any markdown page)
     python studies/tables.py --findings --readme docs/findings.md   # the findings table
         between <!-- findings:start --> and <!-- findings:end -->, from every
         studies/*/summary.json (one record per claim: study, claim, paper, ours,
@@ -1055,10 +1055,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="result files of depthflow analyze (.nc)")
     parser.add_argument("--markdown", help="write the markdown to this file")
-    parser.add_argument("--readme", help=f"replace the block between {START} and {END}")
+    parser.add_argument("--readme", help=f"replace the block between {START} and {END} of this markdown page "
+                        "(normally docs/findings.md)")
     parser.add_argument("--findings", action="store_true",
                         help="the findings table of every studies/*/summary.json instead "
-                             f"(README block between {FINDINGS_START} and {FINDINGS_END})")
+                             f"(the block between {FINDINGS_START} and {FINDINGS_END} of the page given "
+                             "to --readme, normally docs/findings.md)")
     args = parser.parse_args(argv)
     if args.findings:
         text = render_findings(collect_findings())
