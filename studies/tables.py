@@ -1055,12 +1055,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="result files of depthflow analyze (.nc)")
     parser.add_argument("--markdown", help="write the markdown to this file")
-    parser.add_argument("--readme", help=f"replace the block between {START} and {END} of this markdown page "
-                        "(normally docs/findings.md)")
+    parser.add_argument("--readme", help=f"replace the block between {START} and {END} "
+                        "of this markdown page (normally docs/findings.md)")
     parser.add_argument("--findings", action="store_true",
                         help="the findings table of every studies/*/summary.json instead "
-                             f"(the block between {FINDINGS_START} and {FINDINGS_END} of the page given "
-                             "to --readme, normally docs/findings.md)")
+                             f"(the block between {FINDINGS_START} and {FINDINGS_END} of "
+                             "the page given to --readme, normally docs/findings.md)")
     args = parser.parse_args(argv)
     if args.findings:
         text = render_findings(collect_findings())
