@@ -896,6 +896,53 @@ def render(paths: Sequence[str]) -> str:
             r.tree.close()
 
 
+def _sections(block: str) -> tuple[str, list[str]]:
+    """The text before the first ``#### `` heading and the ``#### `` sections."""
+    parts = re.split(r"(?m)^(?=#### )", block)
+    return parts[0], parts[1:]
+
+
+def _has_rows(section: str) -> bool:
+    return bool(re.search(r"(?m)^\|---", section)) and \
+        len(re.findall(r"(?m)^\| ", section)) > 1
+
+
+def _bullets(section: str) -> dict[str, str]:
+    return {m.group(1): m.group(0) for m in re.finditer(r"(?m)^- \*\*(.+?)\*\*:.*$",
+                                                         section)}
+
+
+def merge_partial(old: str, new: str) -> str:
+    """The dynamics block ``new`` rendered from files that ran some analyses only, merged into
+    the previous block ``old``: every table with rows in ``new`` replaces its counterpart
+    (tables are matched by position: the builder always renders the same list), every
+    other table is kept from ``old``; the claims' summary lines likewise, per claim; the
+    header and the rules are ``new``'s. A line under the header names the kept tables."""
+    head_new, new_s = _sections(new.strip())
+    _, old_s = _sections(old.strip())
+    if len(new_s) != len(old_s):
+        raise ValueError(f"cannot merge: {len(old_s)} tables in the page, {len(new_s)} now "
+                         "(re-run every analysis and replace the block instead)")
+    out, kept = [], []
+    for o, n in zip(old_s, new_s):
+        title = n.splitlines()[0]
+        if title.startswith("#### What agrees"):
+            ob, nb = _bullets(o), _bullets(n)
+            merged = [nb.get(c, line) for c, line in ob.items()] + \
+                [line for c, line in nb.items() if c not in ob]
+            out.append(title + "\n\n" + "\n".join(merged) + "\n\n")
+        elif title.startswith("#### Rules") or _has_rows(n):
+            out.append(n)
+        else:
+            out.append(o)
+            kept.append(o.splitlines()[0][5:])
+    note = ("Partial re-run: the tables and claims above were re-measured from these files "
+            "except " + "; ".join(f"'{k}'" for k in kept) +
+            ", kept from the previous full run (their analyses were not re-run; their code "
+            "did not change).") if kept else ""
+    return head_new.rstrip() + ("\n\n" + note if note else "") + "\n\n" + "".join(out)
+
+
 def replace_block(readme: Path, text: str, start: str = START, end: str = END) -> bool:
     """Replace the text between the markers of ``readme``; False (nothing written) when they
     are absent or out of order."""
@@ -1057,6 +1104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--markdown", help="write the markdown to this file")
     parser.add_argument("--readme", help=f"replace the block between {START} and {END} "
                         "of this markdown page (normally docs/findings.md)")
+    parser.add_argument("--update-only", action="store_true",
+                        help="with --readme or --markdown OUT (an existing page): replace only "
+                             "the tables these files have rows for, keep the others (a "
+                             "partial re-run, e.g. dynamics/run.py --dynamics basins)")
     parser.add_argument("--findings", action="store_true",
                         help="the findings table of every studies/*/summary.json instead "
                              f"(the block between {FINDINGS_START} and {FINDINGS_END} of "
@@ -1077,10 +1128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give result files, or --findings")
     text = render(args.files)
     if args.markdown:
-        Path(args.markdown).write_text(text)
+        out = Path(args.markdown)
+        if args.update_only and out.is_file():
+            text_md = merge_partial(out.read_text(), text)
+        else:
+            text_md = text
+        out.write_text(text_md)
         print(f"wrote {args.markdown}")
     if args.readme:
-        if replace_block(Path(args.readme), text):
+        page = Path(args.readme)
+        if args.update_only and page.is_file():
+            content = page.read_text()
+            i, j = content.find(START), content.find(END)
+            if i >= 0 and j > i:
+                text = merge_partial(content[i + len(START):j], text)
+        if replace_block(page, text):
             print(f"replaced the dynamics tables in {args.readme}")
         else:
             print(f"{args.readme} has no {START} ... {END} block: left unchanged")

@@ -94,3 +94,24 @@ def test_render_and_collect(tmp_path):
     readme.write_text(f"x\n{T.FINDINGS_START}\nold\n{T.FINDINGS_END}\ny\n")
     assert T.replace_block(readme, "new", T.FINDINGS_START, T.FINDINGS_END)
     assert readme.read_text() == f"x\n{T.FINDINGS_START}\nnew\n{T.FINDINGS_END}\ny\n"
+
+
+def test_merge_of_a_partial_rerun():
+    """Tables with rows in the new rendering replace theirs; the others and the claims not
+    re-measured are kept, and a line names the kept tables."""
+    def block(head, a_rows, b_rows, bullets):
+        def table(title, rows):
+            return f"#### {title}\n\n| model | x |\n|---|---|\n" + "".join(
+                f"| {r} | 1 |\n" for r in rows) if rows else \
+                f"#### {title}\n\n(no result file holds this analysis)\n"
+        return (f"{head}\n\n#### What agrees with the paper and what does not\n\n"
+                + "\n".join(f"- **{c}**: {w}." for c, w in bullets.items()) + "\n\n"
+                + table("A", a_rows) + "\n" + table("B", b_rows) + "\n#### Rules (how)\n\nr\n")
+    old = block("old head", ["old a"], ["old b"], {"ca": "old", "cb": "old"})
+    new = block("new head", [], ["new b"], {"cb": "new"})
+    out = T.merge_partial(old, new)
+    assert out.startswith("new head") and "'A', kept from the previous full run" in out
+    assert "| old a |" in out and "| new b |" in out and "| old b |" not in out
+    assert "- **ca**: old." in out and "- **cb**: new." in out
+    with pytest.raises(ValueError):
+        T.merge_partial(old + "#### C\n", new)
