@@ -446,3 +446,26 @@ def test_expanding_and_band_multiplier_is_unstable_not_marginal(one_thread):
     res = find_fixed_points(f, torch.zeros(1, 1, 2, dtype=F64), k=2)
     assert Stability(int(res.stability[0])) == Stability.UNSTABLE
     assert bool(res.non_hyperbolic[0])
+
+
+@pytest.mark.parametrize("moduli, want, flat", [
+    ([0.5, 0.9], Stability.ATTRACTING, False),
+    ([0.5, 1.0004], Stability.MARGINAL, True),
+    ([0.9996, 0.3], Stability.MARGINAL, True),
+    ([1.5, 2.0], Stability.REPELLING, False),
+    ([2.0, 0.5], Stability.SADDLE, False),
+    ([2.0, 1.0002, 0.5], Stability.SADDLE, True),
+    ([3.0, 1.0004], Stability.UNSTABLE, True),
+    ([1.2, 0.9997, 1.0003], Stability.UNSTABLE, True),
+])
+@pytest.mark.parametrize("normal", [True, False])
+def test_every_label_on_a_planted_spectrum(one_thread, moduli, want, flat, normal):
+    """Each label at least once, diagonal and non-normal (upper-triangular coupling)."""
+    n = len(moduli)
+    A = torch.diag(torch.tensor(moduli, dtype=F64))
+    if not normal:
+        A = A + 0.8 * torch.triu(torch.ones(n, n, dtype=F64), diagonal=1)
+    f = maps.FunctionMap(lambda x: x @ A.T, name="planted")
+    res = find_fixed_points(f, torch.zeros(1, 1, n, dtype=F64), k=n, marginal_tol=_TOL)
+    assert Stability(int(res.stability[0])) == want == _expected(moduli, _TOL)
+    assert bool(res.non_hyperbolic[0]) == flat
