@@ -902,45 +902,82 @@ def _sections(block: str) -> tuple[str, list[str]]:
     return parts[0], parts[1:]
 
 
-def _has_rows(section: str) -> bool:
-    return bool(re.search(r"(?m)^\|---", section)) and \
-        len(re.findall(r"(?m)^\| ", section)) > 1
-
-
 def _bullets(section: str) -> dict[str, str]:
     return {m.group(1): m.group(0) for m in re.finditer(r"(?m)^- \*\*(.+?)\*\*:.*$",
                                                          section)}
 
 
+def _table(section: str) -> tuple[list[str], list[str], list[str]]:
+    """A table section split into the lines before its rows (title, note, header and
+    separator), its rows, and the lines after them."""
+    lines = section.rstrip("\n").split("\n")
+    idx = [i for i, line in enumerate(lines) if line.startswith("|")]
+    if len(idx) < 2:
+        return lines, [], []
+    return lines[:idx[0] + 2], lines[idx[0] + 2:idx[-1] + 1], lines[idx[-1] + 1:]
+
+
+def _model(row: str) -> str:
+    return row.split("|")[1].strip()
+
+
+def _model_parts(line: str, models: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """A claim line ``- **claim**: m1 verdict (why); m2 verdict (why).`` as its prefix and
+    ``{model: part}``."""
+    head, _, rest = line.partition("**: ")
+    rest = rest.rstrip(".")
+    names = "|".join(re.escape(m) for m in sorted(models, key=len, reverse=True))
+    cuts = [m.start() for m in re.finditer(rf"(?:^|; )(?=(?:{names}) (?:agrees|does not "
+                                           rf"agree|is not comparable))", rest)]
+    parts = [rest[i:j].removeprefix("; ") for i, j in zip(cuts, cuts[1:] + [len(rest)])]
+    return head + "**: ", {p.split(" ")[0]: p for p in parts}
+
+
 def merge_partial(old: str, new: str) -> str:
-    """The dynamics block ``new`` rendered from files that ran some analyses only, merged into
-    the previous block ``old``: every table with rows in ``new`` replaces its counterpart
-    (tables are matched by position: the builder always renders the same list), every
-    other table is kept from ``old``; the claims' summary lines likewise, per claim; the
-    header and the rules are ``new``'s. A line under the header names the kept tables."""
+    """The dynamics block ``new``, rendered from files that re-ran some analyses (of some
+    models) only, merged into the previous block ``old`` row by row: in every table, a
+    model's rows come from ``new`` where it has any there, else from ``old``; the claims'
+    summary lines likewise, per claim and model; the header, notes and rules are ``new``'s
+    (tables are matched by position: the builder always renders the same list). A line
+    under the header says which rows were re-measured."""
     head_new, new_s = _sections(new.strip())
     _, old_s = _sections(old.strip())
     if len(new_s) != len(old_s):
         raise ValueError(f"cannot merge: {len(old_s)} tables in the page, {len(new_s)} now "
                          "(re-run every analysis and replace the block instead)")
-    out, kept = [], []
+    models = {_model(r) for sec in old_s + new_s for r in _table(sec)[1]}
+    out, fresh = [], []
     for o, n in zip(old_s, new_s):
         title = n.splitlines()[0]
         if title.startswith("#### What agrees"):
             ob, nb = _bullets(o), _bullets(n)
-            merged = [nb.get(c, line) for c, line in ob.items()] + \
-                [line for c, line in nb.items() if c not in ob]
+            merged = []
+            for c, line in ob.items():
+                head, parts = _model_parts(line, models)
+                if c in nb:
+                    parts.update(_model_parts(nb[c], models)[1])
+                merged.append(head + "; ".join(parts.values()) + ".")
+            merged += [line for c, line in nb.items() if c not in ob]
             out.append(title + "\n\n" + "\n".join(merged) + "\n\n")
-        elif title.startswith("#### Rules") or _has_rows(n):
+            continue
+        if title.startswith("#### Rules"):
             out.append(n)
-        else:
+            continue
+        before, new_rows, after = _table(n)
+        _, old_rows, _ = _table(o)
+        if not new_rows:
             out.append(o)
-            kept.append(o.splitlines()[0][5:])
-    note = ("Partial re-run: the tables and claims above were re-measured from these files "
-            "except " + "; ".join(f"'{k}'" for k in kept) +
-            ", kept from the previous full run (their analyses were not re-run; their code "
-            "did not change).") if kept else ""
-    return head_new.rstrip() + ("\n\n" + note if note else "") + "\n\n" + "".join(out)
+            continue
+        order = list(dict.fromkeys([_model(r) for r in old_rows + new_rows]))
+        got = {_model(r) for r in new_rows}
+        rows = [r for m in order for r in (new_rows if m in got else old_rows)
+                if _model(r) == m]
+        fresh.append(f"{title[5:]}: {', '.join(sorted(got))}")
+        out.append("\n".join(before + rows + after) + "\n\n")
+    note = ("Partial re-run. Rows re-measured from these files: " + "; ".join(fresh) +
+            ". Every other row (and the claims' lines built from them) is kept from the "
+            "previous full run: its analyses were not re-run and their code did not change.")
+    return head_new.rstrip() + "\n\n" + note + "\n\n" + "".join(out)
 
 
 def replace_block(readme: Path, text: str, start: str = START, end: str = END) -> bool:

