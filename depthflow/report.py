@@ -164,15 +164,17 @@ def _dynamics(node) -> list[str]:
             continue
         meanings = str(fp["stability"].attrs.get("flag_meanings", "")).split()
         counts = np.bincount(fp["stability"].values.astype(int), minlength=len(meanings))
+        flat = int((fp["non_hyperbolic"].values == 1).sum()) if "non_hyperbolic" in fp else 0
         out.append(f"  fixed points ({what}): {int(fp['n_converged'])} of {fp.sizes['start']} "
                    f"starts converged, {int(fp['n_distinct'])} distinct: "
-                   + ", ".join(f"{m} {c}" for m, c in zip(meanings, counts) if c))
+                   + ", ".join(f"{m} {c}" for m, c in zip(meanings, counts) if c)
+                   + (f" ({flat} non-hyperbolic)" if flat else ""))
     rec = _group(node, "recovery")
     if rec is not None:
         last = rec[D.DEPTH].values[-1]
         for direction in rec["direction"].values:
             sel = rec.sel(direction=direction, depth=last).isel(perturb_angle=0)
-            out.append(f"  recovery at depth {last} ({direction}, median angle/theta): " + "; ".join(
+            out.append(f"  recovery at depth {last} ({direction}, median angle/theta_K): " + "; ".join(
                 f"l0={int(l0)} " + ", ".join(
                     f"{k} {float(sel['median'].sel(inject_depth=l0, kind=k)):.2f}"
                     for k in rec[D.KIND].values) for l0 in rec["inject_depth"].values))

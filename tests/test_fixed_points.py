@@ -256,14 +256,20 @@ def test_marginal_unstable_and_unknown(one_thread):
     o2, start2 = _power_point([1.0, 0.9995, 0.5], 1)
     assert Stability(int(find_fixed_points(o2.map, start2, k=2).stability[0])) == \
         Stability.MARGINAL
-    # expanding, near 1 and contracting (2, 0.9995, 0.5): the hyperbolic parts decide
+    # expanding, near 1 and contracting (2, 0.9995, 0.5): a saddle, flagged non-hyperbolic
     o2, start2 = _power_point([2.0, 1.0, 0.9995, 0.5], 1)
-    assert Stability(int(find_fixed_points(o2.map, start2, k=3).stability[0])) == \
-        Stability.SADDLE
-    # expanding and near 1, nothing contracting (2 / 1.0005, 1 / 1.0005): marginal
+    res2 = find_fixed_points(o2.map, start2, k=3)
+    assert Stability(int(res2.stability[0])) == Stability.SADDLE
+    assert bool(res2.non_hyperbolic[0])
+    # expanding and near 1, nothing contracting (2 / 1.0005, 1 / 1.0005): an expanding
+    # direction makes it unstable whatever the rest (not marginal); non-hyperbolic
     o3, start3 = _power_point([2.0, 1.0005, 1.0], 1)
-    assert Stability(int(find_fixed_points(o3.map, start3, k=2).stability[0])) == \
-        Stability.MARGINAL
+    res3 = find_fixed_points(o3.map, start3, k=2)
+    assert Stability(int(res3.stability[0])) == Stability.UNSTABLE
+    assert bool(res3.non_hyperbolic[0])
+    ds3 = res3.to_dataset()
+    assert int(ds3["non_hyperbolic"].values[0]) == 1
+    assert "non-hyperbolic" in ds3.attrs["stability_definition"]
     # unstable: the top is above 1 and the bottom is not computed
     o4, start4 = _power_point(LAM, 2)
     res = find_fixed_points(o4.map, start4, k=2, bottom=False)
@@ -360,3 +366,106 @@ def test_scan_of_a_scale_invariant_map_changes_nothing(power):
         scan_reference_norms(maps.from_function(lambda x: x), starts)
     with pytest.raises(ConfigError, match="scales"):
         scan_reference_norms(power.map, starts, scales=(0.0, 1.0))
+
+
+# ------------------------------------------------------- stability over planted spectra
+
+_TOL = 1e-3
+_MODULI = {"inside": st.floats(0.05, 0.95), "band": st.floats(1 - 0.5 * _TOL, 1 + 0.5 * _TOL),
+           "outside": st.floats(1.05, 3.0)}
+
+
+@st.composite
+def _planted(draw):
+    """A linear map ``x -> A x`` on one token with planted multipliers: real ones (either
+    sign) and optionally one complex pair (a rotation block), made non-normal by a strictly
+    upper-triangular part in a random orthogonal basis when ``normal`` is False."""
+    # at most 3 real multipliers: a defective triple eigenvalue moves by ~eps^(1/3), far
+    # inside the 0.5 tol margin kept from the band's edges
+    kinds = draw(st.lists(st.sampled_from(sorted(_MODULI)), min_size=1, max_size=3))
+    real = [draw(_MODULI[k]) * draw(st.sampled_from([1.0, -1.0])) for k in kinds]
+    pair = draw(st.one_of(st.none(), st.tuples(st.sampled_from(sorted(_MODULI)),
+                                                st.floats(0.3, 2.8))))
+    blocks, moduli = [torch.tensor([[v]], dtype=F64) for v in real], [abs(v) for v in real]
+    if pair is not None:
+        r, phi = draw(_MODULI[pair[0]]), pair[1]
+        blocks.append(r * torch.tensor([[math.cos(phi), -math.sin(phi)],
+                                        [math.sin(phi), math.cos(phi)]], dtype=F64))
+        moduli += [r, r]
+    A = torch.block_diag(*blocks)
+    n = A.shape[0]
+    normal = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    gen = torch.Generator().manual_seed(seed)
+    if not normal:                                # same eigenvalues, non-normal
+        A = A + torch.triu(torch.rand(n, n, generator=gen, dtype=F64) * 2 - 1, diagonal=1) \
+            * (0 if n == 1 else 1)
+        if pair is not None:                      # keep the rotation block's own entries
+            A[-2:, -2:] = blocks[-1]
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64))
+    return q @ A @ q.T, moduli, normal
+
+
+def _expected(moduli, tol):
+    """The issue's rules, written from the planted moduli alone."""
+    expanding = [m > 1 + tol for m in moduli]
+    contracting = [m < 1 - tol for m in moduli]
+    if any(expanding):
+        if all(expanding):
+            return Stability.REPELLING
+        return Stability.SADDLE if min(moduli) < 1 - tol else Stability.UNSTABLE
+    return Stability.ATTRACTING if all(contracting) else Stability.MARGINAL
+
+
+@settings(max_examples=60, deadline=None)
+@given(_planted())
+def test_stability_labels_of_planted_spectra(one_thread, planted):
+    """Every label and the non-hyperbolic flag on linear maps (diagonal and non-normal)
+    with known multipliers: the fixed point 0, tangent Jacobian A, whole spectrum computed."""
+    A, moduli, _ = planted
+    n = A.shape[0]
+    f = maps.FunctionMap(lambda x: x @ A.T, name="planted linear map")
+    res = find_fixed_points(f, torch.zeros(1, 1, n, dtype=F64), k=n, marginal_tol=_TOL,
+                            eig_method="dense")
+    assert res.n_distinct == 1
+    want = _expected(moduli, _TOL)
+    assert Stability(int(res.stability[0])) == want, (moduli, res.stability_messages)
+    assert bool(res.non_hyperbolic[0]) == any(abs(m - 1) <= _TOL for m in moduli)
+    # defective (non-normal, repeated) eigenvalues are computed to ~eps^(1/3) only
+    assert float(res.spectral_radius[0]) == pytest.approx(max(moduli), rel=1e-4)
+    if want == Stability.MARGINAL:
+        assert bool(res.non_hyperbolic[0])
+    if max(moduli) > 1 + _TOL:                    # the bottom is computed (here reused)
+        assert float(res.min_modulus[0]) == pytest.approx(min(moduli), rel=1e-4)
+
+
+def test_expanding_and_band_multiplier_is_unstable_not_marginal(one_thread):
+    """The review's case: multipliers {3.0, 1.0004} are unstable (non-hyperbolic)."""
+    A = torch.tensor([[3.0, 0.7], [0.0, 1.0004]], dtype=F64)
+    f = maps.FunctionMap(lambda x: x @ A.T, name="3 and 1.0004")
+    res = find_fixed_points(f, torch.zeros(1, 1, 2, dtype=F64), k=2)
+    assert Stability(int(res.stability[0])) == Stability.UNSTABLE
+    assert bool(res.non_hyperbolic[0])
+
+
+@pytest.mark.parametrize("moduli, want, flat", [
+    ([0.5, 0.9], Stability.ATTRACTING, False),
+    ([0.5, 1.0004], Stability.MARGINAL, True),
+    ([0.9996, 0.3], Stability.MARGINAL, True),
+    ([1.5, 2.0], Stability.REPELLING, False),
+    ([2.0, 0.5], Stability.SADDLE, False),
+    ([2.0, 1.0002, 0.5], Stability.SADDLE, True),
+    ([3.0, 1.0004], Stability.UNSTABLE, True),
+    ([1.2, 0.9997, 1.0003], Stability.UNSTABLE, True),
+])
+@pytest.mark.parametrize("normal", [True, False])
+def test_every_label_on_a_planted_spectrum(one_thread, moduli, want, flat, normal):
+    """Each label at least once, diagonal and non-normal (upper-triangular coupling)."""
+    n = len(moduli)
+    A = torch.diag(torch.tensor(moduli, dtype=F64))
+    if not normal:
+        A = A + 0.8 * torch.triu(torch.ones(n, n, dtype=F64), diagonal=1)
+    f = maps.FunctionMap(lambda x: x @ A.T, name="planted")
+    res = find_fixed_points(f, torch.zeros(1, 1, n, dtype=F64), k=n, marginal_tol=_TOL)
+    assert Stability(int(res.stability[0])) == want == _expected(moduli, _TOL)
+    assert bool(res.non_hyperbolic[0]) == flat

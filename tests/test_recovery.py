@@ -125,9 +125,13 @@ def test_adversarial_direction_is_the_top_right_singular_vector(method):
             assert abs(float(v @ Vh[0])) == pytest.approx(1.0, abs=1e-8)
             assert float(res.adversarial_gain[s, 0, k]) == pytest.approx(float(S[0]),
                                                                          rel=1e-8)
-            # linear limit: the curve ends at sqrt(T / |K|) s_1
+            # linear limit: normalised by its own angle on the kind, the curve ends at
+            # s_1 / ||v restricted to the kind's tokens|| (s_1 when the kind is everything)
+            own = float(res.adversarial_direction[s, 0, k][toks].norm())
             end = float(res.ratio_adversarial[s, 0, 0, -1, k])
-            assert end == pytest.approx(math.sqrt(T / len(toks)) * float(S[0]), rel=1e-5)
+            assert end == pytest.approx(float(S[0]) / own, rel=1e-5)
+            theta_k = float(res.adversarial_inject_angle[s, 0, 0, k])
+            assert theta_k == pytest.approx(1e-6 * math.sqrt(T / len(toks)) * own, rel=1e-12)
 
 
 def test_propagator_adjoint_and_weakest_contraction():
@@ -239,3 +243,41 @@ def test_dataset_netcdf_round_trip(tmp_path):
     with xr.open_dataset(tmp_path / "rec.nc") as back:
         xr.testing.assert_identical(back.load(), ds)
     assert ds["adversarial_status"].attrs["flag_meanings"].split()[0] == "converged"
+
+
+@pytest.mark.parametrize("method", ["dense", "subspace"])
+def test_cls_ratio_of_a_cls_only_perturbation_does_not_depend_on_T(method):
+    """Per-token linear map diag(1, 0.5, 0.25), tokens on e1, no token mixing: the cls
+    adversarial direction is the cls token alone along e2, turned by phi = theta sqrt(T) at
+    l0; its angle after n blocks is atan(0.5^n tan(phi)) exactly. Normalised by its own angle
+    on the cls kind, the cls curve is that over phi -- 0.5^n to O(phi^2) at T = 5 and T = 65
+    alike; normalised by theta (the RMS over all T tokens) it was sqrt(T) times larger."""
+    L, theta = 4, 1e-3
+    f = _diag_family([1.0, 0.5, 0.25], depth=L)
+    solver = functools.partial(top_singular_direction, method=method, tol=1e-12,
+                               max_iter=2000)
+    ends = {}
+    for T in (5, 65):
+        x = _on_e1(1, T, 3)
+        kinds = {"cls": [0], "patch": list(range(1, T))}
+        res = perturbation_recovery(f, x, depths=[0], angles=[theta], kinds=kinds,
+                                    adversarial=solver, n_boot=0, n_draws=2)
+        assert res.adversarial_status[0, 0, 0] == AdversarialStatus.CONVERGED
+        v = res.adversarial_direction[0, 0, 0]
+        assert float(v[0].norm()) == pytest.approx(1.0, abs=1e-8)       # cls alone
+        assert abs(float(v[0, 1])) == pytest.approx(1.0, abs=1e-8)      # along e2
+        phi = theta * math.sqrt(T)
+        assert float(res.adversarial_inject_angle[0, 0, 0, 0]) == pytest.approx(phi, rel=1e-12)
+        n = torch.arange(L + 1, dtype=F64)
+        exact = torch.atan(0.5 ** n * math.tan(phi)) / phi
+        cls = res.ratio_adversarial[0, 0, 0, :, 0]
+        torch.testing.assert_close(cls, exact, rtol=1e-9, atol=0)
+        ends[T] = float(cls[-1])
+        # the random direction turns every token by theta: its cls curve starts at 1
+        assert res.ratio_random[0, 0, 0, :, 0, 0].tolist() == pytest.approx([1.0] * 2,
+                                                                             rel=1e-9)
+    assert ends[5] == pytest.approx(0.5 ** L, rel=1e-4)
+    assert ends[65] == pytest.approx(ends[5], rel=1e-4)
+    # the old normalisation (by theta) differed by sqrt(65 / 5) = 3.6 between the two
+    assert ends[65] * math.sqrt(65) / (ends[5] * math.sqrt(5)) == pytest.approx(
+        math.sqrt(13), rel=1e-4)

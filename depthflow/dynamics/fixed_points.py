@@ -44,7 +44,8 @@ from depthflow.maps import ComposedMap, DepthMap, FrozenMap, FunctionMap, Sphere
 from depthflow.maps import require_autonomous, tangent_project
 from depthflow.dynamics import _newton
 from depthflow.dynamics._newton import Problem, solve
-from depthflow.dynamics._stability import Stability, classify, needs_bottom
+from depthflow.dynamics._stability import NON_HYPERBOLIC, Stability, classify, needs_bottom
+from depthflow.dynamics._stability import non_hyperbolic as _non_hyperbolic
 from depthflow.dynamics.spectra import eigvals
 from depthflow.vocabulary import flags
 
@@ -176,6 +177,9 @@ class FixedPointResult:
         ``max |eig|`` from the top, ``min |eig|`` from the bottom (NaN: not computed).
     stability : Tensor (K,) of :class:`Stability`
         From converged spectra only (otherwise ``unknown`` / ``unstable``).
+    non_hyperbolic : bool Tensor (K,)
+        Some computed, converged multiplier lies within ``marginal_tol`` of 1 (always for
+        ``marginal``; see :mod:`depthflow.dynamics._stability`).
     scope, token, tol, dedup_tol, marginal_tol, map_json, config, depth_attrs
     """
 
@@ -195,6 +199,7 @@ class FixedPointResult:
     spectral_radius: Tensor
     min_modulus: Tensor
     stability: Tensor
+    non_hyperbolic: Tensor
     scope: str
     token: int
     tol: float
@@ -253,6 +258,10 @@ class FixedPointResult:
                                   "starts that converged to this fixed point"),
             "stability": _da(self.stability.to(torch.int8), P, "linear stability from the "
                              "converged tangent spectrum", **flags(Stability)),
+            "non_hyperbolic": _da(self.non_hyperbolic.to(torch.int8), P, "1: some computed, "
+                                  "converged tangent |eigenvalue| within marginal_tol of 1",
+                                  flag_values=np.array([0, 1], np.int8),
+                                  flag_meanings="hyperbolic non_hyperbolic"),
             "spectral_radius": _da(self.spectral_radius.double(), P,
                                    "largest |eigenvalue| of the tangent Jacobian"),
             "min_modulus": _da(self.min_modulus.double(), P, "smallest |eigenvalue| of the "
@@ -285,7 +294,8 @@ class FixedPointResult:
         attrs = {"analysis": "fixed_points", "scope": self.scope, "token": int(self.token),
                  "tol": float(self.tol), "dedup_tol": float(self.dedup_tol),
                  "marginal_tol": float(self.marginal_tol),
-                 "stability_definition": "; ".join(s.message for s in Stability),
+                 "stability_definition": "; ".join([*(s.message for s in Stability),
+                                                    NON_HYPERBOLIC]),
                  "map": self.map_json, "config": json.dumps(self.config, sort_keys=True),
                  **self.depth_attrs,
                  "nfev_note": "nfev counts map evaluations and JVPs (one JVP ~ one forward)"}
@@ -562,6 +572,7 @@ def _spectra(f: DepthMap, points: Tensor, scope: str, token: int, k: int, k_bott
     top_st = torch.full((K,), int(EigStatus.NOT_COMPUTED), dtype=torch.int8)
     low_st = top_st.clone()
     stab = torch.full((K,), int(Stability.UNKNOWN), dtype=torch.int8)
+    flat = torch.zeros((K,), dtype=torch.bool)
     for i, p in enumerate(points if stability else []):
         if scope == "token":
             g, x = restrict_token(f, p, token), p[token:token + 1]
@@ -583,12 +594,15 @@ def _spectra(f: DepthMap, points: Tensor, scope: str, token: int, k: int, k_bott
                 low[i], bst = _spectrum(g, x, kb, "SM", eig)
             low_st[i] = int(bst)
         m = float(low[i].abs().nan_to_num(nan=math.inf).min())
+        low_ok = low_st[i] == EigStatus.CONVERGED
         stab[i] = int(classify(rho, ok, m if math.isfinite(m) else math.nan,
-                               low_st[i] == EigStatus.CONVERGED, marginal_tol))
+                               low_ok, marginal_tol))
+        seen = (top[i].abs().tolist() if ok else []) + (low[i].abs().tolist() if low_ok else [])
+        flat[i] = _non_hyperbolic(seen, marginal_tol)
     radius = torch.nan_to_num(top.abs(), nan=-1.0).amax(dim=1) if K else torch.zeros(0)
     radius = torch.where(radius < 0, math.nan, radius).double()
     mmin = torch.nan_to_num(low.abs(), nan=math.inf).amin(dim=1) if K else torch.zeros(0)
     mmin = torch.where(torch.isinf(mmin), math.nan, mmin).double()
     return {"eigenvalues": top, "eig_status": top_st, "bottom_eigenvalues": low,
             "bottom_status": low_st, "spectral_radius": radius, "min_modulus": mmin,
-            "stability": stab}
+            "stability": stab, "non_hyperbolic": flat}

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 import xarray as xr
 from torch import Tensor
 
@@ -84,6 +85,9 @@ class NormScanResult:
             "stability": da(pad([r.stability for r in res], -1, np.int8), (S, P),
                             "linear stability from the converged tangent spectrum "
                             "(-1: padding)", **flags(Stability)),
+            "non_hyperbolic": da(pad([r.non_hyperbolic.to(torch.int8) for r in res], -1,
+                                     np.int8), (S, P), "1: some computed, converged tangent "
+                                 "|eigenvalue| within marginal_tol of 1 (-1: padding)"),
             "spectral_radius": da(pad([r.spectral_radius for r in res], np.nan, np.float64),
                                   (S, P), "largest |eigenvalue| of the tangent Jacobian"),
             "min_modulus": da(pad([r.min_modulus for r in res], np.nan, np.float64), (S, P),

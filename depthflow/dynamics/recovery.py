@@ -13,11 +13,16 @@ the unperturbed trajectory. Definitions:
 * a kind's angle ``a_K(l)`` is the root-mean-square over its tokens of the per-token angles
   (for one token, its angle);
 * directions ``w`` are normalised so that the RMS of ``rho_i`` over ALL tokens is 1: the
-  RMS injected angle over all tokens is ``theta``;
-* the recovery curve of kind ``K`` is ``a_K(l) / theta`` for ``l = l0..L`` (NaN before
-  ``l0``), summarised as the MEDIAN over images with a bootstrap percentile interval over
-  images (random draws are first averaged per image) -- never an average of per-layer
-  rates, which telescopes back to the final ratio.
+  RMS injected angle over all tokens is ``theta`` (the perturbation's budget);
+* the perturbation's own angle on kind ``K`` is ``theta_K = RMS_{i in K} theta rho_i``
+  (``theta`` for a random direction, where every ``rho_i = 1``);
+* the recovery curve of kind ``K`` is ``a_K(l) / theta_K`` for ``l = l0..L`` (NaN before
+  ``l0``, and where ``theta_K = 0``): each kind's response over the perturbation's own norm
+  on that kind, so that a perturbation of the cls token alone gives the same cls curve at
+  any number of tokens T (normalising by ``theta``, the RMS over all T tokens, inflated it
+  by up to ``sqrt(T)``). Curves are summarised as the MEDIAN over images with a bootstrap
+  percentile interval over images (random draws are first averaged per image) -- never an
+  average of per-layer rates, which telescopes back to the final ratio.
 
 Directions: ``"random"``: every token rotated by exactly ``theta`` (``rho_i = 1``) along an
 independent uniform tangent direction, drawn from a generator keyed by
@@ -26,9 +31,10 @@ kind): ``w = sqrt(T) v_K`` with ``v_K`` the top right singular vector of the all
 kind-out directional propagator ``P_K`` from ``l0`` to ``L`` (:class:`DirectionalPropagator`),
 from a pluggable solver (default :func:`top_singular_direction`) whose convergence is recorded
 per sample (``adversarial_status``). In the linear limit the adversarial curve ends at
-``sqrt(T / |K|) s_1(P_K)``, the largest final ``a_K / theta`` over all perturbations with
+``s_1(P_K) / ||v_K|_K||`` (``v_K`` restricted to the kind's tokens; 1 for a kind that is
+the whole input), and ``v_K`` gives the largest final ``a_K`` over all perturbations with
 RMS angle ``theta``; its tokens can turn by more than ``theta`` (all of the budget may sit
-on a few tokens), which the curve at ``l0`` shows.
+on a few tokens), which ``adversarial_inject_angle`` (``theta_K``) records.
 """
 
 from __future__ import annotations
@@ -88,7 +94,9 @@ class RecoveryResult:
 
     ``ratio_random``: (N, I, A, n, L+1, K); ``ratio_adversarial``: (N, I, A, L+1, K);
     ``adversarial_status``/``adversarial_gain``: (N, I, K) (gain ``||P_K v||``, the top
-    singular value when converged); ``adversarial_direction``: (N, I, K, T, D) unit ``v_K``.
+    singular value when converged); ``adversarial_direction``: (N, I, K, T, D) unit ``v_K``;
+    ``adversarial_inject_angle``: (N, I, A, K) the adversarial perturbation's own RMS angle
+    ``theta_K`` on its kind (the curve's denominator).
     """
 
     ratio_random: Tensor | None
@@ -103,6 +111,7 @@ class RecoveryResult:
     kinds: dict[str, list[int]]
     map_info: dict[str, Any]
     config: dict[str, Any]
+    adversarial_inject_angle: Tensor | None = None
 
     @classmethod
     def concat(cls, results: Sequence[RecoveryResult]) -> RecoveryResult:
@@ -116,7 +125,8 @@ class RecoveryResult:
         return dataclasses.replace(
             first, **{n: cat(n) for n in ("ratio_random", "ratio_adversarial",
                                           "adversarial_status", "adversarial_gain",
-                                          "adversarial_direction")},
+                                          "adversarial_direction",
+                                          "adversarial_inject_angle")},
             sample_index=[i for r in results for i in r.sample_index])
 
     def per_image(self, direction: str) -> Tensor:
@@ -154,7 +164,7 @@ class RecoveryResult:
                                                 seed=start_seed(seed, r, i, k))
                         med[r, i, :, :, k], lo[r, i, :, :, k], hi[r, i, :, :, k] = stats
         dims5 = (DIRECTION, INJECT_DEPTH, PERTURB_ANGLE, D.DEPTH, D.KIND)
-        what = "recovery curve a_K(l) / theta"
+        what = "recovery curve a_K(l) / theta_K"
         return xr.Dataset(
             {"median": (dims5, med, attrs(f"median over images of the {what}")),
              "median_low": (dims5, lo, attrs(f"lower end of the {ci:.0%} bootstrap percentile "
@@ -182,13 +192,19 @@ class RecoveryResult:
                 "directional propagator from l0 to L (when converged)"))}
         if self.ratio_random is not None:
             v["ratio_random"] = ((*lead, DRAW, D.DEPTH, D.KIND), self.ratio_random.numpy(),
-                                 attrs("recovery curve a_K(l) / theta, random tangent "
-                                    "direction (NaN before l0)"))
+                                 attrs("recovery curve a_K(l) / theta_K, random tangent "
+                                    "direction (theta_K = theta; NaN before l0)"))
         if self.ratio_adversarial is not None:
             v["ratio_adversarial"] = ((*lead, D.DEPTH, D.KIND),
                                       self.ratio_adversarial.numpy(), attrs(
-                "recovery curve a_K(l) / theta, adversarial direction of kind K (NaN before "
-                "l0)"))
+                "recovery curve a_K(l) / theta_K, adversarial direction of kind K, theta_K its "
+                "own RMS injected angle on kind K (NaN before l0 or where theta_K = 0)"))
+        if self.adversarial_inject_angle is not None:
+            v["adversarial_inject_angle"] = ((*lead, D.KIND),
+                                             self.adversarial_inject_angle.numpy(), attrs(
+                "theta_K: RMS over kind K's tokens of the injected angles theta rho_i of "
+                "the adversarial direction of kind K (theta sqrt(T / |K|) for a direction "
+                "on K alone)", "rad"))
         if directions and self.adversarial_direction is not None:
             v["adversarial_direction"] = ((D.SAMPLE, INJECT_DEPTH, D.KIND, D.TOKEN,
                                            D.FEATURE),
@@ -216,9 +232,11 @@ class RecoveryResult:
                         "rotate token i by theta*rho_i towards w_i/rho_i at depth l0 keeping "
                         "its norm (RMS of rho over all tokens = 1; random: rho_i = 1; "
                         "adversarial: w = sqrt(T) v_K); run blocks l0+1..L; a_K(l) = RMS over "
-                        "the kind's tokens of the angle to the unperturbed trajectory; curve "
-                        "a_K(l)/theta; median over images, bootstrap percentile interval "
-                        "over images")}
+                        "the kind's tokens of the angle to the unperturbed trajectory; "
+                        "theta_K = RMS over the kind's tokens of theta*rho_i (the "
+                        "perturbation's own angle on kind K); curve a_K(l)/theta_K; median "
+                        "over images, bootstrap percentile interval over images"),
+                    "normalisation": "per_kind"}
         return ds
 
 
@@ -325,14 +343,16 @@ def perturbation_recovery(f: DepthMap, x0: Tensor, *, depths: Sequence[int] | No
         if "adversarial" in dirs else None
     status = torch.full((N, I, K), int(AdversarialStatus.NOT_COMPUTED), dtype=torch.int8)
     gain = torch.full((N, I, K), math.nan, dtype=torch.float64)
+    own_angle = torch.full((N, I, A, K), math.nan, dtype=torch.float64) \
+        if adv is not None else None
     vecs = torch.zeros(N, I, K, T, Dm, dtype=x.dtype) if adv is not None else None
     for i, l0 in enumerate(inject):
         base = ref[l0 - first]                                       # (N, T, D)
         if rand is not None:
             w = _random(base, n_draws, [start_seed(seed, s, l0) for s in index])
             curves = _run(f, ref, first, l0, last, base, w, theta)   # (N, A, n, Lp, T)
-            rand[:, i] = _kind_rms(curves, kind_tok) / theta.double().cpu()[:, None, None,
-                                                                             None]
+            tk = _injected(w, theta, kind_tok)                       # (N, A, n, K)
+            rand[:, i] = _kind_rms(curves, kind_tok) / tk[:, :, :, None, :]
         if adv is not None:
             for k, toks in enumerate(kind_tok.values()):
                 found = _directions(solver, f, base, l0, last, toks, index, seed, k)
@@ -343,12 +363,15 @@ def perturbation_recovery(f: DepthMap, x0: Tensor, *, depths: Sequence[int] | No
             curves = _run(f, ref, first, l0, last, base, w, theta)   # (N, A, K, Lp, T)
             own = torch.stack([_kind_rms(curves[:, :, k], {n: t})[..., 0]
                                for k, (n, t) in enumerate(kind_tok.items())], -1)
-            adv[:, i] = own / theta.double().cpu()[:, None, None]
+            tk = _injected(w, theta, kind_tok)                       # (N, A, K(dir), K)
+            tk = torch.diagonal(tk, dim1=-2, dim2=-1)                # (N, A, K): own kind
+            own_angle[:, i] = tk
+            adv[:, i] = own / tk[:, :, None, :]
     config = {"directions": dirs, "n_draws": n_draws, "n_boot": n_boot, "ci": ci,
               "seed": seed, "adversarial_solver": getattr(solver, "__name__", repr(solver))}
     return RecoveryResult(rand, adv, status, gain, vecs, index, inject,
                           [float(a) for a in angles], list(range(first, last + 1)), kind_tok,
-                          f.describe(), config)
+                          f.describe(), config, own_angle)
 
 
 def _directions(solver, f, base, l0, last, toks, index, seed, k):
@@ -406,6 +429,15 @@ def _run(f: DepthMap, ref: list[Tensor], first: int, l0: int, last: int, base: T
             ang = angle(state.reshape(N, A * R, T, Dm), target)
             out[:, :, :, layer - first] = ang.double().cpu().reshape(N, A, R, T)
     return out
+
+
+def _injected(w: Tensor, theta: Tensor, kinds: Mapping[str, list[int]]) -> Tensor:
+    """The perturbation's own RMS angle per kind: ``w`` (N, R, T, D) at angles ``theta``
+    (A,) -> (N, A, R, K) ``RMS_{i in K} theta rho_i``; 0 becomes NaN (no ratio defined)."""
+    rho = w.norm(dim=-1).double().cpu()                               # (N, R, T)
+    ang = theta.double().cpu()[None, :, None, None] * rho[:, None]    # (N, A, R, T)
+    out = _kind_rms(ang, kinds)
+    return torch.where(out > 0, out, math.nan)
 
 
 def _kind_rms(curves: Tensor, kinds: Mapping[str, list[int]]) -> Tensor:

@@ -205,14 +205,20 @@ def fig_fixed_points(node: Any, plt) -> Any:
     meanings = str(st["stability"].attrs.get("flag_meanings", "")).split()
     t = np.linspace(0, 2 * np.pi, 200)
     ax.plot(np.cos(t), np.sin(t), color="grey", lw=0.8)
+    flat = st["non_hyperbolic"].values if "non_hyperbolic" in st else None
     for p in range(st.sizes.get(D.FIXED_POINT, 0)):
         kind = meanings[int(st["stability"].values[p])] if meanings else "unknown"
+        color = STABILITY_COLORS.get(kind, "0.5")
+        nh = flat is not None and int(flat[p]) == 1      # hollow: non-hyperbolic
         ax.scatter(st["eig_real"].values[p], st["eig_imag"].values[p], s=12,
-                   color=STABILITY_COLORS.get(kind, "0.5"))
+                   facecolors="none" if nh else color, edgecolors=color)
     from matplotlib.lines import Line2D
 
-    ax.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=k)
-                       for k, c in STABILITY_COLORS.items()], fontsize=7)
+    handles = [Line2D([], [], marker="o", ls="", color=c, label=k)
+               for k, c in STABILITY_COLORS.items()]
+    handles.append(Line2D([], [], marker="o", ls="", color="0.3", markerfacecolor="none",
+                          label="hollow: non-hyperbolic"))
+    ax.legend(handles=handles, fontsize=7)
     ax.set_aspect("equal")
     ax.set_xlabel("Re eigenvalue")
     ax.set_ylabel("Im eigenvalue")

