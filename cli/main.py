@@ -18,6 +18,7 @@ from depthflow.cli.analyze import analyze
 from depthflow.cli.fit import fit
 from depthflow.cli.models import models
 from depthflow.cli.phases import phases
+from depthflow.cli.probe import probe
 
 
 class _Group(click.Group):
@@ -60,7 +61,7 @@ def info(file):
     click.echo(describe(file))
 
 
-for _command in (analyze, phases, fit, info, models):
+for _command in (analyze, phases, fit, info, models, probe):
     main.add_command(_command)
 
 
