@@ -30,7 +30,7 @@ def default_output(checkpoint: str | None) -> str:
               help="Layer x layer similarity, max-cut and DP segmentations, metrics, layer swaps.")
 @click.option("--dynamics", default="all", show_default=True,
               help="Dynamics analyses: all, none, or a comma list of lyapunov, stretching, "
-                   "basins, fixed_points, recovery.")
+                   "branches, basins, fixed_points, recovery.")
 @click.option("--probes", "probes", is_flag=True, default=None,
               help="Also per-depth linear probes of the labels (group 'probes'; on as soon as "
                    "a probes.* option is set).")
