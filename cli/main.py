@@ -15,6 +15,7 @@ import click
 
 from depthflow.cli import options
 from depthflow.cli.analyze import analyze
+from depthflow.cli.compare import compare
 from depthflow.cli.fit import fit
 from depthflow.cli.models import models
 from depthflow.cli.phases import phases
@@ -61,7 +62,7 @@ def info(file):
     click.echo(describe(file))
 
 
-for _command in (analyze, phases, fit, info, models, probe):
+for _command in (analyze, phases, fit, info, models, probe, compare):
     main.add_command(_command)
 
 
