@@ -136,6 +136,12 @@ def probe_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *,
     cfg = config or ProbeConfig()
     labels = np.asarray(labels, np.int64)
     index = np.arange(len(labels)) if index is None else np.asarray(index, np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    dropped = classes[counts < 2].tolist()                # a class needs a train and a test
+    if dropped:
+        keep = ~np.isin(labels, dropped)
+        labels, index = labels[keep], index[keep]
+        features = {r: f[keep] for r, f in features.items()}
     readouts = list(features)
     res = {r: probe_depths(features[r], labels, folds=cfg.folds, Cs=cfg.c_grid,
                            inner_folds=cfg.inner_folds, knn_k=cfg.knn_k, level=cfg.level,
@@ -182,6 +188,8 @@ def probe_dataset(features: dict[str, np.ndarray], labels: np.ndarray, *,
     ds.attrs.update(config=cfg.to_json(), n_images=n,
                     n_classes=int((counts > 0).sum()), folds=int(res[readouts[0]]["folds"]),
                     class_names=",".join(class_names or []),
+                    classes_left_out=(f"{dropped}: fewer than two labelled images" if dropped
+                                      else "none"),
                     method="out-of-fold predictions of stratified k-fold CV (shuffled, seeded); "
                            "the linear probe is StandardScaler + LogisticRegression (lbfgs, "
                            "L2) with C chosen by inner stratified CV on the training fold",
