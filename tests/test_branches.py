@@ -87,3 +87,14 @@ def test_only_plain_blocks_are_split():
     model.blocks[0].__class__ = Other
     with pytest.raises(ArchitectureError, match="plain pre-norm block"):
         half_step_maps(model)
+
+
+def test_an_images_projections_do_not_depend_on_the_others():
+    model = tiny_vit(0, dtype=torch.float64)
+    traj = _trajectory(model, n=3)
+    A, _ = half_step_maps(model)
+    both, _ = non_normality(A, 2, traj[:, 1], probes=2, seed=5, sample_ids=[10, 11, 12])
+    one, _ = non_normality(A, 2, traj[2:, 1], probes=2, seed=5, sample_ids=[12])
+    assert float(both[2]) == pytest.approx(float(one[0]), rel=1e-12)
+    other, _ = non_normality(A, 2, traj[2:, 1], probes=2, seed=6, sample_ids=[12])
+    assert float(other[0]) != float(one[0])

@@ -85,23 +85,32 @@ def branch_updates(model, layer: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor
 
 
 def non_normality(f: DepthMap, t: int | None, x: Tensor, *, probes: int = 8,
-                  seed: int = 0) -> tuple[Tensor, Tensor]:
+                  seed: int = 0, sample_ids: Sequence[int] | None = None
+                  ) -> tuple[Tensor, Tensor]:
     """Random-projection estimates of the departure from normality of the state tangent
     map ``J`` of ``f_t`` at every state of ``x`` (N, T, D):
     ``||J^T J - J J^T||_F / ||J||_F^2`` and ``||J^T J - J J^T||_F / ||J - I||_F^2``.
 
     ``||X||_F^2 = E ||X z||^2`` for Gaussian ``z`` (Hutchinson); each probe costs two JVPs
-    and two VJPs. Returns two (N,) float64 tensors (0 for a normal map)."""
+    and two VJPs. The draws of image ``i`` are keyed by ``seed``, ``t`` and
+    ``sample_ids[i]`` (default ``i``), so an image's value does not depend on the others.
+    Returns two (N,) float64 tensors (0 for a normal map)."""
     if probes < 1:
         raise ConfigError(f"probes must be >= 1, got {probes}")
+    from depthflow.dynamics._propagator import start_seed
+
     x = x.detach()
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    ids = range(x.shape[0]) if sample_ids is None else [int(i) for i in sample_ids]
+    draws = torch.stack([torch.randn((probes, *x.shape[1:]), dtype=torch.float64,
+                                     generator=torch.Generator().manual_seed(
+                                         start_seed(seed, int(t or 0), i)))
+                         for i in ids], dim=1)                          # (probes, N, T, D)
     num = torch.zeros(x.shape[0], dtype=torch.float64)
     den = torch.zeros_like(num)
     den_update = torch.zeros_like(num)
     per = lambda v: v.flatten(1).pow(2).sum(1).double().cpu()        # noqa: E731
-    for _ in range(probes):
-        z = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x)
+    for z in draws:
+        z = z.to(x)
         _, jz = f.jvp(t, x, z)                               # J z
         _, jtz = f.vjp(t, x, z)                              # J^T z
         _, jtjz = f.vjp(t, x, jz)                            # J^T J z
@@ -132,10 +141,11 @@ class BranchSplit:
 
 def branch_split(model, trajectory: Tensor, token_kinds: Sequence[str], *,
                  layers: Sequence[int] | None = None, k: int = 4, tol: float = 1e-6,
-                 probes: int = 8, seed: int = 0) -> BranchSplit:
+                 probes: int = 8, seed: int = 0,
+                 sample_ids: Sequence[int] | None = None) -> BranchSplit:
     """The attention / MLP split (module docstring) along trajectories ``(N, L+1, T, D)``
     (``trajectory[:, d]`` = states at depth ``d``) of ``model`` for ``layers`` (default
-    all)."""
+    all); ``sample_ids`` (global image indices) key the random projections."""
     traj = trajectory.detach()
     L = traj.shape[1] - 1
     layers = list(range(1, L + 1)) if layers is None else [int(t) for t in layers]
@@ -163,7 +173,8 @@ def branch_split(model, trajectory: Tensor, token_kinds: Sequence[str], *,
                 norms[:, i, b, j] = un[:, idx].mean(-1).double().cpu().numpy()
                 rel[:, i, b, j] = (un[:, idx] / size[:, idx]).mean(-1).double().cpu().numpy()
         for b, (f, start) in enumerate(((A, x), (M, y), (F, x))):
-            r, ru = non_normality(f, t, start, probes=probes, seed=seed + 7919 * t)
+            r, ru = non_normality(f, t, start, probes=probes, seed=seed,
+                                  sample_ids=sample_ids)
             nn[:, i, b], nnu[:, i, b] = r.numpy(), ru.numpy()
     spectra = [layer_stretching(f, states, layers=layers, k=k, tol=tol, seed=seed)
                for f, states in ((A, traj), (M, mids), (F, traj))]

@@ -357,7 +357,8 @@ def branches(run: Run) -> xr.DataTree:
     try:
         r = branch_split(model, run.traj, run.ctx.layout.token_kinds,
                          k=min(cfg.stretching_k, cfg.k), tol=cfg.tol,
-                         probes=cfg.branch_probes, seed=cfg.seed)
+                         probes=cfg.branch_probes, seed=cfg.seed,
+                         sample_ids=run.kept["index"])
     except ArchitectureError as err:
         return xr.DataTree(xr.Dataset(attrs={"skipped": f"not defined: {err}"}))
     B, K = "branch", D.KIND
