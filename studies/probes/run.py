@@ -61,8 +61,8 @@ def get_config(tiny: bool = False) -> dict:
                                "knn_k": 5}, "batch_size": 25},
         "compare": {"images": "lfw", "limit": 200, "views": ["cls", "mean_patch"],
                     "batch_size": 20, "n_boot": 1000},
-        "branches": {"images": "lfw", "samples": {"trained": 8, "random": 4},
-                     "options": {"stretching_k": 2, "k": 2, "tol": 1e-4, "branch_probes": 4,
+        "branches": {"images": "lfw", "samples": {"trained": 4, "random": 2},
+                     "options": {"stretching_k": 2, "k": 2, "tol": 1e-3, "branch_probes": 2,
                                  "n_boot": 1000}},
     }
     if tiny:
