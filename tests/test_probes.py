@@ -137,3 +137,28 @@ def test_analyze_plugin_and_cli(tmp_path):
                                     "--readouts", "nope"])
     assert res.exit_code != 0 and res.output.strip().startswith("Error:")
     assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_probe_and_compare_a_fitted_raptor(tmp_path):
+    from depthflow.cli.main import main
+    from depthflow.raptor.config import RaptorConfig
+    from depthflow.raptor.io import save_raptor
+    from depthflow.raptor.model import build_raptor
+
+    from _models import tiny_vit
+
+    teacher = tiny_vit(0, depth=3)
+    save_raptor(build_raptor(teacher, RaptorConfig(thresholds=(1,), mlp="gelu"), seed=2),
+                tmp_path / "r", info={"note": "test"})
+    res = CliRunner().invoke(main, ["probe", str(tmp_path / "r"), "--limit", "40", "-o",
+                                    str(tmp_path / "p.nc"), "--folds", "2", "--c-grid", "1.0",
+                                    "--no-figures", "-q"])
+    assert res.exit_code == 0, res.output
+    assert df.open_result(tmp_path / "p.nc")["probes"].sizes["depth"] == 4
+    ck = tiny_checkpoint(tmp_path / "t.safetensors", depth=3)
+    res = CliRunner().invoke(main, ["compare", str(ck), str(tmp_path / "r"), "--limit", "16",
+                                    "--batch-size", "8", "--n-boot", "5", "-o",
+                                    str(tmp_path / "c.nc"), "--no-figures", "-q"])
+    assert res.exit_code == 0, res.output
+    ds = df.open_result(tmp_path / "c.nc")["compare"].to_dataset()
+    assert ds.sizes["depth"] == 4 and "r2_image_specific" in ds
