@@ -35,7 +35,14 @@ class ProbeConfig(Options):
     _what = "probes option"
     _help = {"readouts": f"token readouts to probe, from {', '.join(READOUTS)} (those a "
                          "model lacks are skipped)",
-             "max_megabytes": "refuse when the kept features would exceed this size"}
+             "folds": "outer stratified cross-validation folds (capped by the smallest "
+                      "class)",
+             "inner_folds": "inner folds that choose C on each training fold",
+             "c_grid": "inverse L2 strengths C the inner cross-validation chooses from",
+             "knn_k": "neighbours of the k-NN probe",
+             "level": "level of the Wilson intervals",
+             "max_megabytes": "refuse when the kept features would exceed this size",
+             "seed": "seed of the fold shuffles"}
 
     readouts: tuple[str, ...] = READOUTS
     folds: int = 5                                  # outer stratified folds
