@@ -91,6 +91,14 @@ def load(cfg: dict, condition: str):
     return loaded
 
 
+def compact(path: Path) -> None:
+    """Rewrite a result file without its unlimited dimension (same groups, variables and
+    attributes; a fraction of the size, for committing)."""
+    with open_result(path) as tree:
+        tree = tree.load()
+    write_tree(tree, path, overwrite=True)
+
+
 def run_probes(cfg: dict, out: Path, argv: list[str]) -> None:
     opts = cfg["probes"]["options"]
     for data, spec in cfg["probes"]["data"].items():
@@ -104,6 +112,7 @@ def run_probes(cfg: dict, out: Path, argv: list[str]) -> None:
                                   limit=spec["limit"], batch_size=cfg["probes"]["batch_size"],
                                   states="none", seed=cfg["seed"]),
                               analyses=analyses, overwrite=True, command=argv)
+            compact(target)
             print(f"probes {data} {condition}: {time.perf_counter() - start:.0f} s",
                   flush=True)
 
@@ -134,6 +143,7 @@ def run_branches(cfg: dict, out: Path, argv: list[str]) -> None:
                           config=AnalyzeConfig(limit=n, batch_size=n, states="none",
                                                seed=cfg["seed"]),
                           analyses=[DynamicsAnalysis(dyn)], overwrite=True, command=argv)
+        compact(out / f"branches-{condition}.nc")
         print(f"branches {condition}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
