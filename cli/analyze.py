@@ -30,11 +30,15 @@ def default_output(checkpoint: str | None) -> str:
               help="Layer x layer similarity, max-cut and DP segmentations, metrics, layer swaps.")
 @click.option("--dynamics", default="all", show_default=True,
               help="Dynamics analyses: all, none, or a comma list of lyapunov, stretching, "
-                   "basins, fixed_points, recovery.")
+                   "branches, basins, fixed_points, recovery.")
+@click.option("--probes", "probes", is_flag=True, default=None,
+              help="Also per-depth linear probes of the labels (group 'probes'; on as soon as "
+                   "a probes.* option is set).")
 @click.option("--set", "settings", multiple=True, metavar="ANALYSIS.KEY=VALUE",
               help="An option of an analysis, e.g. phases.swap_trials=64 or dynamics.samples=16 "
-                   "(repeatable; fields of depthflow.phases.analysis.PhaseConfig and "
-                   "depthflow.dynamics.analysis.DynamicsConfig).")
+                   "(repeatable; fields of depthflow.phases.analysis.PhaseConfig, "
+                   "depthflow.dynamics.analysis.DynamicsConfig and "
+                   "depthflow.probes.analysis.ProbeConfig).")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run of the same command from its last checkpoint "
                    "(checkpoints are kept beside the output while the run lasts).")
@@ -44,8 +48,8 @@ def default_output(checkpoint: str | None) -> str:
 @options.quiet
 @options.one_line_errors
 @quiet_followers
-def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, settings, arch,
-            overwrite, quiet, resume, **run_options):
+def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, probes, settings,
+            arch, overwrite, quiet, resume, **run_options):
     """Trajectories of every token through depth, written to one NetCDF file + figures.
 
     CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
@@ -65,7 +69,7 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, s
                                        if figures is None else figures)
     config = options.build_config(AnalyzeConfig, run_options)
     analyses = build_analyses(phases=phases, dynamics=dynamics, options=settings,
-                              seed=config.seed)
+                              seed=config.seed, probes=probes or None)
     result = analyze_checkpoint(checkpoint, output, images=images, figures=figures, arch=arch,
                                 config=config, analyses=analyses, overwrite=overwrite,
                                 progress=not quiet, command=options.command_line(),

@@ -1,8 +1,9 @@
 """The ``depthflow`` command: thin wrappers over one library call each.
 
 ``analyze`` (:mod:`depthflow.cli.analyze`), ``phases`` (:mod:`depthflow.cli.phases`),
-``fit`` (:mod:`depthflow.cli.fit`), ``models`` (:mod:`depthflow.cli.models`) and ``info``
-are registered here; no command imports
+``fit`` (:mod:`depthflow.cli.fit`), ``models`` (:mod:`depthflow.cli.models`), ``probe``
+(:mod:`depthflow.cli.probe`), ``compare`` (:mod:`depthflow.cli.compare`), ``report``
+(:mod:`depthflow.cli.report`) and ``info`` are registered here; no command imports
 anything back from this module.
 """
 
@@ -16,9 +17,12 @@ import click
 
 from depthflow.cli import options
 from depthflow.cli.analyze import analyze
+from depthflow.cli.compare import compare
 from depthflow.cli.fit import fit
 from depthflow.cli.models import models
 from depthflow.cli.phases import phases
+from depthflow.cli.probe import probe
+from depthflow.cli.report import report
 
 
 class _Group(click.Group):
@@ -79,7 +83,7 @@ def info(file):
     click.echo(describe(file))
 
 
-for _command in (analyze, phases, fit, info, models):
+for _command in (analyze, phases, fit, info, models, probe, compare, report):
     main.add_command(_command)
 
 

@@ -59,6 +59,14 @@ def _describe(path: str | os.PathLike[str]) -> str:
                                    describe_phases(tree["phases"]).splitlines())]
         if "dynamics" in tree.children:
             lines += _dynamics(tree["dynamics"])
+        if "probes" in tree.children:
+            from depthflow.probes.text import describe_probes
+
+            lines += describe_probes(tree["probes"].to_dataset()).splitlines()
+        if "compare" in tree.children:
+            from depthflow.compare.text import describe_compare
+
+            lines += describe_compare(tree["compare"].to_dataset()).splitlines()
     return "\n".join(lines)
 
 

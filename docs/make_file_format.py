@@ -2,10 +2,11 @@
 
 Usage (from the repository root)::
 
-    python docs/make_file_format.py RESULT.nc > docs/file-format.md
+    python docs/make_file_format.py RESULT.nc [--extra COMPARE.nc] > docs/file-format.md
 
 ``RESULT.nc`` is a result file of ``depthflow analyze`` (``make demo`` writes one with every
-group; add ``--image-ranks`` for the per-image ranks). The prose lives in :data:`PAGE` below
+group; add ``--image-ranks`` for the per-image ranks); ``--extra`` adds the groups (not the
+root) of other files, e.g. the ``compare`` group of a ``depthflow compare`` file. The prose lives in :data:`PAGE` below
 (the shell empties ``docs/file-format.md`` before this script runs, so the page cannot be
 its own template): edit the prose here, then regenerate. Every line
 ``<!-- TABLE /group/path -->`` of :data:`PAGE` becomes the marker pair
@@ -174,6 +175,23 @@ linear probe (`scorer = probe`). When the test cannot run the group holds only a
 
 <!-- TABLE /phases/swap -->
 
+## `probes`: per-depth linear probes (`--probes`, `depthflow probe`)
+
+Present with `--probes` or a `probes.*` option of `depthflow analyze`, and in the file of
+`depthflow probe`. Over `readout` (`cls`, `mean_patch`, `cls+mean_patch`, `registers`;
+those a model lacks are left out) x `depth`: the out-of-fold accuracy of the linear probe
+(standardised logistic regression, `C` from `c_grid` by inner cross-validation) and of the
+k-nearest-neighbour probe, each with its Wilson interval over images; `correct` says,
+per image of the labelled `subsample`, whether the linear probe predicted it; `chosen_C`
+the `C` of each outer `fold`; `chance` is the majority-class fraction (the trivial
+baseline), `best_depth` the depth of the highest accuracy and `earliest_good_depth` the
+first depth whose accuracy reaches the lower bound of the best depth's interval.
+Attributes: the `ProbeConfig` (`config`, JSON), `n_images`, `n_classes`, `folds`,
+`class_names`, `classes_left_out` (classes with fewer than two labelled images), `method`,
+`features`.
+
+<!-- TABLE /probes -->
+
 ## `dynamics`
 
 The root of the dynamics holds attributes only: `config` (the `DynamicsConfig`, JSON),
@@ -212,6 +230,22 @@ Per image and `layer` l (`start = l - 1`, `stop = l`), the top `stretching_k` si
 values `sigma` of the one-layer directional propagator; `lyapunov_exponent = log sigma`.
 
 <!-- TABLE /dynamics/stretching -->
+
+### `dynamics/branches`: the attention / MLP split of every layer
+
+Per image of the JVP subset, `layer` and `branch` (`attention`: the half-step
+`x + ls1(attn(norm1 x))`; `mlp`: `y + ls2(mlp(norm2 y))` at the half-step state `y`;
+`layer`: the whole block, their composition): `update_norm`/`relative_update` per token
+`kind` (mean over the kind's tokens of the update's norm, raw and over the input token's
+norm), the top `stretching_k` singular values `sigma` of the directional tangent map
+(norms held; `status` of its Lanczos solver), and the departure from normality of the
+state tangent map `J` (`non_normality`: `||J^T J - J J^T||_F / ||J||_F^2`;
+`update_non_normality`: the same over `||J - I||_F^2`), estimated with `branch_probes`
+Gaussian projections (attribute `probes`). Summaries: medians over images with bootstrap
+intervals. For a model whose blocks are not plain pre-norm blocks (a Raptor) the group
+holds only a `skipped` attribute.
+
+<!-- TABLE /dynamics/branches -->
 
 ### `dynamics/basins`: class-dependent angular basins of the cls token
 
@@ -284,6 +318,21 @@ all tokens. Attributes: `protocol`, `normalisation` (`per_kind`), `kind_tokens` 
 `config`, `map`.
 
 <!-- TABLE /dynamics/recovery -->
+
+## `compare`: model vs model (the file of `depthflow compare`)
+
+`depthflow compare A B` writes a file whose root holds the provenance only and whose
+`compare` group holds, per token `view` (`cls`, `mean_patch`, `registers`, `patch`), the
+linear CKA and the debiased linear CKA between every depth `depth_a` of model A and every
+depth `depth_b` of model B (`_low`/`_high`: percentile interval over batches of images
+resampled; `_null`: the images of B permuted within each batch), the same at matched
+depths (`matched_*`, over `depth` = 0..min(L_A, L_B)), the phase alignment `best_match`
+(the depth of B with the highest CKA for each depth of A, `-1` where undefined) and,
+when the two models have the same token layout and width (a Raptor and its teacher),
+`r2_image_specific` per depth. Attributes: `model_a`, `model_b`, `images`, `n_images`,
+`n_batches`, `level`, `n_boot`, `seed`, `skipped_views` (JSON), `method`.
+
+<!-- TABLE /compare -->
 """
 
 
@@ -335,13 +384,19 @@ def table(group) -> str:
     return "\n".join(rows)
 
 
-def render(path: str | Path, page: str = PAGE) -> str:
-    """The page with every ``<!-- TABLE /group -->`` line replaced by that group's table."""
+def render(path: str | Path, page: str = PAGE, extra: list[str | Path] = ()) -> str:
+    """The page with every ``<!-- TABLE /group -->`` line replaced by that group's table
+    (groups of ``path``, plus the non-root groups of the ``extra`` files)."""
     import netCDF4
 
-    with netCDF4.Dataset(path) as nc:
-        groups = {g.path: g for g in _groups(nc)}
-        tables = {p: table(g) for p, g in groups.items()}
+    groups, tables = {}, {}
+    for i, source in enumerate([path, *extra]):
+        with netCDF4.Dataset(source) as nc:
+            for g in _groups(nc):
+                if i and g.path == "/":
+                    continue
+                groups[g.path] = g.path
+                tables[g.path] = table(g)
     named = MARK.findall(page)
 
     def fill(match: re.Match) -> str:
@@ -366,8 +421,10 @@ def render(path: str | Path, page: str = PAGE) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", help="a result file of depthflow analyze (NetCDF)")
+    parser.add_argument("--extra", action="append", default=[],
+                        help="another file whose non-root groups are added (repeatable)")
     args = parser.parse_args(argv)
-    sys.stdout.write(render(args.result))
+    sys.stdout.write(render(args.result, extra=args.extra))
     return 0
 
 

@@ -27,7 +27,8 @@ BUDGET = ["phases.swap_trials=2", "dynamics.samples=2", "dynamics.min_per_class=
           "dynamics.fixed_point_starts=4", "dynamics.fixed_point_max_iter=3",
           "dynamics.norm_scan_starts=2", "dynamics.recovery_depths=1",
           "dynamics.recovery_angles=0.1", "dynamics.recovery_draws=1",
-          "dynamics.robustness_angles=0.1,1.0"]
+          "dynamics.robustness_angles=0.1,1.0", "dynamics.branch_probes=1",
+          "probes.folds=2", "probes.c_grid=1.0"]
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,18 @@ def layout(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # tiny model: one thread avoids oversubscription
     try:
-        df.analyze(tiny_loaded(0, depth=4, embed_dim=16, mlp_hidden_dim=32),
-                   df.open_images("digits"), path,
+        loaded = tiny_loaded(0, depth=4, embed_dim=16, mlp_hidden_dim=32)
+        df.analyze(loaded, df.open_images("digits"), path,
                    config=df.AnalyzeConfig(limit=40, batch_size=16, states="all",
                                            image_ranks=True),
                    analyses=df.build_analyses(options=BUDGET))
+        compare = tmp_path_factory.mktemp("docs") / "c.nc"     # the compare group
+        from depthflow.compare.workflow import compare_checkpoints
+        from depthflow.models.checkpoints import save_checkpoint
+
+        ck = save_checkpoint(loaded.model, compare.with_suffix(".safetensors"),
+                             preprocessing=loaded.preprocessing)
+        compare_checkpoints(str(ck), "random", compare, limit=16, batch_size=8, n_boot=5)
     finally:
         torch.set_num_threads(threads)
 
@@ -54,9 +62,12 @@ def layout(tmp_path_factory):
         for child in group.groups.values():
             yield from walk(child)
 
-    with netCDF4.Dataset(path) as nc:
-        return {g.path: {n: tuple(v.dimensions) for n, v in g.variables.items()}
-                for g in walk(nc)}
+    out = {}
+    for i, source in enumerate((path, compare)):
+        with netCDF4.Dataset(source) as nc:
+            out.update({g.path: {n: tuple(v.dimensions) for n, v in g.variables.items()}
+                        for g in walk(nc) if not (i and g.path == "/")})
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ BUDGET = ["dynamics.samples=6", "dynamics.min_per_class=2", "dynamics.k=3",
           "dynamics.fixed_point_max_iter=3", "dynamics.norm_scan_starts=2",
           "dynamics.recovery_depths=1", "dynamics.recovery_angles=0.1",
           "dynamics.recovery_draws=1", "dynamics.robustness_angles=0.1,1.0"]
-GROUPS = ["lyapunov", "frozen_lyapunov", "stretching", "basins/classes", "basins/robustness",
+GROUPS = ["lyapunov", "frozen_lyapunov", "stretching", "branches", "basins/classes",
+          "basins/robustness",
           "basins/attractors", "fixed_points/state", "fixed_points/cls",
           "fixed_points/norm_scan", "recovery"]
 

@@ -14,10 +14,12 @@ from depthflow.config import parse_assignments
 from depthflow.dynamics.analysis import ANALYSES, DynamicsAnalysis, DynamicsConfig
 from depthflow.errors import ConfigError
 from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig
+from depthflow.probes.analysis import ProbeAnalysis, ProbeConfig
 
 __all__ = ["PLUGINS", "build_analyses", "split_options"]
 
-PLUGINS = {"phases": (PhaseConfig, PhaseAnalysis), "dynamics": (DynamicsConfig, DynamicsAnalysis)}
+PLUGINS = {"phases": (PhaseConfig, PhaseAnalysis), "dynamics": (DynamicsConfig, DynamicsAnalysis),
+           "probes": (ProbeConfig, ProbeAnalysis)}
 
 
 def split_options(options: Sequence[str]) -> dict[str, list[str]]:
@@ -52,16 +54,26 @@ def _check_read(assignments: Sequence[str], chosen: Sequence[str]) -> None:
 
 
 def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all",
-                   options: Sequence[str] = (), seed: int = 0) -> list[Analysis]:
+                   options: Sequence[str] = (), seed: int = 0,
+                   probes: bool | None = None) -> list[Analysis]:
     """The plug-ins of ``depthflow analyze``.
 
     ``dynamics``: ``"all"``, ``"none"`` or a comma list of
     :data:`depthflow.dynamics.analysis.ANALYSES`; ``options``: ``ANALYSIS.KEY=VALUE``
     overrides of :class:`~depthflow.phases.analysis.PhaseConfig` /
-    :class:`~depthflow.dynamics.analysis.DynamicsConfig` fields. Seeds default to ``seed``.
+    :class:`~depthflow.dynamics.analysis.DynamicsConfig` /
+    :class:`~depthflow.probes.analysis.ProbeConfig` fields. Seeds default to ``seed``.
+    ``probes``: run the per-depth probes (``None``: when a ``probes.*`` option is given).
     """
     per = split_options(options)
     out: list[Analysis] = []
+    if probes is None:
+        probes = bool(per["probes"])
+    extra: list[Analysis] = []
+    if probes:
+        extra.append(ProbeAnalysis(ProbeConfig(seed=seed).with_overrides(per["probes"])))
+    elif per["probes"]:
+        raise ConfigError("probes options were given but probes are switched off")
     if phases:
         out.append(PhaseAnalysis(PhaseConfig(seed=seed).with_overrides(per["phases"])))
     elif per["phases"]:
@@ -73,7 +85,7 @@ def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all"
     if chosen in ([], ["none"]):
         if per["dynamics"]:
             raise ConfigError("dynamics options were given but --dynamics is none")
-        return out
+        return out + extra
     unknown = [c for c in chosen if c not in ANALYSES]
     if unknown:
         raise ConfigError(f"--dynamics: unknown analyses {unknown}; give 'all', 'none' or a "
@@ -81,4 +93,4 @@ def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all"
     _check_read(per["dynamics"], chosen)
     cfg = DynamicsConfig(analyses=tuple(chosen), seed=seed).with_overrides(per["dynamics"])
     out.append(DynamicsAnalysis(cfg))
-    return out
+    return out + extra

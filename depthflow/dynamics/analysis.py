@@ -9,6 +9,8 @@ holds per-image values and summaries with their ``n`` and a bootstrap interval o
   (QR) spectrum of frozen late layers iterated as autonomous sphere maps;
 * ``stretching``: per layer, the top singular values ``sigma`` of the one-layer directional
   Jacobian (largest stretch of a direction perturbation, norms held);
+* ``branches``: the attention / MLP split of every layer (update norms per token kind,
+  stretching of each half-step, departure from normality of the tangent maps);
 * ``basins``: class-dependent angular basins of the cls token (convergence, nearest-class-
   mean accuracy and AMI against a permutation null, entry depth), basin robustness to
   rotations injected at several depths, and the attractor view of the frozen last layer;
@@ -42,7 +44,7 @@ from depthflow.errors import ConfigError
 
 __all__ = ["DynamicsConfig", "DynamicsAnalysis", "ANALYSES"]
 
-ANALYSES = ("lyapunov", "stretching", "basins", "fixed_points", "recovery")
+ANALYSES = ("lyapunov", "stretching", "branches", "basins", "fixed_points", "recovery")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -75,6 +77,7 @@ class DynamicsConfig(Options):
     frozen_steps: int = 100
     frozen_transient: int = 50
     stretching_k: int = 4
+    branch_probes: int = 8                       # random projections of the non-normality
     n_perm: int = 1000                           # label permutations of the class null
     robustness_depths: tuple[int, ...] | None = None     # None: L/4, L/2, 3L/4
     robustness_angles: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4, 0.8, 1.2, 1.6)
@@ -113,8 +116,9 @@ class DynamicsConfig(Options):
         if bad:
             raise ConfigError(f"unknown dynamics analyses {bad}; choose from {ANALYSES}")
         for name in ("samples", "class_samples", "robustness_samples", "k", "frozen_samples",
-                     "frozen_steps", "stretching_k", "attractor_steps", "fixed_point_starts",
-                     "fixed_point_max_iter", "norm_scan_starts", "recovery_draws"):
+                     "frozen_steps", "stretching_k", "branch_probes", "attractor_steps",
+                     "fixed_point_starts", "fixed_point_max_iter", "norm_scan_starts",
+                     "recovery_draws"):
             check_int(getattr(self, name), name)
         for name in ("min_per_class", "n_boot", "n_perm", "frozen_transient",
                      "fixed_point_token", "seed"):
@@ -220,9 +224,13 @@ class DynamicsAnalysis:
 
     # ------------------------------------------------------------------ figures
     def plot(self, tree: xr.DataTree, out_dir: Path) -> list[Path]:
+        from depthflow.plots.branches import plot_branches
         from depthflow.plots.dynamics import plot_dynamics
 
-        return plot_dynamics(tree[self.group], Path(out_dir))
+        drawn = plot_dynamics(tree[self.group], Path(out_dir))
+        if "branches" in tree[self.group].children:
+            drawn += plot_branches(tree[self.group]["branches"], Path(out_dir))
+        return drawn
 
 
 class _Clock:

@@ -33,7 +33,7 @@ from depthflow.errors import ConfigError
 from depthflow.vocabulary import attrs
 
 __all__ = ["Kept", "Run", "default_depths", "lyapunov", "frozen_lyapunov", "stretching",
-           "basins", "fixed_points", "recovery", "median_interval"]
+           "branches", "basins", "fixed_points", "recovery", "median_interval"]
 
 SEGMENT, RESTRICTION, MODE = "segment", "restriction", D.MODE
 
@@ -343,6 +343,59 @@ def stretching(run: Run) -> xr.DataTree:
         "fraction of images whose layer shrinks every direction perturbation "
         "(sigma_1 < 1)", n_images=run.n))
     ds = ds.assign(v)
+    return xr.DataTree(run.labelled(ds, names=run.kept["names"]))
+
+
+# --------------------------------------------------------------------------- branches
+def branches(run: Run) -> xr.DataTree:
+    """The attention / MLP split of every layer (:mod:`depthflow.dynamics.branches`)."""
+    from depthflow.dynamics.branches import BRANCHES, branch_split
+    from depthflow.errors import ArchitectureError
+
+    cfg = run.cfg
+    model = getattr(run.F, "model", None)
+    try:
+        r = branch_split(model, run.traj, run.ctx.layout.token_kinds,
+                         k=min(cfg.stretching_k, cfg.k), tol=cfg.tol,
+                         probes=cfg.branch_probes, seed=cfg.seed,
+                         sample_ids=run.kept["index"])
+    except ArchitectureError as err:
+        return xr.DataTree(xr.Dataset(attrs={"skipped": f"not defined: {err}"}))
+    B, K = "branch", D.KIND
+    d4, d3 = (D.SAMPLE, D.LAYER, B, K), (D.SAMPLE, D.LAYER, B)
+    v = {"update_norm": (d4, r.update_norm, attrs(
+            "mean over the kind's tokens of the norm of the branch's residual update "
+            "(layer: a + m)", "activation units")),
+         "relative_update": (d4, r.relative_update, attrs(
+            "mean over the kind's tokens of ||update|| / ||token at the layer's input||")),
+         "sigma": (d3 + (MODE,), r.sigma, attrs(
+            "largest stretch of a direction perturbation by the half-step (attention: "
+            "x + a(x); mlp: y + m(y)) or the whole layer, norms held")),
+         "status": (d3, r.status.astype(np.int8), _status_attrs()),
+         "non_normality": (d3, r.non_normality, attrs(
+            "departure from normality ||J^T J - J J^T||_F / ||J||_F^2 of the state tangent "
+            "map (random-projection estimate)")),
+         "update_non_normality": (d3, r.update_non_normality, attrs(
+            "||J^T J - J J^T||_F / ||J - I||_F^2: the same numerator over the update part "
+            "of the tangent map (random-projection estimate)"))}
+    log1 = np.log(r.sigma[..., 0])                                     # (N, l, B)
+    v.update(run.summarise(log1, (D.LAYER, B), "log_sigma1", "log of the largest stretch "
+                           "sigma_1 of a direction perturbation"))
+    for name, text in (("non_normality", "departure from normality of J"),
+                       ("update_non_normality", "departure from normality over ||J - I||^2")):
+        v.update(run.summarise(getattr(r, name), (D.LAYER, B), name, text))
+    v.update(run.summarise(r.relative_update, (D.LAYER, B, K), "relative_update",
+                           "relative update norm"))
+    ds = xr.Dataset(v, coords={
+        D.LAYER: (D.LAYER, r.layers, attrs("layer l (depth l-1 -> l)")),
+        B: (B, list(BRANCHES), attrs("attention half-step, MLP half-step, or the whole "
+                                     "layer", "")),
+        K: (K, r.kinds, attrs("token kind", "")),
+        MODE: (MODE, np.arange(1, r.sigma.shape[-1] + 1), attrs("singular value index "
+                                                                  "(1 = largest)"))})
+    ds.attrs.update(n_images=run.n, probes=cfg.branch_probes, tol=cfg.tol, split=(
+        "y = x + ls1(attn(norm1 x)), z = y + ls2(mlp(norm2 y)): the model's own block, "
+        "bit for bit"), composition="the half-step spectra do not compose into the layer's")
     return xr.DataTree(run.labelled(ds, names=run.kept["names"]))
 
 

@@ -263,11 +263,19 @@ class Block(nn.Module):
         self.attention = "sdpa"
 
     def forward(self, x: Tensor, attention: str | None = None) -> Tensor:
-        impl = attention or self.attention
-        x = x + drop_path(self.ls1(self.attn(self.norm1(x), impl)), self.drop_path_rate,
-                          self.training)
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path_rate,
-                             self.training)
+        x = x + self.attention_update(x, attention)
+        return x + self.mlp_update(x)
+
+    def attention_update(self, x: Tensor, attention: str | None = None) -> Tensor:
+        """The attention branch's residual update ``ls1(attn(norm1 x))`` (the block's first
+        half-step is ``x + attention_update(x)``)."""
+        return drop_path(self.ls1(self.attn(self.norm1(x), attention or self.attention)),
+                         self.drop_path_rate, self.training)
+
+    def mlp_update(self, y: Tensor) -> Tensor:
+        """The MLP branch's residual update ``ls2(mlp(norm2 y))`` at the half-step state
+        ``y = x + attention_update(x)`` (the block's output is ``y + mlp_update(y)``)."""
+        return drop_path(self.ls2(self.mlp(self.norm2(y))), self.drop_path_rate, self.training)
 
 
 class PatchEmbed(nn.Module):
