@@ -126,6 +126,7 @@ class Fidelity:
     probes: dict[str, Any] = dataclasses.field(default_factory=dict)   # three ways
     baselines: dict[str, Fidelity] = dataclasses.field(default_factory=dict)
     comparison: dict[str, Any] = dataclasses.field(default_factory=dict)
+    shares: np.ndarray | None = dataclasses.field(default=None, repr=False)   # per image
 
     @property
     def accuracy_ratio(self) -> float:
@@ -300,7 +301,7 @@ def evaluate_fidelity(raptor: Raptor, teacher: ViT, source: ImageSource, *,
     def make(name: str) -> Fidelity:
         r = results[name]
         fid = Fidelity(groups, r.arrays, n, task=task, pooled=r.pooled,
-                       eval_batch_size=batch_size, probes=r.probes)
+                       eval_batch_size=batch_size, probes=r.probes, shares=r.shares)
         way = r.probes.get("teacher_probe")
         if way:
             fid.teacher_accuracy = r.probes["teacher"]["teacher_probe"]["accuracy"]
@@ -310,7 +311,7 @@ def evaluate_fidelity(raptor: Raptor, teacher: ViT, source: ImageSource, *,
 
     fidelity = make("raptor")
     fidelity.baselines = {s.name: make(s.name) for s in surrogates[1:]}
-    if fidelity.baselines:
+    if fidelity.baselines and bootstrap > 0:
         fidelity.comparison = compare_to_baselines(results, groups, replicates=bootstrap,
                                                    seed=seed)
     return fidelity

@@ -209,7 +209,7 @@ class TrainStatistics:
     def mean_trajectory(self) -> MeanTrajectory:
         return MeanTrajectory(self.sum / max(self.n, 1))
 
-    def linear(self, ridge: float = 1e-6) -> LinearSurrogate:
+    def linear(self, ridge: float = 1e-2) -> LinearSurrogate:
         """Ridge least squares, ``lambda = ridge * trace(G) / (D + 1)`` per map."""
         maps = {}
         for key, g in self.gram.items():
