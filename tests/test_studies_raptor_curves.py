@@ -4,7 +4,6 @@ summary records, on synthetic points (the fits themselves run in the study)."""
 from __future__ import annotations
 
 import importlib.util
-import math
 import sys
 from pathlib import Path
 
@@ -51,6 +50,6 @@ def test_records_say_not_reached_and_the_plan_runs_small_budgets_first():
     done = C.records([point(400, 0.85, 0.95, beaten=12)])
     assert done[0]["agrees"] == "yes"
     plan = C.schedule(C.get_config())
-    assert [b for _, _, b in plan] == sorted(b for _, _, b in plan)
-    assert plan[0][:2] == (2, "mean") and all(math.log2(b) % 1 == 0 or b % 100 == 0
-                                              for _, _, b in plan)
+    assert plan[0] == (2, "mean", 400) and len(set(plan)) == len(plan)
+    assert {init for _, init, _ in plan} == {"mean", "random"} and max(
+        b for _, _, b in plan) >= 30 * C.OLD_BUDGET

