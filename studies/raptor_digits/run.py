@@ -32,6 +32,8 @@ def run_rung(index: int, name: str, overrides: dict, config: dict, out_dir: Path
     options = {**config["base"], **overrides}
     if thresholds is not None and options.get("thresholds") is None:
         options["thresholds"] = thresholds
+    options.setdefault("cache_dir", str(out_dir / "teacher-cache"))    # shared by the rungs
+    options.setdefault("cache_dtype", "float32")
     fit_config = FitConfig(**options)
     tic = time.perf_counter()
     result = fit_raptor(load_model(config["teacher"]), open_images(config["images"]),

@@ -196,6 +196,10 @@ def fit(teacher_path, *, workdir: Path, k: int, steps: tuple[int, int], seed: in
         options["assignment"] = tuple(int(a) for a in assignment)
     else:
         options["thresholds"] = tuple(int(t) for t in thresholds)
+    # one lossless teacher-state cache per study folder serves every fit of the same
+    # teacher (keyed by its weights, preprocessing and image set: docs/methods.md 16)
+    options.setdefault("cache_dir", str(Path(workdir).parent / "teacher-cache"))
+    options.setdefault("cache_dtype", "float32")
     options.update(overrides or {})
     tic = time.perf_counter()
     result = fit_raptor(load_model(str(teacher_path) if teacher_path else None),
