@@ -69,12 +69,38 @@ def fit(checkpoint, images, limit, eval_images, output, resume, stop_after, arch
     fid = result.fidelity
     click.echo(f"wrote {where}/ (k={result.config.k}, thresholds "
                f"{list(result.thresholds)}, {result.steps} steps)")
-    if fid is not None and fid.task != "none":
-        click.echo(f"accuracy: teacher {fid.teacher_accuracy:.4f}, raptor "
-                   f"{fid.raptor_accuracy:.4f} (ratio {fid.accuracy_ratio:.3f}, {fid.task})")
-    if fid is not None:
-        click.echo(f"last-layer R^2 {fid.last('r2'):.4f} (paper form "
-                   f"{fid.last('r2_paper'):.4f})")
+    if fid is None:
+        return
+    for line in fidelity_lines(fid):
+        click.echo(line)
+
+
+def fidelity_lines(fid) -> list[str]:
+    """The printed summary: r2_image first, every baseline beside the Raptor."""
+    def f(v):
+        return "n/a" if v is None or v != v else f"{v:.3f}"
+
+    lines = []
+    rows = [("raptor", fid), *fid.baselines.items()]
+    has_cls = "cls" in fid.groups
+    if "r2_image" in fid.arrays:
+        lines.append("last layer:      r2_image all" + ("   cls" if has_cls else "") +
+                     "   R^2 (pooled)  probe acc (teacher / refit / fine-tuned)")
+        for name, r in rows:
+            probes = r.probes or {}
+            acc = " / ".join(f(probes.get(w, {}).get("accuracy")) for w in
+                             ("teacher_probe", "refit_probe", "finetuned_probe"))
+            lines.append(f"  {name:<15} {f(r.last('r2_image')):>9}" +
+                         (f" {f(r.last('r2_image', 'cls')):>6}" if has_cls else "") +
+                         f"   {f(r.last('r2')):>11}  {acc if probes else 'n/a'}")
+        if fid.baselines:
+            lines.append(fid.verdict())
+    if fid.task != "none":
+        lines.append(f"accuracy: teacher {fid.teacher_accuracy:.4f}, raptor "
+                     f"{fid.raptor_accuracy:.4f} (ratio {fid.accuracy_ratio:.3f}, {fid.task})")
+    lines.append(f"last-layer R^2 {fid.last('r2'):.4f} (paper form "
+                 f"{fid.last('r2_paper'):.4f})")
+    return lines
 
 
 if __name__ == "__main__":  # pragma: no cover - torchrun entry

@@ -27,7 +27,9 @@ RECIPE_VALUES: dict[str, dict[str, object]] = {
 }
 # Options that may change on resume without changing the result (beyond float rounding).
 RESUMABLE_CHANGES = ("device", "log_every", "checkpoint_every", "eval_every", "num_threads",
-                     "cache_dir", "cache_gb", "compile", "eval_batch_size", "probe_epochs")
+                     "cache_dir", "cache_gb", "compile", "eval_batch_size", "probe_epochs",
+                     "cache_dtype", "baselines", "baseline_images", "bootstrap",
+                     "feature_probe_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +91,21 @@ class FitConfig(Options):
         "depth_conditioning": "Depth-conditioned scales S(t) (off: autonomous blocks).",
         "cond_hidden": "Width of the depth-conditioning MLP.",
         "cond_init_std": "Std of the depth-conditioning output layer's initial weights.",
-        "init": "Block init: random (paper) or teacher (the teacher's mid-phase layer).",
+        "init": "Block init: random (paper) or teacher (a copy of a teacher layer of the "
+                "phase, with the teacher's own norm eps; see --init-layer).",
+        "init_layer": "Which teacher layer initialises a phase's block with --init teacher "
+                      "(and the loop baseline): middle, first, last, mean (the average of "
+                      "the phase's layers) or best (the layer whose repetition best "
+                      "reproduces the phase on training images).",
+        "baselines": "Evaluate the baseline surrogates (identity, mean_trajectory, linear, "
+                     "init, loop) beside the Raptor.",
+        "baseline_images": "Training images for the mean_trajectory and linear baselines, "
+                           "the best init layer and the probe features.",
+        "bootstrap": "Bootstrap replicates (over images) of the Raptor - best baseline "
+                     "comparison.",
+        "feature_probe_epochs": "Epochs of the feature-level fine-tuned probe (the third "
+                                "probe readout).",
+        "cache_dtype": "Teacher-cache shard dtype: float16, bfloat16 or float32 (lossless).",
         "stage1_steps": "Stage 1 steps (each block on its own segment).",
         "stage2_steps": "Stage 2 steps (all blocks chained, autoregressive).",
         "batch_size": "Global batch (split over DDP processes).",
@@ -118,7 +134,8 @@ class FitConfig(Options):
         "eval_every": "Steps between held-out R^2 points of the curve.",
         "eval_batch_size": "Images per evaluation batch.",
         "threshold_images": "Images used to find max-cut thresholds.",
-        "cache_dir": "Cache teacher states here (compressed, bounded by --cache-gb).",
+        "cache_dir": "Cache teacher states here (a subfolder per teacher, preprocessing "
+                     "and image set; bounded by --cache-gb).",
         "cache_gb": "Bound of the teacher-state cache (GB).",
         "num_threads": "CPU threads (none: torch's default).",
         "probe_epochs": "Also evaluate with the paper's fine-tuned probe: the teacher's head "
@@ -137,6 +154,7 @@ class FitConfig(Options):
     cond_hidden: int = 16
     cond_init_std: float = 1e-4
     init: str = "random"
+    init_layer: str = "middle"
     stage1_steps: int = 400
     stage2_steps: int = 400
     batch_size: int = 32
@@ -174,6 +192,11 @@ class FitConfig(Options):
     cache_gb: float = 1.0
     num_threads: int | None = None
     probe_epochs: int = 0
+    cache_dtype: str = "float16"
+    baselines: bool = True
+    baseline_images: int = 512
+    bootstrap: int = 1000
+    feature_probe_epochs: int = 30
 
     def validate(self) -> FitConfig:
         if self.thresholds is not None:
@@ -198,6 +221,13 @@ class FitConfig(Options):
                                   f"{self.k}; set k={max(values) + 1}")
         check_choice(self.recipe, "recipe", RECIPES)
         check_int(self.probe_epochs, "probe_epochs", minimum=0)
+        check_int(self.feature_probe_epochs, "feature_probe_epochs", minimum=0)
+        check_int(self.bootstrap, "bootstrap", minimum=0)
+        check_int(self.baseline_images, "baseline_images")
+        from depthflow.raptor.surrogates import INIT_LAYERS
+        from depthflow.raptor.teacher import CACHE_DTYPES
+        check_choice(self.init_layer, "init_layer", INIT_LAYERS)
+        check_choice(self.cache_dtype, "cache_dtype", CACHE_DTYPES)
         if self.stage1_weighting is not None:
             check_choice(self.stage1_weighting, "stage1_weighting", STAGE1_WEIGHTINGS)
         if self.block_init is not None:
@@ -250,7 +280,10 @@ class FitConfig(Options):
 
     def effective(self) -> dict[str, object]:
         """Every recipe-decided option with its effective value (for the records)."""
-        return {name: self.setting(name) for name in RECIPE_VALUES[self.recipe]}
+        out = {name: self.setting(name) for name in RECIPE_VALUES[self.recipe]}
+        if self.block_norm_eps() is None:
+            out["norm_eps"] = "teacher's"
+        return out
 
     @property
     def routed(self) -> bool:
@@ -270,5 +303,12 @@ class FitConfig(Options):
                             depth_conditioning=self.depth_conditioning,
                             cond_hidden=self.cond_hidden, cond_init_std=self.cond_init_std,
                             cond_bias_init_std=float(self.setting("cond_bias_init_std")),
-                            norm_eps=float(self.setting("norm_eps")))
+                            norm_eps=self.block_norm_eps())
+
+    def block_norm_eps(self) -> float | None:
+        """The blocks' LayerNorm eps: teacher-initialised blocks keep the teacher's own
+        (None) unless ``norm_eps`` is set, so that they copy its layers exactly."""
+        if self.init == "teacher" and self.norm_eps is None:
+            return None
+        return float(self.setting("norm_eps"))
 

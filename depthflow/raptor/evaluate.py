@@ -123,6 +123,10 @@ class Fidelity:
     pooled: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_batch_size: int = 0
     probe: dict[str, Any] | None = None      # the fine-tuned-probe readout, when run
+    probes: dict[str, Any] = dataclasses.field(default_factory=dict)   # three ways
+    baselines: dict[str, Fidelity] = dataclasses.field(default_factory=dict)
+    comparison: dict[str, Any] = dataclasses.field(default_factory=dict)
+    shares: np.ndarray | None = dataclasses.field(default=None, repr=False)   # per image
 
     @property
     def accuracy_ratio(self) -> float:
@@ -132,21 +136,55 @@ class Fidelity:
     def last(self, name: str = "r2", group: str = "all") -> float:
         return float(self.arrays[name][-1, self.groups.index(group)])
 
-    def summary(self) -> dict[str, Any]:
-        """The headline numbers (JSON-ready)."""
-        out: dict[str, Any] = {
-            "num_samples": self.num_samples, "task": self.task,
+    def summary(self, *, nested: bool = True) -> dict[str, Any]:
+        """The headline numbers (JSON-ready); ``r2_image`` first."""
+        out: dict[str, Any] = {"num_samples": self.num_samples, "task": self.task}
+        if "r2_image" in self.arrays:
+            out["last_layer_r2_image"] = self.last("r2_image")
+            out["last_layer_r2_image_vw"] = self.last("r2_image_vw")
+            if "cls" in self.groups:
+                out["last_layer_r2_image_cls"] = self.last("r2_image", "cls")
+        out.update({
             "teacher_accuracy": self.teacher_accuracy, "raptor_accuracy": self.raptor_accuracy,
             "accuracy_ratio": self.accuracy_ratio, "agreement": self.agreement,
             "last_layer_r2": self.last("r2"), "last_layer_r2_paper": self.last("r2_paper"),
             **self.pooled, "eval_batch_size": self.eval_batch_size,
-        }
+        })
         if self.probe is not None:
             out["finetuned_probe"] = self.probe
-        for name in ("r2", "r2_paper", "cosine"):
-            out[f"{name}_by_depth"] = {g: [_num(v) for v in self.arrays[name][:, i]]
-                                       for i, g in enumerate(self.groups)}
+        if self.probes:
+            out["probes"] = self.probes
+        for name in ("r2_image", "r2_image_vw", "r2", "r2_paper", "cosine"):
+            if name in self.arrays:
+                out[f"{name}_by_depth"] = {g: [_num(v) for v in self.arrays[name][:, i]]
+                                           for i, g in enumerate(self.groups)}
+        if nested and self.baselines:
+            out["baselines"] = {name: b.summary(nested=False)
+                                for name, b in self.baselines.items()}
+            out["comparison"] = self.comparison
+            out["beats_best_baseline"] = self.verdict()
         return {k: _num(v) if isinstance(v, float) else v for k, v in out.items()}
+
+    def verdict(self, group: str | None = None) -> str:
+        """One line: does the Raptor beat the best baseline (``r2_image``) at every depth?"""
+        if not self.comparison:
+            return "no baselines evaluated"
+        group = group or ("cls" if "cls" in self.comparison else "all")
+        parts = []
+        for g in dict.fromkeys([group, "all"]):
+            c = self.comparison.get(g)
+            if not c:
+                continue
+            worst = min((i for i, lo in enumerate(c["low"]) if lo is not None),
+                        key=lambda i: c["low"][i], default=None)
+            tail = "" if worst is None else (
+                f"; smallest margin at depth {worst}: {c['difference'][worst]:+.3f} "
+                f"[{c['low'][worst]:+.3f}, {c['high'][worst]:+.3f}] over "
+                f"{c['best_baseline'][worst]}")
+            parts.append(f"{g}: {'yes' if c['beats_every_depth'] else 'no'} "
+                         f"({c['depths_beaten']}/{c['depths']} depths{tail})")
+        return "r2_image above the best baseline at every depth (95% bootstrap over " \
+            f"{self.num_samples} images) -- " + "; ".join(parts)
 
     def to_dataset(self, raptor: Raptor, *, attrs: dict[str, Any] | None = None):
         """Labelled ``xr.Dataset`` with dims ``depth`` and ``group``."""
@@ -158,6 +196,11 @@ class Fidelity:
                   "(var(prediction) + 1e-6)", "mse": "mean squared error Raptor vs teacher",
             "cosine": "mean cosine between Raptor and teacher tokens"}
         units = {"mse": "activation units^2"}
+        if "r2_image" in self.arrays:
+            texts = {"r2_image": "image-specific R^2 of Raptor vs teacher: per (token, "
+                                 "feature) entry 1 - SSE / SST over images, uniform mean",
+                     "r2_image_vw": "image-specific R^2, variance-weighted over entries",
+                     **texts}
         data = {name: (("depth", "group"), self.arrays[name],
                        {"long_name": text, "units": units.get(name, "1")})
                 for name, text in texts.items()}
@@ -165,13 +208,32 @@ class Fidelity:
         data["block"] = (("depth",), np.array(blocks, dtype=np.int32),
                          {"long_name": "Raptor block producing this depth (-1: embedding)",
                           "units": ""})
+        for name, text in (("r2_image", "image-specific R^2: per (token, feature) entry "
+                                         "1 - SSE / SST over images, uniform mean over the "
+                                         "group's entries"),
+                           ("r2_image_vw", "image-specific R^2, variance-weighted over "
+                                           "entries"),
+                           ("r2", texts["r2"]), ("r2_paper", texts["r2_paper"]),
+                           ("cosine", texts["cosine"])):
+            if name not in self.arrays:
+                continue
+            stack = np.stack([self.arrays[name]] + [b.arrays[name]
+                                                    for b in self.baselines.values()])
+            data[f"surrogate_{name}"] = (("surrogate", "depth", "group"), stack,
+                                         {"long_name": f"{text} (every surrogate)",
+                                          "units": "1"})
+        names = ["raptor", *self.baselines]
         ds = xr.Dataset(data, coords={
             D.DEPTH: (D.DEPTH, np.arange(raptor.depth + 1), {
                 "long_name": "depth (0 = embedded input, l = after layer l)", "units": "1"}),
             "group": ("group", list(self.groups), {
-                "long_name": "token group (all tokens or one token kind)", "units": ""})})
-        ds.attrs.update({k: v for k, v in self.summary().items() if not k.endswith("_depth")
-                         and not isinstance(v, dict)})
+                "long_name": "token group (all tokens or one token kind)", "units": ""}),
+            "surrogate": ("surrogate", names, {
+                "long_name": "the fitted Raptor and the baseline surrogates", "units": ""})})
+        ds.attrs.update({k: v for k, v in self.summary(nested=False).items()
+                         if not k.endswith("_depth") and not isinstance(v, dict)})
+        if self.comparison:
+            ds.attrs["beats_best_baseline"] = self.verdict()
         ds.attrs.update(attrs or {})
         return ds
 
@@ -191,52 +253,68 @@ def evaluate_fidelity(raptor: Raptor, teacher: ViT, source: ImageSource, *,
                       preprocessing: Preprocessing | None, batch_size: int = 256,
                       device: str | torch.device = "cpu",
                       probe_source: ImageSource | None = None,
-                      probe_limit: int = 5000) -> Fidelity:
-    """Roll the Raptor out from the teacher's embedding on ``source`` and compare."""
+                      probe_limit: int = 5000, baselines=None, eval_batches=None,
+                      train_batches=None, seed: int = 0, probe_epochs: int = 30,
+                      bootstrap: int = 1000) -> Fidelity:
+    """Roll the Raptor (and every baseline surrogate) out from the teacher's embedding on
+    ``source`` and compare (see :mod:`depthflow.raptor.surrogates`).
+
+    ``baselines``: surrogates evaluated on the same images (``Fidelity.baselines``, with
+    the bootstrap comparison in ``Fidelity.comparison``). ``eval_batches`` /
+    ``train_batches``: callables yielding ``(teacher states, labels)`` (e.g. from the
+    teacher cache); default: computed from ``source`` / the labelled images of
+    ``probe_source`` (at most ``probe_limit``), which feed the three probe readouts.
+    """
+    from depthflow.raptor.surrogates import (ModelSurrogate, compare_to_baselines,
+                                             evaluate_surrogates, teacher_head)
+
     raptor.eval()
     teacher.eval()
     dev = torch.device(device)
-    probe = None
-    if teacher.head is None and probe_source is not None:
-        probe = _fit_probe(teacher, probe_source, preprocessing=preprocessing,
-                           batch_size=batch_size, device=dev, limit=probe_limit)
-    acc = None
-    labels_t, pred_t, pred_r = [], [], []
-    for batch in source.batches(batch_size, preprocessing=preprocessing):
-        states = teacher_states(teacher, batch.images.to(dev))
-        traj = [states[:, 0]]
-        for layer in range(1, raptor.depth + 1):
-            traj.append(raptor.step(layer, traj[-1]))
-        pred = torch.stack(traj, dim=1)
-        if acc is None:
-            kinds = teacher.token_kinds(*batch.images.shape[-2:])
-            acc = FidelityAccumulator(raptor.depth, kinds)
-        acc.update(states, pred)
-        if teacher.head is not None:
-            pred_t.append(teacher.readout(states[:, -1]).argmax(-1).cpu())
-            pred_r.append(raptor.readout(pred[:, -1]).argmax(-1).cpu())
-        elif probe is not None:
-            pred_t.append(torch.from_numpy(probe.predict(
-                _features(teacher, states[:, -1]).cpu().double().numpy())))
-            pred_r.append(torch.from_numpy(probe.predict(
-                _features(teacher, pred[:, -1]).cpu().double().numpy())))
-        labels_t.append(batch.labels)
-    if acc is None:
+    first = next(source.batches(1, preprocessing=preprocessing), None)
+    if first is None:
         from depthflow.errors import InputError
         raise InputError("no evaluation images")
-    labels = torch.cat(labels_t)
-    fid = Fidelity(acc.groups, acc.result(), len(labels),
-                   task="head" if teacher.head is not None else
-                   ("linear-probe" if probe is not None else "none"),
-                   pooled=acc.pooled(), eval_batch_size=batch_size)
-    if pred_t:
-        t, r = torch.cat(pred_t), torch.cat(pred_r)
-        known = labels >= 0
-        fid.agreement = float((t == r).double().mean())
-        if known.any():
-            fid.teacher_accuracy = float((t[known] == labels[known]).double().mean())
-            fid.raptor_accuracy = float((r[known] == labels[known]).double().mean())
-    return fid
+    kinds = teacher.token_kinds(*first.images.shape[-2:])
+    if eval_batches is None:
+        def eval_batches():
+            for batch in source.batches(batch_size, preprocessing=preprocessing):
+                yield teacher_states(teacher, batch.images.to(dev)), batch.labels
+    if train_batches is None and probe_source is not None:
+        def train_batches():
+            seen = 0
+            for batch in probe_source.batches(batch_size, preprocessing=preprocessing):
+                keep = batch.labels >= 0
+                if not bool(keep.any()):
+                    continue
+                yield teacher_states(teacher, batch.images[keep].to(dev)), batch.labels[keep]
+                seen += int(keep.sum())
+                if seen >= probe_limit:
+                    break
+    surrogates = [ModelSurrogate("raptor", raptor, raptor.depth), *(baselines or [])]
+    results, groups, n = evaluate_surrogates(
+        surrogates, eval_batches, kinds=kinds, teacher=teacher, train_batches=train_batches,
+        head=teacher_head(teacher), seed=seed, epochs=probe_epochs)
+    task = "head" if teacher.head is not None else (
+        "linear-probe" if results["raptor"].probes else "none")
+
+    def make(name: str) -> Fidelity:
+        r = results[name]
+        fid = Fidelity(groups, r.arrays, n, task=task, pooled=r.pooled,
+                       eval_batch_size=batch_size, probes=r.probes, shares=r.shares)
+        way = r.probes.get("teacher_probe")
+        if way:
+            fid.teacher_accuracy = r.probes["teacher"]["teacher_probe"]["accuracy"]
+            fid.raptor_accuracy = way["accuracy"]
+            fid.agreement = r.probes.get("agreement", float("nan"))
+        return fid
+
+    fidelity = make("raptor")
+    fidelity.baselines = {s.name: make(s.name) for s in surrogates[1:]}
+    if fidelity.baselines and bootstrap > 0:
+        fidelity.comparison = compare_to_baselines(results, groups, replicates=bootstrap,
+                                                   seed=seed)
+    return fidelity
 
 
 def _fit_probe(teacher: ViT, source: ImageSource, *, preprocessing, batch_size: int,

@@ -192,8 +192,11 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
         raise ConfigError(f"batch_size={config.batch_size} must be divisible by the "
                           f"{dist.world} processes")
     _setup_logging(directory if dist.main else None, resume=resume)
+    cache = make_cache(teacher, images, config, loaded, preprocessing)
+    init_states = _init_states(images, cache, teacher, config, device)
     raptor = build_raptor(teacher, config.raptor_config(), seed=config.seed, init=config.init,
-                          block_init=config.setting("block_init"))
+                          block_init=config.setting("block_init"),
+                          init_layer=config.init_layer, states=init_states)
     raptor = raptor.to(device).train().set_attention(config.attention)
     if config.compile:
         for block in raptor.blocks:
@@ -214,7 +217,7 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
 
     trainer = Trainer(raptor, teacher, images, config, directory=directory, dist=dist,
                       device=device, save_info=save_info, preprocessing=preprocessing,
-                      probe_states=probe, progress=progress)
+                      probe_states=probe, progress=progress, cache=cache)
     if dist.main:
         prov = provenance(config=config.to_dict(), command=command)
         if resume:     # the original command line stays, next to the resume history
@@ -236,7 +239,8 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
         plot_curves(directory, trainer.rows, config)
     if complete and dist.main:
         fidelity = _evaluate(raptor, teacher, eval_source or source, source, config,
-                             preprocessing, device, directory, loaded, record, command)
+                             preprocessing, device, directory, loaded, record, command,
+                             images=images, cache=cache, init_states=init_states)
     barrier(dist)
     return FitResult(directory, trainer.step, complete, tuple(config.thresholds or ()),
                      fidelity, config, trainer.rows)
@@ -279,13 +283,102 @@ def _probe_states(teacher, source: ImageSource, preprocessing, config: FitConfig
     return teacher_states(teacher, batch.images.to(device))
 
 
+def make_cache(teacher, images, config: FitConfig, loaded: LoadedModel, preprocessing):
+    """The teacher-state cache of ``images`` under ``config.cache_dir`` (None: no cache)."""
+    if not config.cache_dir:
+        return None
+    from depthflow.raptor.teacher import StateCache, cache_key
+    return StateCache(teacher, images, directory=config.cache_dir,
+                      max_bytes=int(config.cache_gb * (1 << 30)), dtype=config.cache_dtype,
+                      key=cache_key(loaded.sha256 or "", teacher, preprocessing, images))
+
+
+def _states(images, cache, teacher, indices: torch.Tensor, device) -> torch.Tensor:
+    from depthflow.raptor.teacher import teacher_states
+    if cache is not None:
+        return cache.get(indices, device)
+    return teacher_states(teacher, images(indices).to(device))
+
+
+def _init_states(images, cache, teacher, config: FitConfig, device):
+    """Teacher states of the first training images (the ``best`` init layer's criterion)."""
+    if config.init != "teacher" or config.init_layer != "best":
+        return None
+    n = min(images.size, 64, config.baseline_images)
+    return _states(images, cache, teacher, torch.arange(n), device)
+
+
+def baseline_surrogates(raptor, teacher, config: FitConfig, images, cache, device,
+                        init_states=None) -> list:
+    """identity, mean_trajectory, linear (fitted on the first ``baseline_images`` training
+    images), init (the Raptor before training) and loop (one teacher layer per phase)."""
+    from depthflow.raptor.model import build_raptor, teacher_init_layers
+    from depthflow.raptor.surrogates import (IdentitySurrogate, LoopSurrogate, ModelSurrogate,
+                                             TrainStatistics, best_loop_layers)
+
+    kinds = teacher.token_kinds(*images.shape[-2:])
+    stats = TrainStatistics(raptor.assignment, kinds)
+    n = min(images.size, config.baseline_images)
+    for lo in range(0, n, config.eval_batch_size):
+        idx = torch.arange(lo, min(lo + config.eval_batch_size, n))
+        stats.update(_states(images, cache, teacher, idx, device))
+    init = build_raptor(teacher, config.raptor_config(), seed=config.seed, init=config.init,
+                        block_init=config.setting("block_init"), init_layer=config.init_layer,
+                        states=init_states).to(device).eval()
+    if config.init_layer == "best":
+        states = init_states if init_states is not None else \
+            _states(images, cache, teacher, torch.arange(min(images.size, 64)), device)
+        layers = best_loop_layers(teacher, raptor.assignment, states)
+    else:
+        mode = "middle" if config.init_layer == "mean" else config.init_layer
+        layers = teacher_init_layers(teacher, raptor.assignment, mode)
+    loop = LoopSurrogate(teacher, layers, raptor.assignment)
+    return [IdentitySurrogate(), stats.mean_trajectory(), stats.linear(),
+            ModelSurrogate("init", init, raptor.depth), loop]
+
+
+def _labelled_batches(images, cache, teacher, device, *, limit: int, batch: int):
+    """``() -> (states, labels)`` of the first ``limit`` labelled training images."""
+    labels = torch.as_tensor(images.source.labels)
+    keep = torch.nonzero(labels >= 0).flatten()[:limit]
+
+    def batches():
+        for lo in range(0, len(keep), batch):
+            idx = keep[lo:lo + batch]
+            yield _states(images, cache, teacher, idx, device), labels[idx]
+    return batches
+
+
 def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing, device,
-              directory, loaded, record, command) -> Fidelity:
+              directory, loaded, record, command, *, images=None, cache=None,
+              init_states=None) -> Fidelity:
     from depthflow.io.netcdf import write_dataset
+    from depthflow.raptor.data import IndexedImages
     raptor.eval().set_attention(config.attention)
+    baselines = eval_batches = train_batches = None
+    if images is not None and config.baselines:
+        baselines = baseline_surrogates(raptor, teacher, config, images, cache, device,
+                                        init_states)
+    if images is not None:
+        train_batches = _labelled_batches(images, cache, teacher, device,
+                                          limit=config.baseline_images,
+                                          batch=config.eval_batch_size)
+    if cache is not None:
+        held = images if eval_source is train_source else \
+            IndexedImages(eval_source, preprocessing)
+        held_cache = make_cache(teacher, held, config, loaded, preprocessing)
+        labels = torch.as_tensor(eval_source.labels)
+
+        def eval_batches():
+            for lo in range(0, held.size, config.eval_batch_size):
+                idx = torch.arange(lo, min(lo + config.eval_batch_size, held.size))
+                yield held_cache.get(idx, device), labels[idx]
     fidelity = evaluate_fidelity(raptor, teacher, eval_source, preprocessing=preprocessing,
                                  batch_size=config.eval_batch_size, device=device,
-                                 probe_source=train_source)
+                                 probe_source=train_source, baselines=baselines,
+                                 eval_batches=eval_batches, train_batches=train_batches,
+                                 seed=config.seed, probe_epochs=config.feature_probe_epochs,
+                                 bootstrap=config.bootstrap)
     if config.probe_epochs > 0 and teacher.head is not None:
         fidelity.probe = _finetuned_probe(raptor, teacher, train_source, eval_source,
                                           preprocessing, config)
@@ -294,7 +387,11 @@ def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing,
                "thresholds": list(config.thresholds or ()),
                "assignment": list(raptor.assignment), "recipe": config.recipe,
                "recipe_settings": config.effective(),
-               "counts": list(raptor.counts), "k": config.k}
+               "counts": list(raptor.counts), "k": config.k, "init": config.init,
+               "init_layer": config.init_layer}
+    for b in baselines or []:
+        if b.name == "loop":
+            summary["loop_layers"] = list(b.layers)
     write_json(directory / "evaluation.json", summary)
     attrs = provenance(config=config.to_dict(), command=command,
                        extra={**loaded.provenance(), "title": "Raptor fidelity",
@@ -306,10 +403,18 @@ def _evaluate(raptor, teacher, eval_source, train_source, config, preprocessing,
         attrs.update(command=original["command"], resume_history=original["resume_history"])
     write_dataset(fidelity.to_dataset(raptor, attrs=attrs), directory / "evaluation.nc",
                   overwrite=True)
-    log.info("evaluation on %s: teacher acc %.4f, raptor acc %.4f (ratio %.4f), last-layer "
-             "R2 %.4f (paper form %.4f)", eval_source.describe(), fidelity.teacher_accuracy,
-             fidelity.raptor_accuracy, fidelity.accuracy_ratio, fidelity.last("r2"),
-             fidelity.last("r2_paper"))
+    log.info("evaluation on %s: last-layer r2_image %.4f (cls %s), teacher acc %.4f, raptor "
+             "acc %.4f (ratio %.4f), last-layer R2 %.4f (paper form %.4f)",
+             eval_source.describe(), fidelity.last("r2_image"),
+             _fmt(fidelity.last("r2_image", "cls") if "cls" in fidelity.groups else None),
+             fidelity.teacher_accuracy, fidelity.raptor_accuracy, fidelity.accuracy_ratio,
+             fidelity.last("r2"), fidelity.last("r2_paper"))
+    for name, b in fidelity.baselines.items():
+        log.info("baseline %s: last-layer r2_image %.4f (cls %s), R2 %.4f", name,
+                 b.last("r2_image"),
+                 _fmt(b.last("r2_image", "cls") if "cls" in b.groups else None), b.last("r2"))
+    if fidelity.baselines:
+        log.info("%s", fidelity.verdict())
     return fidelity
 
 
@@ -342,6 +447,10 @@ def _finetuned_probe(raptor, teacher, train_source, eval_source, preprocessing,
              config.probe_epochs, out["raptor"]["probe_accuracy"],
              out["raptor"]["frozen_accuracy"], t)
     return out
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
 
 
 def read_run(directory: str | os.PathLike[str], key: str = "run") -> dict[str, Any]:

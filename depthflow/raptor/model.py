@@ -320,7 +320,11 @@ class Raptor(ViT):
         if len(layers) != self.k:
             raise ConfigError(f"need one teacher layer per block ({self.k}), got {len(layers)}")
         for block, layer in zip(self.blocks, layers):
-            source = teacher.blocks[int(layer) - 1].state_dict()
+            if isinstance(layer, (list, tuple)):       # the average of several layers
+                dicts = [teacher.blocks[int(i) - 1].state_dict() for i in layer]
+                source = {k: torch.stack([d[k] for d in dicts]).mean(dim=0) for k in dicts[0]}
+            else:
+                source = teacher.blocks[int(layer) - 1].state_dict()
             missing, unexpected = block.load_state_dict(source, strict=False)
             if unexpected or any(not k.startswith("scale.") for k in missing):
                 raise ConfigError(
@@ -361,9 +365,14 @@ class Raptor(ViT):
 
 
 def build_raptor(teacher: ViT, raptor_cfg: RaptorConfig, *, seed: int = 0,
-                 init: str = "random", block_init: str = "trunc_normal") -> Raptor:
-    """A fresh Raptor for ``teacher``: random blocks (seeded) or ``init="teacher"`` (block j
-    starts as the teacher's middle layer among its layers).
+                 init: str = "random", block_init: str = "trunc_normal",
+                 init_layer: str = "middle", states: Tensor | None = None) -> Raptor:
+    """A fresh Raptor for ``teacher``: random blocks (seeded) or ``init="teacher"``: block j
+    starts as a copy of one of its teacher layers (``init_layer``: ``"middle"``, ``"first"``,
+    ``"last"``, ``"best"`` = the layer whose repetition over the phase best reproduces the
+    teacher ``states`` of training images, see
+    :func:`depthflow.raptor.surrogates.best_loop_layers`) or the average of their weights
+    (``"mean"``), with the teacher's own norm eps when ``raptor_cfg.norm_eps`` is None.
 
     ``block_init`` for random blocks: ``"pytorch"`` (the official code: PyTorch's default
     ``nn.Linear`` init, the attention input projection Xavier-uniform with zero bias and a
@@ -384,14 +393,30 @@ def build_raptor(teacher: ViT, raptor_cfg: RaptorConfig, *, seed: int = 0,
         _init_blocks(raptor, seed=seed, layerscale_init=raptor_cfg.layerscale_init)
     raptor.adopt_teacher(teacher)
     if init == "teacher":
-        mids = []
-        for j in range(raptor.k):
-            layers = [layer for layer, b in enumerate(raptor.assignment, 1) if b == j]
-            mids.append(layers[len(layers) // 2])
-        raptor.init_blocks_from_teacher(teacher, mids)
+        raptor.init_blocks_from_teacher(
+            teacher, teacher_init_layers(teacher, raptor.assignment, init_layer, states))
     elif init != "random":
         raise ConfigError(f"init must be 'random' or 'teacher', got {init!r}")
     return raptor.to(next(teacher.parameters()).dtype)
+
+
+def teacher_init_layers(teacher: ViT, assignment: Sequence[int], mode: str = "middle",
+                        states: Tensor | None = None) -> list:
+    """The teacher layer (1-based) initialising every block, or a list of layers whose
+    weights are averaged (``"mean"``)."""
+    from depthflow.raptor.surrogates import INIT_LAYERS, best_loop_layers, phase_layers
+
+    check_choice(mode, "init_layer", INIT_LAYERS)
+    phases = phase_layers(assignment)
+    if mode == "best":
+        if states is None:
+            raise ConfigError("init_layer 'best' needs teacher states of training images")
+        return best_loop_layers(teacher, assignment, states)
+    if mode == "mean":
+        return [list(layers) for layers in phases]
+    pick = {"middle": lambda ls: ls[len(ls) // 2], "first": lambda ls: ls[0],
+            "last": lambda ls: ls[-1]}[mode]
+    return [pick(layers) for layers in phases]
 
 
 @torch.no_grad()

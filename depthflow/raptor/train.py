@@ -81,7 +81,8 @@ class Trainer:
     def __init__(self, raptor: Raptor, teacher, images: IndexedImages, config, *,
                  directory: Path, dist: DistInfo, device: torch.device,
                  save_info: Callable[[], dict[str, Any]], preprocessing,
-                 probe_states: Tensor | None = None, progress: bool = False) -> None:
+                 probe_states: Tensor | None = None, progress: bool = False,
+                 cache: StateCache | None = None) -> None:
         self.raptor, self.teacher, self.images, self.cfg = raptor, teacher, images, config
         self.directory, self.dist, self.device = directory, dist, device
         self.save_info, self.preprocessing = save_info, preprocessing
@@ -109,9 +110,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
             ids = [device.index] if device.type == "cuda" else None
             self.module = DistributedDataParallel(self.objective, device_ids=ids)
-        self.cache = StateCache(teacher, images, directory=config.cache_dir,
-                                max_bytes=int(config.cache_gb * (1 << 30)),
-                                key=f"r{dist.rank}-") if config.cache_dir else None
+        self.cache = cache
         self.stage = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: WarmupCosine | None = None

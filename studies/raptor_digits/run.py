@@ -32,6 +32,8 @@ def run_rung(index: int, name: str, overrides: dict, config: dict, out_dir: Path
     options = {**config["base"], **overrides}
     if thresholds is not None and options.get("thresholds") is None:
         options["thresholds"] = thresholds
+    options.setdefault("cache_dir", str(out_dir / "teacher-cache"))    # shared by the rungs
+    options.setdefault("cache_dtype", "float32")
     fit_config = FitConfig(**options)
     tic = time.perf_counter()
     result = fit_raptor(load_model(config["teacher"]), open_images(config["images"]),
@@ -45,16 +47,38 @@ def run_rung(index: int, name: str, overrides: dict, config: dict, out_dir: Path
             "agreement": fid.agreement, "r2_last": fid.last("r2"),
             "r2_paper_last": fid.last("r2_paper"), "r2_cls_last": fid.last("r2", "cls"),
             "r2_patch_last": fid.last("r2", "patch"), "cosine_cls_last":
-            fid.last("cosine", "cls"), "seconds": round(time.perf_counter() - tic, 1)}
+            fid.last("cosine", "cls"), **image_fidelity(fid),
+            "seconds": round(time.perf_counter() - tic, 1)}
+
+
+def image_fidelity(fid) -> dict:
+    """r2_image and the baselines (docs/methods.md section 16), as study 1-4's ``lib``."""
+    sys.path.insert(0, str(HERE.parent / "stochastic_depth"))
+    import lib
+    return lib.image_fidelity(fid)
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| rung | raptor acc | ratio | R^2 last (std) | R^2 last (paper) | R^2 cls | "
-             "time s |", "|---|---|---|---|---|---|---|"]
+    def f(v, d=3):
+        return "n/a" if v is None or v != v else f"{v:.{d}f}"
+
+    lines = ["| rung | r2_image cls (last) | r2_image all (last) | best baseline r2_image cls "
+             "| above best baseline at every depth (cls) | raptor acc | ratio | refit / "
+             "fine-tuned ratio | R^2 last (std) | R^2 last (paper) | R^2 cls | time s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['raptor_accuracy']:.4f} | {r['accuracy_ratio']:.3f} "
-                     f"| {r['r2_last']:.3f} | {r['r2_paper_last']:.3f} | "
-                     f"{r['r2_cls_last']:.3f} | {r['seconds']:.0f} |")
+        base = r.get("baselines", {})
+        best = max(base.items(), key=lambda kv: kv[1]["r2_image_cls_last"]) if base else None
+        beats = r.get("beats_best_baseline", {})
+        lines.append(
+            f"| {r['name']} | {f(r.get('r2_image_cls_last'))} | {f(r.get('r2_image_last'))} | "
+            + (f"{f(best[1]['r2_image_cls_last'])} ({best[0]})" if best else "n/a") + " | "
+            + (f"{'yes' if beats.get('every_depth') else 'no'} ({beats.get('depths_beaten')}"
+               f"/{beats.get('depths')})" if beats else "n/a") + " | "
+            f"{r['raptor_accuracy']:.4f} | {r['accuracy_ratio']:.3f} | "
+            f"{f(r.get('refit_ratio'))} / {f(r.get('finetuned_ratio'))} | "
+            f"{r['r2_last']:.3f} | {r['r2_paper_last']:.3f} | "
+            f"{r['r2_cls_last']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -196,6 +196,10 @@ def fit(teacher_path, *, workdir: Path, k: int, steps: tuple[int, int], seed: in
         options["assignment"] = tuple(int(a) for a in assignment)
     else:
         options["thresholds"] = tuple(int(t) for t in thresholds)
+    # one lossless teacher-state cache per study folder serves every fit of the same
+    # teacher (keyed by its weights, preprocessing and image set: docs/methods.md 16)
+    options.setdefault("cache_dir", str(Path(workdir).parent / "teacher-cache"))
+    options.setdefault("cache_dtype", "float32")
     options.update(overrides or {})
     tic = time.perf_counter()
     result = fit_raptor(load_model(str(teacher_path) if teacher_path else None),
@@ -212,7 +216,38 @@ def fit(teacher_path, *, workdir: Path, k: int, steps: tuple[int, int], seed: in
         "r2_pooled": fid.pooled["r2_pooled"],
         "r2_paper_pooled": fid.pooled["r2_paper_pooled_batches"],
         "r2_by_depth": [float(v) for v in fid.arrays["r2"][:, 0]],
+        **image_fidelity(fid),
         "seconds": round(time.perf_counter() - tic, 1)}
+
+
+def image_fidelity(fid) -> dict[str, Any]:
+    """The image-specific R^2 of a fit and of its baselines (docs/methods.md section 16)."""
+    def last(f, group):
+        return float(f.last("r2_image", group)) if group in f.groups else float("nan")
+
+    def ratio(f, way):
+        value = (f.probes or {}).get(way, {}).get("ratio")
+        return float("nan") if value is None else float(value)
+
+    out: dict[str, Any] = {}
+    if "r2_image" not in fid.arrays:
+        return out
+    out.update({"r2_image_last": last(fid, "all"), "r2_image_cls_last": last(fid, "cls"),
+                "r2_image_by_depth": [float(v) for v in fid.arrays["r2_image"][:, 0]],
+                "refit_ratio": ratio(fid, "refit_probe"),
+                "finetuned_ratio": ratio(fid, "finetuned_probe")})
+    if fid.baselines:
+        out["baselines"] = {name: {"r2_image_last": last(b, "all"),
+                                   "r2_image_cls_last": last(b, "cls"),
+                                   "r2_last": float(b.last("r2")),
+                                   "teacher_probe_ratio": ratio(b, "teacher_probe")}
+                            for name, b in fid.baselines.items()}
+        group = "cls" if "cls" in fid.comparison else "all"
+        c = fid.comparison.get(group, {})
+        out["beats_best_baseline"] = {"group": group, "every_depth": c.get("beats_every_depth"),
+                                      "depths_beaten": c.get("depths_beaten"),
+                                      "depths": c.get("depths")}
+    return out
 
 
 # ------------------------------------------------------------------------------ statistics
