@@ -39,6 +39,7 @@ from depthflow.config import Options, check_choice, check_int, check_number
 from depthflow.dynamics import measures
 from depthflow.dynamics.recovery import DIRECTIONS
 from depthflow.errors import ConfigError
+from depthflow.profiling import stage
 
 __all__ = ["DynamicsConfig", "DynamicsAnalysis", "ANALYSES"]
 
@@ -186,9 +187,11 @@ class DynamicsAnalysis:
         children: dict[str, xr.DataTree] = {}
         for name in ANALYSES:
             if name in cfg.analyses:
-                children[name] = getattr(measures, name)(run)
+                with stage(f"dynamics.{name}"):
+                    children[name] = getattr(measures, name)(run)
                 if name == "lyapunov" and cfg.frozen_layers:
-                    children["frozen_lyapunov"] = measures.frozen_lyapunov(run)
+                    with stage("dynamics.frozen_lyapunov"):
+                        children["frozen_lyapunov"] = measures.frozen_lyapunov(run)
                 clock.step(name)
         clock.close()
         root = xr.Dataset(attrs={
