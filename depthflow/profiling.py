@@ -35,14 +35,16 @@ class Profile:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        self.seconds.setdefault(name, 0.0)        # listed in the order first entered
+        self.calls.setdefault(name, 0)
         _sync()
         tic = time.perf_counter()
         try:
             yield
         finally:
             _sync()
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tic
-            self.calls[name] = self.calls.get(name, 0) + 1
+            self.seconds[name] += time.perf_counter() - tic
+            self.calls[name] += 1
 
     def stop(self) -> None:
         """Fix the total wall time (from creation)."""

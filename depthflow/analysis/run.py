@@ -32,6 +32,7 @@ import torch
 from depthflow import vocabulary as D
 from depthflow._crash import crash_point
 from depthflow.profiling import stage
+from depthflow.threads import intra_op_threads, threads_for
 from depthflow.analysis.context import Analysis, AnalysisContext, TokenLayout
 from depthflow.analysis.summaries import SAMPLE_COORDS, TrajectorySummaries
 from depthflow._memory import pin_mmap_threshold
@@ -142,7 +143,7 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
     config = config or AnalyzeConfig()
     info, device = setup(config.device)
     try:
-        with intra_op_threads(config.threads):
+        with intra_op_threads(_threads(loaded, config)):
             return _Run(loaded, source, output, config=config.replace(device=device),
                     analyses=analyses, overwrite=overwrite, progress=progress,
                     command=command, info=info, resume=resume,
@@ -151,19 +152,22 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
         teardown(info)
 
 
-@contextlib.contextmanager
-def intra_op_threads(threads: int | None):
-    """Run the enclosed code with ``threads`` intra-op CPU threads (``None``: unchanged,
-    i.e. ``OMP_NUM_THREADS`` when set, else torch's default), restoring the count after."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(int(threads))
+def _threads(loaded: LoadedModel, config: AnalyzeConfig) -> int | None:
+    """``config.threads``; unset, on the CPU, one thread for small models (a batch of states
+    at one depth under :data:`depthflow.threads.PER_THREAD` numbers per thread, e.g. the
+    digits ViT), else the process's count (:mod:`depthflow.threads`)."""
+    if config.threads is not None:
+        return config.threads
+    if resolve_device(config.device).type != "cpu":
+        return None
     try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        pre = model_preprocessing(loaded)
+        side = pre.crop or pre.resize or loaded.config.img_size
+        batch = config.batch_size or auto_batch_size(loaded, pre)
+        numbers = batch * loaded.model.num_tokens(side, side) * loaded.config.embed_dim
+    except Exception:            # noqa: BLE001 - unusual models: leave the count alone
+        return None
+    return threads_for(numbers)
 
 
 class _Run:
