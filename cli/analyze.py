@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -42,6 +43,9 @@ def default_output(checkpoint: str | None) -> str:
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run of the same command from its last checkpoint "
                    "(checkpoints are kept beside the output while the run lasts).")
+@click.option("--profile", is_flag=True,
+              help="Print the seconds spent in each stage (load, images, forward, summaries, "
+                   "each analysis, figures, write) to stderr at the end.")
 @options.config_options(AnalyzeConfig)
 @options.arch
 @options.overwrite
@@ -49,7 +53,7 @@ def default_output(checkpoint: str | None) -> str:
 @options.one_line_errors
 @quiet_followers
 def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, probes, settings,
-            arch, overwrite, quiet, resume, **run_options):
+            arch, overwrite, quiet, resume, profile, **run_options):
     """Trajectories of every token through depth, written to one NetCDF file + figures.
 
     CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
@@ -70,10 +74,15 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, p
     config = options.build_config(AnalyzeConfig, run_options)
     analyses = build_analyses(phases=phases, dynamics=dynamics, options=settings,
                               seed=config.seed, probes=probes or None)
-    result = analyze_checkpoint(checkpoint, output, images=images, figures=figures, arch=arch,
-                                config=config, analyses=analyses, overwrite=overwrite,
-                                progress=not quiet, command=options.command_line(),
-                                resume=resume)
+    from depthflow.profiling import profiling
+
+    with profiling() if profile else contextlib.nullcontext() as timings:
+        result = analyze_checkpoint(checkpoint, output, images=images, figures=figures,
+                                    arch=arch, config=config, analyses=analyses,
+                                    overwrite=overwrite, progress=not quiet,
+                                    command=options.command_line(), resume=resume)
+    if timings is not None and result is not None:
+        click.echo(timings.table(), err=True)
     if result is None:                   # a rank > 0 of a torchrun run: rank 0 reports
         return
     if not quiet:

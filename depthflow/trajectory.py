@@ -62,10 +62,9 @@ def forward_batch(model: ViT, batch: Batch, device: torch.device,
     images = batch.images.to(device=device, dtype=out_dtype)
     with compute_context(device, dtype):
         states = [s for _, s in model.iter_states(images)]
-        # the head one image at a time: small matrix products round differently for
-        # different numbers of rows, and an image's logits must not depend on its batch
-        logits = torch.cat([model.readout(states[-1][i:i + 1]) for i in range(len(images))]
-                           ) if model.head is not None else None
+        # the head on the whole batch (per-sample logits agree across batch sizes within
+        # the reproducibility contract of docs/methods.md)
+        logits = model.readout(states[-1]) if model.head is not None else None
     traj = torch.stack([s.to(out_dtype) for s in states], dim=1)
     return TrajectoryBatch(batch, traj, None if logits is None else logits.to(out_dtype))
 

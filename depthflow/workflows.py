@@ -17,6 +17,7 @@ from typing import Any
 
 from depthflow._crash import crash_point
 from depthflow._signals import deferred_signals
+from depthflow.profiling import stage
 from depthflow.analysis.context import Analysis
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.errors import ArchitectureError, ConfigError
@@ -64,8 +65,9 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
     check_output_path(output, overwrite=overwrite)
     if figures is not None:
         check_figure_dir(figures, overwrite=overwrite)
-    loaded = load_model(checkpoint, arch=arch)
-    source = open_images(images).head(config.limit)
+    with stage("load"):
+        loaded = load_model(checkpoint, arch=arch)
+        source = open_images(images).head(config.limit)
     check_disjoint({"-o": output, "--figures": figures}, _inputs(checkpoint, source))
     crash_point("analyze.start")
     drawn: list[Path] = []
@@ -75,7 +77,7 @@ def analyze_checkpoint(checkpoint: str | os.PathLike[str] | None, output: str | 
         tail.enter_context(deferred_signals())
         if figures is not None:
             drawers = [draw_token_dynamics, *(a.plot for a in analyses)]
-            with open_result(tmp) as tree:
+            with stage("figures"), open_result(tmp) as tree:
                 drawn.extend(write_figures(tree, figures, drawers, overwrite=overwrite,
                                            record=figure_record(tmp, output)))
         crash_point("analyze.written")

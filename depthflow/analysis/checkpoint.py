@@ -46,7 +46,7 @@ def store_path(output: str | os.PathLike[str]) -> Path:
 def fingerprint(*, loaded: Any, source: Any, config: Any, analyses: list) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed."""
     cfg = {k: v for k, v in config.to_dict().items()
-           if k not in ("workers", "checkpoint_every", "device")}
+           if k not in ("workers", "checkpoint_every", "device", "threads")}
     names = hashlib.sha256("\n".join(map(str, source.names)).encode()).hexdigest()
     return {"format": FORMAT, "images": source.describe(), "num_images": len(source),
             "image_names_sha256": names,

@@ -31,6 +31,8 @@ import torch
 
 from depthflow import vocabulary as D
 from depthflow._crash import crash_point
+from depthflow.profiling import stage
+from depthflow.threads import intra_op_threads, threads_for
 from depthflow.analysis.context import Analysis, AnalysisContext, TokenLayout
 from depthflow.analysis.summaries import SAMPLE_COORDS, TrajectorySummaries
 from depthflow._memory import pin_mmap_threshold
@@ -90,6 +92,8 @@ class AnalyzeConfig(Options):
                    "process).",
         "checkpoint_every": "With --resume: steps (global batches per process) between "
                             "checkpoints.",
+        "threads": "Intra-op CPU threads of this process (unset: OMP_NUM_THREADS when set, "
+                   "else torch's default, one per core).",
     }
 
     batch_size: int | None = None
@@ -101,6 +105,7 @@ class AnalyzeConfig(Options):
     image_ranks: bool = False
     workers: int = 0
     checkpoint_every: int = 20
+    threads: int | None = None
 
     def validate(self) -> AnalyzeConfig:
         check_int(self.batch_size, "batch_size", optional=True)
@@ -110,6 +115,7 @@ class AnalyzeConfig(Options):
         check_int(self.seed, "seed", minimum=0)
         check_int(self.workers, "workers", minimum=0)
         check_int(self.checkpoint_every, "checkpoint_every")
+        check_int(self.threads, "threads", optional=True)
         resolve_device(self.device)
         return self
 
@@ -137,12 +143,31 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
     config = config or AnalyzeConfig()
     info, device = setup(config.device)
     try:
-        return _Run(loaded, source, output, config=config.replace(device=device),
+        with intra_op_threads(_threads(loaded, config)):
+            return _Run(loaded, source, output, config=config.replace(device=device),
                     analyses=analyses, overwrite=overwrite, progress=progress,
                     command=command, info=info, resume=resume,
                     before_rename=before_rename).run()
     finally:
         teardown(info)
+
+
+def _threads(loaded: LoadedModel, config: AnalyzeConfig) -> int | None:
+    """``config.threads``; unset, on the CPU, one thread for small models (a batch of states
+    at one depth under :data:`depthflow.threads.PER_THREAD` numbers per thread, e.g. the
+    digits ViT), else the process's count (:mod:`depthflow.threads`)."""
+    if config.threads is not None:
+        return config.threads
+    if resolve_device(config.device).type != "cpu":
+        return None
+    try:
+        pre = model_preprocessing(loaded)
+        side = pre.crop or pre.resize or loaded.config.img_size
+        batch = config.batch_size or auto_batch_size(loaded, pre)
+        numbers = batch * loaded.model.num_tokens(side, side) * loaded.config.embed_dim
+    except Exception:            # noqa: BLE001 - unusual models: leave the count alone
+        return None
+    return threads_for(numbers)
 
 
 class _Run:
@@ -253,8 +278,10 @@ class _Run:
 
         def forward():
             if b < len(spans):
-                batch = next(batches)
-                state["tb"] = tb = forward_batch(model, batch, dev, tdtype)
+                with stage("images"):
+                    batch = next(batches)
+                with stage("forward"):
+                    state["tb"] = tb = forward_batch(model, batch, dev, tdtype)
                 if self.ctx is None:
                     self._setup(tb)
                 if not first or info.main or not info.active:
@@ -306,13 +333,15 @@ class _Run:
     def _local(self, tb: TrajectoryBatch, start: int) -> dict[str, Any]:
         """This rank's part of a batch: per-sample values and plug-in payloads (sums stay
         local)."""
-        values = self.summaries.values(tb, start=start) if self.trajectories else None
+        with stage("summaries"):
+            values = self.summaries.values(tb, start=start) if self.trajectories else None
         plugins = {}
         for analysis in self.analyses:
-            if hasattr(analysis, "shard_update"):
-                plugins[analysis.name] = analysis.shard_update(tb, self.ctx, start=start)
-            else:
-                analysis.update(tb, self.ctx)
+            with stage(f"{analysis.name} (update)"):
+                if hasattr(analysis, "shard_update"):
+                    plugins[analysis.name] = analysis.shard_update(tb, self.ctx, start=start)
+                else:
+                    analysis.update(tb, self.ctx)
         return {"values": values, "plugins": plugins, "count": len(tb.batch.names),
                 "start": start}
 
@@ -324,9 +353,11 @@ class _Run:
             if not self.trajectories:
                 pass
             elif self.store is not None:
-                self.store.save_values(part["start"], part["values"])
+                with stage("write"):
+                    self.store.save_values(part["start"], part["values"])
             else:
-                self.summaries.append(part["values"], self.writer)
+                with stage("write"):
+                    self.summaries.append(part["values"], self.writer)
             for analysis in self.analyses:
                 if analysis.name in part["plugins"]:
                     analysis.merge(part["plugins"][analysis.name], self.ctx)
@@ -357,17 +388,21 @@ class _Run:
             self._open_writer()
             self.store.replay(self.summaries, self.writer, len(self.source))
         writer, summaries, ctx = self.writer, self.summaries, self.ctx
-        accuracy = summaries.finish(writer)
+        with stage("summaries"):
+            accuracy = summaries.finish(writer)
         crash_point("analyze.analyses")
         for analysis in self.analyses:      # in order: later ones may read earlier ones
-            ctx.results[analysis.name] = result = analysis.finish(ctx)
-            writer.add_tree(result, group=analysis.group)
+            with stage(analysis.name):
+                ctx.results[analysis.name] = result = analysis.finish(ctx)
+            with stage("write"):
+                writer.add_tree(result, group=analysis.group)
         attrs = _global_attrs(self.loaded, self.source, self.preprocessing, self.config,
                               writer.n, accuracy, self.command)
         attrs["analyses"] = ",".join(["trajectories", *(a.name for a in self.analyses)])
         attrs["processes"] = self.info.world
-        writer.attrs(attrs)
-        writer.commit()
+        with stage("write"):
+            writer.attrs(attrs)
+            writer.commit()
         if self.before_rename is not None:       # e.g. figures drawn from the complete file
             self.before_rename(writer.temporary)
         if self.store is not None:

@@ -155,14 +155,11 @@ class TrajectorySummaries:
         (:meth:`sums`, :meth:`load_sums`).
         """
         traj = tb.states
-        # one image at a time: a value must not depend on the batch it came in (float32
-        # SIMD kernels round the tail of a tensor differently from its body)
-        per_image = [tokens.summarize_batch(traj[i:i + 1], self.groups,
-                                            self.layout.patch_slice,
-                                            image_ranks=self.image_ranks)[0]
-                     for i in range(traj.shape[0])]
-        measures = {k: torch.cat([m[k] for m in per_image]) for k in per_image[0]}
-        updates = traj[:, 1:] - traj[:, :-1]                  # exact: batch-independent
+        # the whole batch at once, on the states' device: values agree across batch sizes
+        # within the reproducibility contract (docs/methods.md), bit-identical for the same
+        # batch size, world size and device
+        measures, updates = tokens.summarize_batch(traj, self.groups, self.layout.patch_slice,
+                                                   image_ranks=self.image_ranks)
         labels = tb.batch.labels.numpy().astype(np.int32)
         values: dict[str, Any] = {
             D.SAMPLE: np.arange(start, start + len(tb.batch.names), dtype=np.int32),

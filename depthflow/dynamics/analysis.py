@@ -41,6 +41,8 @@ from depthflow.config import Options, check_choice, check_int, check_number
 from depthflow.dynamics import measures
 from depthflow.dynamics.recovery import DIRECTIONS
 from depthflow.errors import ConfigError
+from depthflow.profiling import stage
+from depthflow.threads import intra_op_threads, threads_for
 
 __all__ = ["DynamicsConfig", "DynamicsAnalysis", "ANALYSES"]
 
@@ -207,12 +209,11 @@ class DynamicsAnalysis:
         run = measures.Run(F=F, kept=self.kept.to(device, dtype), cfg=cfg, ctx=ctx)
         clock = _Clock(ctx.progress, len(cfg.analyses))
         children: dict[str, xr.DataTree] = {}
-        for name in ANALYSES:
-            if name in cfg.analyses:
-                children[name] = getattr(measures, name)(run)
-                if name == "lyapunov" and cfg.frozen_layers:
-                    children["frozen_lyapunov"] = measures.frozen_lyapunov(run)
-                clock.step(name)
+        # small models: one thread (each of the many small JVP operations would otherwise
+        # synchronise two threads, which collapses on a busy machine; depthflow.threads)
+        threads = threads_for(run.traj[:, 0].numel()) if device.type == "cpu" else None
+        with intra_op_threads(threads):
+            self._compute(run, cfg, clock, children)
         clock.close()
         root = xr.Dataset(attrs={
             "config": cfg.to_json(), "analyses": ",".join(cfg.analyses),
@@ -221,6 +222,17 @@ class DynamicsAnalysis:
                 "F_hat(u) = F(r u) / ||F(r u)|| per token (frozen maps; r: mean token norms "
                 "of the JVP subset at the layer's input depth)"})
         return xr.DataTree(root, children=children)
+
+    @staticmethod
+    def _compute(run, cfg, clock, children) -> None:
+        for name in ANALYSES:
+            if name in cfg.analyses:
+                with stage(f"dynamics.{name}"):
+                    children[name] = getattr(measures, name)(run)
+                if name == "lyapunov" and cfg.frozen_layers:
+                    with stage("dynamics.frozen_lyapunov"):
+                        children["frozen_lyapunov"] = measures.frozen_lyapunov(run)
+                clock.step(name)
 
     # ------------------------------------------------------------------ figures
     def plot(self, tree: xr.DataTree, out_dir: Path) -> list[Path]:
