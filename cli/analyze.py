@@ -12,6 +12,12 @@ from depthflow.analysis.run import AnalyzeConfig
 from depthflow.distributed import quiet_followers
 
 
+# The demo (no CHECKPOINT: the embedded digits ViT) runs on smaller budgets where the
+# science is unchanged (fewer starts of the reference-norm scan); --full-size restores the
+# defaults, --set overrides either (docs/guide-speed.md).
+DEMO_SETTINGS = ("dynamics.norm_scan_starts=2",)
+
+
 def default_output(checkpoint: str | None) -> str:
     if checkpoint is None:
         return "depthflow-demo.nc"
@@ -43,6 +49,9 @@ def default_output(checkpoint: str | None) -> str:
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run of the same command from its last checkpoint "
                    "(checkpoints are kept beside the output while the run lasts).")
+@click.option("--full-size", is_flag=True,
+              help="The demo (no CHECKPOINT) with the full default budgets (it uses fewer "
+                   "reference-norm-scan starts by default).")
 @click.option("--profile", is_flag=True,
               help="Print the seconds spent in each stage (load, images, forward, summaries, "
                    "each analysis, figures, write) to stderr at the end.")
@@ -53,7 +62,7 @@ def default_output(checkpoint: str | None) -> str:
 @options.one_line_errors
 @quiet_followers
 def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, probes, settings,
-            arch, overwrite, quiet, resume, profile, **run_options):
+            arch, overwrite, quiet, resume, profile, full_size, **run_options):
     """Trajectories of every token through depth, written to one NetCDF file + figures.
 
     CHECKPOINT: a DINOv2 hub .pth, a timm .pth/.safetensors, a Hugging Face model
@@ -72,6 +81,8 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, p
     figures = None if no_figures else (f"{Path(output).with_suffix('')}-figures"
                                        if figures is None else figures)
     config = options.build_config(AnalyzeConfig, run_options)
+    if checkpoint is None and not full_size and dynamics.strip() != "none":
+        settings = (*DEMO_SETTINGS, *settings)          # later --set values win
     analyses = build_analyses(phases=phases, dynamics=dynamics, options=settings,
                               seed=config.seed, probes=probes or None)
     from depthflow.profiling import profiling

@@ -8,7 +8,7 @@ seconds as the baseline and the loaded seconds as ``ours`` side by side, plus th
 against the 120 s target (idle) and against twice the idle time (loaded).
 
 Usage: ``python studies/bench_demo.py [--quick] [--busy 1] [--no-loaded]``. ``--quick``:
-40 images and small analysis budgets, no loaded run (a smoke test).
+24 images, stretching only on 2 of them, no loaded run (a smoke test).
 """
 
 from __future__ import annotations
@@ -28,12 +28,10 @@ from report import emit  # noqa: E402
 
 ROW = re.compile(r"^(?P<name>.+?)\s+(?P<sec>\d+\.\d+)\s+(?P<calls>\d+)\s+(?P<share>[\d.]+)%$")
 TOTAL = re.compile(r"^total \(wall\)\s+(?P<sec>\d+\.\d+)$")
-QUICK = ["--limit", "40", "--set", "dynamics.samples=4", "--set", "dynamics.min_per_class=0",
-         "--set", "dynamics.robustness_samples=8", "--set", "dynamics.n_boot=20",
-         "--set", "dynamics.n_perm=20", "--set", "dynamics.fixed_point_starts=2",
-         "--set", "dynamics.norm_scan_starts=1", "--set", "phases.swap_trials=2",
-         "--set", "phases.swap_samples=8", "--set", "dynamics.frozen_steps=10",
-         "--set", "dynamics.frozen_transient=5", "--set", "dynamics.attractor_steps=10"]
+QUICK = ["--limit", "24", "--no-phases", "--dynamics", "stretching",
+         "--set", "dynamics.samples=2", "--set", "dynamics.min_per_class=0",
+         "--set", "dynamics.k=1", "--set", "dynamics.stretching_k=1",
+         "--set", "dynamics.tol=1e-3", "--set", "dynamics.n_boot=10"]
 
 
 def depthflow_cli() -> list[str]:
@@ -91,7 +89,7 @@ def main() -> None:
                 for p in spinners:
                     p.join(5)
     note = f"load {load0:.1f} before the idle run"
-    what = "quick demo (40 images)" if args.quick else "make demo"
+    what = "quick demo (24 images, stretching only)" if args.quick else "make demo"
     print(f"{'stage':28s} {'idle s':>8s} {'loaded s':>9s}")
     for name, sec in idle.items():
         other = None if loaded is None else loaded.get(name)

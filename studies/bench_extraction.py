@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depthflow.analysis.run import AnalyzeConfig, analyze, auto_batch_size
+from depthflow.analysis.run import AnalyzeConfig, _threads, analyze, auto_batch_size
+from depthflow.threads import intra_op_threads
 from depthflow.models.checkpoints import LoadedModel
 from depthflow.loader import load_model
 from depthflow.images import open_images
@@ -101,8 +102,11 @@ def bare_forward(model_name: str, images: Path, batch_size: int | None) -> float
     loaded = make_model(model_name)
     batch_size = batch_size or auto_batch_size(loaded, loaded.preprocessing)
     source = open_images(images)
+    # the thread count analyze picks for this model (depthflow.threads): side by side
+    # means the same threads
+    threads = _threads(loaded, AnalyzeConfig(batch_size=batch_size))
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), intra_op_threads(threads):
         for batch in source.batches(batch_size, preprocessing=loaded.preprocessing):
             loaded.model.forward_features(batch.images)
     return time.perf_counter() - start

@@ -64,3 +64,24 @@ def test_cli_profile_prints_every_stage(tmp_path):
     rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:-1]}
     assert rows["forward"][2] == "3" and rows["images"][2] == "3"     # 12 images, batches of 5
     assert (tmp_path / "a.nc").is_file()
+
+
+@pytest.mark.parametrize("extra, starts", [((), 2), (("--full-size",), 4),
+                                           (("--set", "dynamics.norm_scan_starts=3"), 3)])
+def test_the_demo_uses_fewer_norm_scan_starts_unless_full_size(monkeypatch, tmp_path, extra,
+                                                                starts):
+    import depthflow.workflows as wf
+
+    seen = {}
+
+    def fake(checkpoint, output, **kwargs):
+        seen.update(checkpoint=checkpoint, analyses=kwargs["analyses"])
+        return None                            # as on a rank > 0: nothing to report
+
+    monkeypatch.setattr(wf, "analyze_checkpoint", fake)
+    result = CliRunner().invoke(main, ["analyze", "-o", str(tmp_path / "d.nc"), "--quiet",
+                                       *extra], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    dyn = [a for a in seen["analyses"] if a.name == "dynamics"][0]
+    assert seen["checkpoint"] is None and dyn.config.norm_scan_starts == starts
+    assert dyn.config.fixed_point_starts == 32                # everything else as default

@@ -110,19 +110,26 @@ class Kept:
         """What one batch (global indices ``start..``) contributes: the kept images' data
         (CPU, float32), labels, global indices and names, as a picklable dict."""
         states = tb.states.detach()
-        labels = [int(v) for v in tb.batch.labels]
+        labels = tb.batch.labels.tolist()
         rows = plan[:, start:start + len(labels)]
         out: dict[str, Any] = {"seen": start + len(labels), "rob_depths": robustness_depths}
         for key, row in (("jvp", 0), ("cls", 1), ("rob", 2)):
             idx = np.flatnonzero(rows[row]).tolist()
             if key == "rob" and not robustness_depths:
                 idx = []
-            if key == "jvp":
-                data = [states[i].float().cpu().clone() for i in idx]
+            # one gather and one copy per batch (an advanced index copies), then one
+            # tensor per kept image
+            rows_t = torch.as_tensor(idx, dtype=torch.long, device=states.device)
+            if not idx:
+                data = []
+            elif key == "jvp":
+                data = list(states[rows_t].float().cpu().unbind(0))
             elif key == "cls":
-                data = [states[i, :, 0].float().cpu().clone() for i in idx]
+                data = list(states[rows_t, :, 0].float().cpu().unbind(0))
             else:
-                data = [states[i, robustness_depths].float().cpu().clone() for i in idx]
+                depths = torch.as_tensor(robustness_depths, dtype=torch.long,
+                                         device=states.device)
+                data = list(states[rows_t][:, depths].float().cpu().unbind(0))
             out[key] = (data, [labels[i] for i in idx], [start + i for i in idx],
                         [str(tb.batch.names[i]) for i in idx])
         return out
