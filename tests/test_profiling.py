@@ -85,3 +85,21 @@ def test_the_demo_uses_fewer_norm_scan_starts_unless_full_size(monkeypatch, tmp_
     dyn = [a for a in seen["analyses"] if a.name == "dynamics"][0]
     assert seen["checkpoint"] is None and dyn.config.norm_scan_starts == starts
     assert dyn.config.fixed_point_starts == 32                # everything else as default
+    full = "--full-size" in extra
+    assert dyn.config.samples == (64 if full else 32)
+    assert dyn.config.min_per_class == (5 if full else 3)
+    assert not [a for a in seen["analyses"] if a.name == "probes"]    # only with --probes
+
+
+@pytest.mark.parametrize("extra, grid", [((), (1.0,)), (("--full-size",), (0.01, 0.1, 1.0))])
+def test_the_demo_probes_use_one_c_unless_full_size(monkeypatch, tmp_path, extra, grid):
+    import depthflow.workflows as wf
+
+    seen = {}
+    monkeypatch.setattr(wf, "analyze_checkpoint",
+                        lambda checkpoint, output, **kw: seen.update(kw) or None)
+    result = CliRunner().invoke(main, ["analyze", "-o", str(tmp_path / "d.nc"), "--quiet",
+                                       "--probes", *extra], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    probes = [a for a in seen["analyses"] if a.name == "probes"][0]
+    assert probes.config.c_grid == grid
