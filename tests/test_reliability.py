@@ -653,7 +653,7 @@ def _one_line_or_ok(argv):
 
 @pytest.mark.parametrize("preset", [None, "dinov2_vits14_reg4", "dinov2_vitb14"])
 def test_parameter_estimate_is_a_close_lower_bound(preset):
-    """methods.md section 16: the estimate never exceeds the true count (a refusal is no
+    """methods.md section 17: the estimate never exceeds the true count (a refusal is no
     false alarm) and is within 5% of it."""
     from depthflow.models.arch import PRESETS
     from depthflow.models.vit import ViT, ViTConfig
