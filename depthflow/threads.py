@@ -3,7 +3,7 @@
 Every intra-op parallel operation synchronises its threads. Thousands of small operations
 (the JVP chains of the dynamics analyses on a small model) gain nothing from a second
 thread on an idle machine and lose a great deal on a busy one, where each operation waits
-for a descheduled thread (docs/guide-speed.md). :func:`threads_for` picks one thread per
+for a descheduled thread (docs/guide.md ("Speed")). :func:`threads_for` picks one thread per
 ``per_thread`` numbers of the operands, at most the current count.
 """
 
