@@ -9,7 +9,7 @@ import click
 
 from depthflow.cli import options
 from depthflow.analysis.run import AnalyzeConfig
-from depthflow.distributed import quiet_followers
+from depthflow.core.distributed import quiet_followers
 
 
 # The demo (no CHECKPOINT: the embedded digits ViT) runs on smaller budgets where the
@@ -80,7 +80,7 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, p
     sharded over the N processes and rank 0 writes the one result file.
     """
     from depthflow.analysis.registry import build_analyses
-    from depthflow.workflows import analyze_checkpoint
+    from depthflow.api.workflows import analyze_checkpoint
 
     output = default_output(checkpoint) if output is None else output
     figures = None if no_figures else (f"{Path(output).with_suffix('')}-figures"
@@ -91,7 +91,7 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, p
             + ((*DEMO_PROBE_SETTINGS,) if probes else ()) + tuple(settings)
     analyses = build_analyses(phases=phases, dynamics=dynamics, options=settings,
                               seed=config.seed, probes=probes or None)
-    from depthflow.profiling import profiling
+    from depthflow.core.profiling import profiling
 
     with profiling() if profile else contextlib.nullcontext() as timings:
         result = analyze_checkpoint(checkpoint, output, images=images, figures=figures,

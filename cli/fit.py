@@ -44,7 +44,7 @@ def fit(checkpoint, images, limit, eval_images, output, resume, stop_after, arch
     CHECKPOINT: any checkpoint 'depthflow analyze' reads. Default: the embedded digits ViT.
     Writes the surrogate (safetensors + JSON), evaluation.json/.nc, curves.png and logs.
     """
-    from depthflow.workflows import fit_checkpoint
+    from depthflow.api.workflows import fit_checkpoint
 
     config = options.build_config(FitConfig, fit_options)
     k = config.k

@@ -78,7 +78,7 @@ def _restore(saved: str | None) -> None:
 @options.one_line_errors
 def info(file):
     """Print a readable summary of a depthflow result file."""
-    from depthflow.report import describe
+    from depthflow.reporting.info import describe
 
     click.echo(describe(file))
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import click
 
-from depthflow._signals import Interrupted, signals_as_errors
-from depthflow.config import parse_value
-from depthflow.environment import check_environment
+from depthflow.core._signals import Interrupted, signals_as_errors
+from depthflow.core.config import parse_value
+from depthflow.core.environment import check_environment
 from depthflow.errors import ConfigError, DepthflowError
 
 IMAGE_SOURCES = ("'digits[:test|train|all]' (scikit-learn's digits; default: the 450 held-out), "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from depthflow.cli import options
-from depthflow.distributed import quiet_followers
+from depthflow.core.distributed import quiet_followers
 from depthflow.phases.analysis import PhaseConfig
 
 
@@ -40,7 +40,7 @@ def phases(checkpoint, images, limit, figures, output, batch_size, device, dtype
     embedded digits ViT. Runs sharded under ``torchrun -m depthflow.cli.phases``.
     """
     from depthflow.phases.datasets import describe_phases
-    from depthflow.workflows import phases_checkpoint
+    from depthflow.api.workflows import phases_checkpoint
 
     config = options.build_config(PhaseConfig, phase_options)
     tree, written = phases_checkpoint(

@@ -11,21 +11,23 @@ The public API in one place::
 
 Subpackages: ``depthflow.models`` (ViT, checkpoint readers, named models, preprocessing),
 ``depthflow.io`` (atomic files, NetCDF, provenance), ``depthflow.phases`` (layer x layer
-similarity, segmentation, layer swaps), ``depthflow.maps`` and ``depthflow.dynamics``
+similarity, segmentation, layer swaps), ``depthflow.dynamics.maps`` and ``depthflow.dynamics``
 (depth maps, tangent dynamics), ``depthflow.raptor`` (block-recurrent surrogates),
 ``depthflow.plots``; ``docs/architecture.md`` says how they fit together.
 """
 
-from depthflow import collections as _collections  # noqa: F401 - registers its sources
-from depthflow import dynamics, maps, phases
+from depthflow import _aliases  # noqa: F401 - old import paths for one release
+from depthflow.data import collections as _collections  # noqa: F401 - registers its sources
+from depthflow import dynamics, phases
+from depthflow.dynamics import maps
 from depthflow._version import __version__
 from depthflow.analysis.registry import build_analyses
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.errors import (ArchitectureError, CheckpointError, ConfigError, DepthflowError,
                               InputError, OutputError)
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.io.results import open_result
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 
 __all__ = [
     "__version__", "load_model", "open_images", "analyze", "AnalyzeConfig", "build_analyses",
@@ -37,6 +39,9 @@ __all__ = [
 def __getattr__(name: str):
     """``depthflow.raptor`` is imported on first use: loading and analysing a ViT never
     imports the Raptor training stack."""
+    module = _aliases.attribute(name)      # an old module path, for one release
+    if module is not None:
+        return module
     if name == "raptor":
         import depthflow.raptor
 

@@ -81,7 +81,7 @@ coordinates of their parents in `xr.open_datatree`; open a group with
 - **Flags.** Status variables are small integers (int8) with CF `flag_values` and
   `flag_meanings` (space separated, in the same order); `flag_meanings.split()[i]` names
   the value `flag_values[i]`. The messages that say what to do about a value are
-  `depthflow.dynamics.finite_depth.FiniteDepthStatus(v).message` and its siblings
+  `depthflow.dynamics.tangent.finite_depth.FiniteDepthStatus(v).message` and its siblings
   (`FixedPointStatus`, `Stability`, `EigStatus`, `LyapunovStatus`, `AdversarialStatus`).
   `entry_depth` uses one flag value, `-1 = never`. 0/1 indicators (`contiguous`, `placed`,
   `stays`, `sorted`, `half_angle_censored`) are int8.

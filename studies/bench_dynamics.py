@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent / "benchmarks"))
 from report import emit  # noqa: E402
 
-from depthflow import maps
-from depthflow.loader import load_model
+from depthflow.dynamics import maps
+from depthflow.api.loader import load_model
 from depthflow.dynamics import eigvals, find_fixed_points, restrict_token, starts_from
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -157,7 +157,7 @@ def bench_fixed_points(tols=(1e-2, 1e-6), max_steps: int = 3000) -> list[dict]:
 def _digits(n: int):
     """The embedded digits ViT (float64) and ``n`` held-out digits, normalised as it
     expects, ``(n, 1, 8, 8)``."""
-    from depthflow.images import load_digits_arrays
+    from depthflow.data.images import load_digits_arrays
 
     loaded = load_model(None)
     pre = loaded.preprocessing

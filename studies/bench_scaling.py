@@ -59,7 +59,7 @@ def make_jpegs(root: Path, n: int, side: int) -> Path:
 def make_model(name: str):
     import torch
 
-    from depthflow.loader import load_model
+    from depthflow.api.loader import load_model
     from depthflow.models.checkpoints import LoadedModel
     from depthflow.models.preprocessing import Preprocessing
     from depthflow.models.vit import ViT, ViTConfig
@@ -86,7 +86,7 @@ def child(args) -> None:
 
     from depthflow.analysis.registry import build_analyses
     from depthflow.analysis.run import AnalyzeConfig, analyze
-    from depthflow.images import open_images
+    from depthflow.data.images import open_images
 
     torch.set_num_threads(args.threads)
     loaded = make_model(args.model)
@@ -132,8 +132,8 @@ def gpu_figures() -> list[str]:
     if not torch.cuda.is_available():
         return ["GPU: no CUDA device here; analyze vs bare forward (bf16), images/s of "
                 "ViT-S/14 and ViT-B/14 at 224 px and 1 -> N GPU scaling stay OPEN"]
-    from depthflow.images import Batch
-    from depthflow.trajectory import forward_batch
+    from depthflow.data.images import Batch
+    from depthflow.data.trajectory import forward_batch
 
     lines = []
     for name in ("vit-s-224", "vit-b-224"):

@@ -7,9 +7,9 @@ import pytest
 import torch
 import xarray as xr
 
-from depthflow import tokens
+from depthflow.data import tokens
 from depthflow.analysis.run import AnalyzeConfig, analyze
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.errors import ConfigError, OutputError
 from depthflow.models.preprocessing import Preprocessing
 

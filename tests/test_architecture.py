@@ -110,7 +110,7 @@ def test_the_package_has_no_import_cycles():
 
 def test_the_graph_sees_function_level_imports():
     graph = import_graph()
-    assert "depthflow.raptor.io" in graph["depthflow.loader"]          # a function-level one
+    assert "depthflow.raptor.io" in graph["depthflow.api.loader"]          # a function-level one
     assert "depthflow.analysis.context" in graph["depthflow.phases.analysis"]
 
 

@@ -416,7 +416,7 @@ def test_bad_input(tmp_path, ckpt, result_file, name, code, match, build):
 
 # ------------------------------------------------------------------ faithful reading
 def test_16bit_png_and_float_tiff_read_faithfully(tmp_path):
-    from depthflow.images import read_image
+    from depthflow.data.images import read_image
 
     grey16 = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000 + 7)
     (tmp_path / "g16.png").write_bytes(pil_bytes(grey16, "PNG"))
@@ -439,7 +439,7 @@ def test_16bit_png_and_float_tiff_read_faithfully(tmp_path):
 
 def test_pixel_limit_is_documented_and_can_be_raised(tmp_path, monkeypatch):
     from depthflow.errors import InputError
-    from depthflow.images import MAX_IMAGE_PIXELS, max_image_pixels, read_image
+    from depthflow.data.images import MAX_IMAGE_PIXELS, max_image_pixels, read_image
 
     assert MAX_IMAGE_PIXELS == 8192 * 8192 == max_image_pixels()
     big = png_header(20000, 20000)
@@ -456,7 +456,7 @@ def test_pixel_limit_is_documented_and_can_be_raised(tmp_path, monkeypatch):
 
 
 def test_string_and_integral_float_labels_are_read(tmp_path):
-    from depthflow.images import open_images
+    from depthflow.data.images import open_images
 
     src = open_images(npz(tmp_path, "s.npz", images=IMAGES8,
                           labels=np.array(["dog", "cat", "dog", ""])))
@@ -521,7 +521,7 @@ def test_every_dynamics_analysis_runs_alone(tmp_path, ckpt):
 def test_states_all_is_checked_against_the_free_disk(tmp_path, ckpt, monkeypatch, caplog):
     import collections
 
-    import depthflow.limits as limits
+    import depthflow.core.limits as limits
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(limits.shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 5000, 5000))
@@ -539,7 +539,7 @@ def test_states_all_is_checked_against_the_free_disk(tmp_path, ckpt, monkeypatch
 
 def test_resource_estimates_have_the_documented_form():
     from depthflow.dynamics.analysis import DynamicsConfig
-    from depthflow.limits import analyze_estimates
+    from depthflow.core.limits import analyze_estimates
 
     est = analyze_estimates(n=1000, depth=12, tokens=257, dim=384, classes=1_000_001,
                             states="all", dynamics=DynamicsConfig(samples=100_000))

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depthflow import maps
+from depthflow.dynamics import maps
 from depthflow.dynamics import oracles
-from depthflow.dynamics.basins import basins_fractions, random_directions
+from depthflow.dynamics.attractors.basins import basins_fractions, random_directions
 from depthflow.errors import ConfigError, InputError
 
 F64 = torch.float64

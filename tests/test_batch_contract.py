@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from depthflow.analysis.context import TokenLayout
 from depthflow.analysis.summaries import TrajectorySummaries
-from depthflow.images import Batch
-from depthflow.trajectory import TrajectoryBatch, forward_batch
+from depthflow.data.images import Batch
+from depthflow.data.trajectory import TrajectoryBatch, forward_batch
 
 from _models import tiny_vit
 from test_distributed import assert_within_contract

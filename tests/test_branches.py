@@ -10,7 +10,7 @@ import torch
 from depthflow.dynamics.branches import (BRANCHES, branch_split, branch_updates,
                                          half_step_maps, non_normality)
 from depthflow.errors import ArchitectureError
-from depthflow.maps import from_function
+from depthflow.dynamics.maps import from_function
 
 from _models import tiny_vit
 

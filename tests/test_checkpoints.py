@@ -26,8 +26,8 @@ from torch import nn
 from depthflow.models import checkpoints
 from depthflow.models.arch import PRESETS, parse_arch
 from depthflow.models.checkpoints import from_module, save_checkpoint
-from depthflow import loader
-from depthflow.loader import load_model
+from depthflow.api import loader
+from depthflow.api.loader import load_model
 from depthflow.errors import ArchitectureError, CheckpointError, ConfigError
 from depthflow.models.formats import HF_STYLES, convert_state_dict
 from depthflow.io.files import sha256_file

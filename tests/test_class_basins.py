@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from scipy import stats
 from sklearn.metrics import adjusted_mutual_info_score
 
-from depthflow import maps
-from depthflow.dynamics import _class_stats as S
+from depthflow.dynamics import maps
+from depthflow.dynamics.attractors import _class_stats as S
 from depthflow.dynamics import oracles
-from depthflow.dynamics.basin_robustness import (attractor_classes, basin_robustness,
-                                                 half_angle)
-from depthflow.dynamics.class_basins import class_basins
+from depthflow.dynamics.attractors.basin_robustness import (attractor_classes, basin_robustness,
+                                                            half_angle)
+from depthflow.dynamics.attractors.class_basins import class_basins
 from depthflow.errors import ConfigError, InputError
 
 F64 = torch.float64

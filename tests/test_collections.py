@@ -13,9 +13,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from depthflow import collections as C
+from depthflow.data import collections as C
 from depthflow.errors import InputError
-from depthflow.images import FolderSource, open_images
+from depthflow.data.images import FolderSource, open_images
 
 
 def _pngs(root: Path, n: int = 7) -> list[tuple[Path, str, np.ndarray]]:

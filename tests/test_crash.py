@@ -1,5 +1,5 @@
 """Crash safety: ``depthflow analyze`` and ``depthflow fit`` killed with SIGKILL at named
-points (the ``DEPTHFLOW_CRASH_AT`` hook of :mod:`depthflow._crash`, so the kills land at the
+points (the ``DEPTHFLOW_CRASH_AT`` hook of :mod:`depthflow.core._crash`, so the kills land at the
 same place on a loaded machine) and once at a seeded random time. After every kill the
 previous output is byte-identical and readable, the next run removes the stale temporary
 files, and an interrupted fit resumes to bit-identical weights with its original command
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
-from depthflow._crash import ENV, POINTS
+from depthflow.core._crash import ENV, POINTS
 
 from _models import tiny_checkpoint
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from depthflow.images import (ArraySource, FolderSource, digits_split, load_digits_arrays,
-                            open_images)
+from depthflow.data.images import (ArraySource, FolderSource, digits_split, load_digits_arrays,
+                                   open_images)
 from depthflow.errors import ConfigError, InputError
 from depthflow.models.preprocessing import Preprocessing
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from depthflow.models.checkpoints import load_depthflow
-from depthflow.images import load_digits_arrays
+from depthflow.data.images import load_digits_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 ASSET = REPO / "depthflow" / "assets" / "digits_vit.safetensors"
@@ -94,7 +94,7 @@ def test_study_config_matches_checkpoint(loaded):
 
 def test_is_the_default_of_load_model(loaded):
     from depthflow.models.checkpoints import default_model_path
-    from depthflow.loader import load_model
+    from depthflow.api.loader import load_model
 
     assert default_model_path() == ASSET.resolve()
     assert load_model().sha256 == loaded.sha256

@@ -1,4 +1,4 @@
-"""Sharded analysis (depthflow.distributed): two gloo processes write the one-process file.
+"""Sharded analysis (depthflow.core.distributed): two gloo processes write the one-process file.
 
 Per-sample variables must be bit-identical, reduced ones equal to float64 rounding; a
 different batch size gives per-sample values within the documented tolerance; a failing rank stops every rank
@@ -19,11 +19,11 @@ import torch
 import torch.multiprocessing as mp
 import xarray as xr
 
-from depthflow import distributed as dd
+from depthflow.core import distributed as dd
 from depthflow.analysis.registry import build_analyses
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.errors import ConfigError
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 
 from _models import tiny_loaded
 

@@ -122,7 +122,7 @@ def test_every_documented_variable_exists(layout, page):
 
 def test_the_page_states_the_format_version(page):
     text, _, _ = page
-    from depthflow.vocabulary import FORMAT_VERSION
+    from depthflow.core.vocabulary import FORMAT_VERSION
 
     assert f'depthflow_format_version = "{FORMAT_VERSION}"' in text
     assert f"(format {FORMAT_VERSION})" in text.splitlines()[0]

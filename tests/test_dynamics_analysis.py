@@ -102,7 +102,7 @@ def test_class_statistics_use_images_not_tokens(result):
 def test_figures_and_info(result, tmp_path):
     tree, _ = result
     from depthflow.plots.dynamics import plot_dynamics
-    from depthflow.report import describe
+    from depthflow.reporting.info import describe
 
     names = {p.name for p in plot_dynamics(tree["dynamics"], tmp_path)}
     assert names == {"dynamics_lyapunov.png", "dynamics_stretching.png", "dynamics_basins.png",

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from depthflow.errors import ArchitectureError
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.models.checkpoints import from_module
 
 from _models import randomize_parameters

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from depthflow.errors import ArchitectureError
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.models.formats import convert_state_dict
 from depthflow.models.vit import ViT
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.models.arch import parse_arch
 from depthflow.models.checkpoints import save_checkpoint
 from depthflow.models.vit import ViT, ViTConfig, activation_fn, rotate_half

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.models.formats import convert_state_dict, timm_hints
 from depthflow.models.vit import ViT
 

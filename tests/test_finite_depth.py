@@ -1,4 +1,4 @@
-"""Finite-depth Lyapunov spectra (depthflow.dynamics.finite_depth): known answers, invariants,
+"""Finite-depth Lyapunov spectra (depthflow.dynamics.tangent.finite_depth): known answers, invariants,
 finite differences on a real ViT, status flags and input validation."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import jacrev
 
-from depthflow import maps
+from depthflow.dynamics import maps
 from depthflow.dynamics import oracles
-from depthflow.dynamics.finite_depth import (FiniteDepthStatus, Propagator,
-                                             finite_depth_spectrum)
-from depthflow.dynamics.stretching import layer_stretching, segment_spectra
+from depthflow.dynamics.tangent.finite_depth import (FiniteDepthStatus, Propagator,
+                                                     finite_depth_spectrum)
+from depthflow.dynamics.tangent.stretching import layer_stretching, segment_spectra
 from depthflow.errors import ConfigError, InputError
 
 from _models import tiny_vit

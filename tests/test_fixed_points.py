@@ -12,10 +12,10 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depthflow import maps
+from depthflow.dynamics import maps
 from depthflow.dynamics import FixedPointStatus, find_fixed_points, oracles, starts_from
-from depthflow.dynamics.fixed_points import EigStatus, Stability, frozen_depth_index
-from depthflow.dynamics.norm_sensitivity import scan_reference_norms
+from depthflow.dynamics.fixedpoints.fixed_points import EigStatus, Stability, frozen_depth_index
+from depthflow.dynamics.fixedpoints.norm_sensitivity import scan_reference_norms
 from depthflow.errors import ConfigError, InputError
 
 F64 = torch.float64

@@ -64,7 +64,7 @@ def arrays(draw):
 @FEW
 @given(images=arrays(), labels=st.one_of(st.none(), arrays()))
 def test_open_images_on_any_array(tmp_path_factory, images, labels):
-    from depthflow.images import open_images
+    from depthflow.data.images import open_images
 
     path = tmp_path_factory.mktemp("a") / "x.npz"
     np.savez(path, images=images, **({} if labels is None else {"labels": labels}))
@@ -111,7 +111,7 @@ def image_files(draw):
 @FEW
 @given(data=image_files())
 def test_read_image_on_any_file(data):
-    from depthflow.images import read_image
+    from depthflow.data.images import read_image
 
     def call():
         t = read_image(io.BytesIO(data), "fuzz")
@@ -129,7 +129,7 @@ def test_read_image_on_any_file(data):
                                          max_size=3)),
        suffix=st.sampled_from([".pth", ".safetensors", ".pt", ".bin"]))
 def test_load_model_on_any_file(tmp_path_factory, payload, suffix):
-    from depthflow.loader import load_model
+    from depthflow.api.loader import load_model
 
     path = tmp_path_factory.mktemp("c") / f"m{suffix}"
     if isinstance(payload, bytes):
@@ -153,7 +153,7 @@ def test_analyze_with_any_options(tmp_path_factory, batch, limit, states, dtype,
     import xarray as xr
 
     from depthflow.analysis.run import AnalyzeConfig, analyze
-    from depthflow.images import open_images
+    from depthflow.data.images import open_images
 
     out = tmp_path_factory.mktemp("o") / "r.nc"
 
@@ -173,7 +173,7 @@ def test_analyze_with_any_options(tmp_path_factory, batch, limit, states, dtype,
 @given(tokens=st.integers(1, 4), bad=st.sampled_from([None, "nan", "inf", "shape"]),
        depth=st.integers(-1, 4))
 def test_maps_on_any_states(tokens, bad, depth):
-    from depthflow import maps
+    from depthflow.dynamics import maps
 
     F = maps.from_model(LOADED.model)
     x = torch.randn(2, tokens, 32, dtype=torch.float32)
@@ -224,7 +224,7 @@ def test_segmentation_on_any_matrix(n, seed, bad, k):
 @FEW
 @given(seed=st.integers(0, 50), samples=st.integers(1, 3), k=st.integers(-1, 4))
 def test_dynamics_layer_stretching(seed, samples, k):
-    from depthflow import maps
+    from depthflow.dynamics import maps
     from depthflow.dynamics import layer_stretching
 
     import copy

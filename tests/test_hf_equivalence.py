@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from depthflow.models.checkpoints import from_module
 
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.errors import ArchitectureError
 
 from _models import randomize_parameters

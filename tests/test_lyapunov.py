@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depthflow import maps
+from depthflow.dynamics import maps
 from depthflow.dynamics import oracles
-from depthflow.dynamics.lyapunov import LyapunovStatus, lyapunov_spectrum
+from depthflow.dynamics.tangent.lyapunov import LyapunovStatus, lyapunov_spectrum
 from depthflow.errors import ConfigError, InputError
 
 F64 = torch.float64
@@ -126,7 +126,7 @@ def test_depth_indexed_maps_are_refused_with_a_pointer_to_finite_depth():
     fam = oracles.linear_family(torch.eye(3, dtype=F64).expand(2, 3, 3), tokens=1).map
     x0 = torch.ones(1, 3, dtype=F64)
     # the dotted path in one literal, where the layout migration can rewrite it
-    pointer = r"finite-depth spectra \(depthflow.dynamics.finite_depth\)"
+    pointer = r"finite-depth spectra \(depthflow.dynamics.tangent.finite_depth\)"
     with pytest.raises(ConfigError, match=pointer):
         lyapunov_spectrum(fam, x0, k=2, steps=10)
     with pytest.raises(ConfigError, match="frozen"):

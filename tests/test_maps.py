@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.func import vmap
 
-from depthflow import maps
+from depthflow.dynamics import maps
 from depthflow.errors import ConfigError, InputError
 from tests._models import randomize_parameters, tiny_vit
 

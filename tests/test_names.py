@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save
 
 from depthflow.errors import CheckpointError
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.models import names
 from depthflow.models.vit import ViT, ViTConfig
 

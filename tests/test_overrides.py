@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from depthflow.errors import ConfigError
-from depthflow.config import apply_overrides
+from depthflow.core.config import apply_overrides
 
 
 @dataclasses.dataclass

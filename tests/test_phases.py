@@ -9,17 +9,17 @@ import xarray as xr
 from _models import DIGITS_PRE, tiny_loaded
 from click.testing import CliRunner
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.analysis.context import AnalysisContext, TokenLayout
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.cli.main import main
 from depthflow.errors import ConfigError, InputError
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.io.netcdf import write_tree
 from depthflow.phases.analysis import (PhaseAnalysis, PhaseConfig, phase_tree,
                                        phase_tree_from_file, suggest_thresholds)
 from depthflow.phases.datasets import describe_phases
-from depthflow.trajectory import iter_trajectories
+from depthflow.data.trajectory import iter_trajectories
 
 SMALL = dict(swap_trials=3, swap_samples=10, cka_views=("paper", "cls"))
 DIM_NAMES = {v for k, v in vars(D).items() if k.isupper() and isinstance(v, str)}

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from depthflow.analysis.run import AnalyzeConfig
 from depthflow.cli.main import main
 from depthflow.errors import ConfigError
-from depthflow.profiling import Profile, profiling, stage
-from depthflow.threads import intra_op_threads, threads_for
+from depthflow.core.profiling import Profile, profiling, stage
+from depthflow.core.threads import intra_op_threads, threads_for
 
 from _models import tiny_checkpoint
 
@@ -70,7 +70,7 @@ def test_cli_profile_prints_every_stage(tmp_path):
                                            (("--set", "dynamics.norm_scan_starts=3"), 3)])
 def test_the_demo_uses_fewer_norm_scan_starts_unless_full_size(monkeypatch, tmp_path, extra,
                                                                 starts):
-    import depthflow.workflows as wf
+    import depthflow.api.workflows as wf
 
     seen = {}
 
@@ -93,7 +93,7 @@ def test_the_demo_uses_fewer_norm_scan_starts_unless_full_size(monkeypatch, tmp_
 
 @pytest.mark.parametrize("extra, grid", [((), (1.0,)), (("--full-size",), (0.01, 0.1, 1.0))])
 def test_the_demo_probes_use_one_c_unless_full_size(monkeypatch, tmp_path, extra, grid):
-    import depthflow.workflows as wf
+    import depthflow.api.workflows as wf
 
     seen = {}
     monkeypatch.setattr(wf, "analyze_checkpoint",

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.raptor import FitConfig, fit_raptor
 from depthflow.raptor.io import load_state
 

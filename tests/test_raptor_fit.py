@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.errors import ConfigError, InputError, OutputError
 from depthflow.raptor import FitConfig, FitError, RaptorConfig, build_raptor, fit_raptor
 from depthflow.raptor.data import batch_indices

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.errors import ConfigError
 from depthflow.raptor import (Raptor, RaptorConfig, build_raptor, check_thresholds,
                               counts_from_thresholds, load_raptor, save_raptor)
@@ -82,7 +82,7 @@ def test_depth_conditioning_is_identity_at_init_scale_and_used():
 
 
 def test_step_is_pure_jvp_matches_finite_differences_and_vmap():
-    from depthflow.maps import frozen, from_model
+    from depthflow.dynamics.maps import frozen, from_model
 
     teacher = tiny_vit(2, dtype=torch.float64, depth=3)
     raptor = build_raptor(teacher, RaptorConfig(thresholds=(2,), layerscale_init=0.3),

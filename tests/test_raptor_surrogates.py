@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.raptor import FitConfig, RaptorConfig, build_raptor, fit_raptor
 from depthflow.raptor.surrogates import (ImageR2, IdentitySurrogate, MeanTrajectory,
                                          TeacherMoments, TrainStatistics, katz,

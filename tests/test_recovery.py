@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from depthflow import maps
+from depthflow.dynamics import maps
 from depthflow.dynamics.recovery import (AdversarialStatus, DirectionalPropagator,
                                          RecoveryResult, perturbation_recovery,
                                          top_singular_direction)

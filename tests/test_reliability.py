@@ -375,7 +375,7 @@ def _sources(d: Path, files: dict[str, bytes]) -> dict[str, str]:
 
 
 def _read_all(spec: str) -> dict[str, torch.Tensor]:
-    from depthflow.images import open_images
+    from depthflow.data.images import open_images
 
     src = open_images(spec)
     out = {}
@@ -387,7 +387,7 @@ def _read_all(spec: str) -> dict[str, torch.Tensor]:
 def test_one_decoder_for_every_source_kind(tmp_path):
     """16-bit, EXIF-rotated, palette and alpha PNGs decode to the same tensors through a
     folder, a file list, tar shards, a saved HF dataset and hf-imagefolder:."""
-    from depthflow.images import read_image
+    from depthflow.data.images import read_image
 
     files = _corpus()
     specs = _sources(tmp_path, files)
@@ -419,8 +419,8 @@ def test_the_same_error_through_every_source_kind(tmp_path, bad, match):
 
 
 def test_webdataset_keys_use_the_first_dot(tmp_path):
-    from depthflow.collections import webdataset_key
-    from depthflow.images import open_images
+    from depthflow.data.collections import webdataset_key
+    from depthflow.data.images import open_images
 
     assert webdataset_key("d/s1.seg.png") == ("d/s1", "seg.png")
     assert webdataset_key("s1.JPG") == ("s1", "jpg")
@@ -432,7 +432,7 @@ def test_webdataset_keys_use_the_first_dot(tmp_path):
 
 
 def test_file_lists_bom_quoting_and_relative_paths(tmp_path):
-    from depthflow.images import open_images
+    from depthflow.data.images import open_images
 
     sub = tmp_path / "lists"
     folder(sub, {" lead.png": png(GREY), "a,b.png": png(GREY), "plain.png": png(GREY)})

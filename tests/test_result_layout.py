@@ -15,8 +15,8 @@ from click.testing import CliRunner
 import depthflow as df
 from depthflow.cli.main import main
 from depthflow.errors import InputError
-from depthflow.images import unique_names
-from depthflow.vocabulary import FORMAT_VERSION
+from depthflow.data.images import unique_names
+from depthflow.core.vocabulary import FORMAT_VERSION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import jacrev
 
-from depthflow import maps
+from depthflow.dynamics import maps
 from depthflow.dynamics import (eigvals, oracles, singular_values, token_jacobians)
-from depthflow.dynamics import _linalg
+from depthflow.dynamics.tangent import _linalg
 from depthflow.errors import ConfigError, InputError
 from tests._models import randomize_parameters, tiny_vit
 

@@ -8,7 +8,7 @@ import torch
 from _models import DIGITS_PRE, tiny_vit
 
 from depthflow.phases import swap
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.errors import ConfigError
 
 LABELS = [0, 0, 0, 1, 1, 2]

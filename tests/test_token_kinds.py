@@ -15,14 +15,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import depthflow as df
-from depthflow import tokens
-from depthflow import vocabulary as D
+from depthflow.data import tokens
+from depthflow.core import vocabulary as D
 from depthflow.analysis.context import TokenLayout
 from depthflow.errors import ConfigError, InputError
 from depthflow.phases import similarity as sim
 from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig
 from depthflow.phases.swap import SwapTrial, readout_features, run_swaps
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.models.vit import ViT
 
 from _models import DIGITS_PRE, tiny_loaded, tiny_vit

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from depthflow import tokens
+from depthflow.data import tokens
 from depthflow.errors import ConfigError, InputError
 from depthflow.models.vit import ViT, ViTConfig, swiglu_hidden_dim
 

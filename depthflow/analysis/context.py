@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 
 from depthflow.errors import InputError
-from depthflow.tokens import cls_position, token_groups
+from depthflow.data.tokens import cls_position, token_groups
 
 if TYPE_CHECKING:
     import xarray as xr
 
-    from depthflow.images import ImageSource
+    from depthflow.data.images import ImageSource
     from depthflow.models.checkpoints import LoadedModel
     from depthflow.models.preprocessing import Preprocessing
-    from depthflow.trajectory import TrajectoryBatch
+    from depthflow.data.trajectory import TrajectoryBatch
 
 __all__ = ["TokenLayout", "AnalysisContext", "Analysis"]
 
@@ -37,7 +37,7 @@ class TokenLayout:
     Every prefix kind may be absent (SigLIP has no cls token, most models no distillation
     token or registers); patches come last. Analyses ask :attr:`cls_index` (``None``: the
     model has no cls token, and cls-only quantities are recorded as
-    :data:`depthflow.vocabulary.NO_CLS`).
+    :data:`depthflow.core.vocabulary.NO_CLS`).
     """
 
     token_kinds: tuple[str, ...]     # kind of every token position
@@ -93,7 +93,7 @@ class TokenLayout:
 
     @property
     def groups(self) -> dict[str, torch.Tensor]:
-        """Token indices of each kind present (see :func:`depthflow.tokens.token_groups`)."""
+        """Token indices of each kind present (see :func:`depthflow.data.tokens.token_groups`)."""
         return token_groups(self.token_kinds)
 
     @property

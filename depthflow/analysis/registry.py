@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from depthflow.analysis.context import Analysis
-from depthflow.config import parse_assignments
+from depthflow.core.config import parse_assignments
 from depthflow.dynamics.analysis import ANALYSES, DynamicsAnalysis, DynamicsConfig
 from depthflow.errors import ConfigError
 from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig

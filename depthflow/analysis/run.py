@@ -6,7 +6,7 @@ the per-sample trajectory summaries (:mod:`depthflow.analysis.summaries`), every
 at the end. Memory is bounded by one batch of states plus the accumulators; the file
 appears only when complete (temporary file + rename).
 
-Under ``torchrun`` the same call runs sharded (:mod:`depthflow.distributed`): each rank
+Under ``torchrun`` the same call runs sharded (:mod:`depthflow.core.distributed`): each rank
 streams its global batches, rank 0 gathers the per-sample values in global order and
 writes. A plug-in takes part through optional methods: ``sums()`` / ``load_sums(sums,
 token_kinds)`` (float64 sums reduced onto rank 0; ``update`` then runs on every rank),
@@ -29,28 +29,28 @@ from typing import Any
 
 import torch
 
-from depthflow import vocabulary as D
-from depthflow._crash import crash_point
-from depthflow.profiling import stage
-from depthflow.threads import intra_op_threads, threads_for
+from depthflow.core import vocabulary as D
+from depthflow.core._crash import crash_point
+from depthflow.core.profiling import stage
+from depthflow.core.threads import intra_op_threads, threads_for
 from depthflow.analysis.context import Analysis, AnalysisContext, TokenLayout
 from depthflow.analysis.summaries import SAMPLE_COORDS, TrajectorySummaries
-from depthflow._memory import pin_mmap_threshold
-from depthflow.collections import load_batches
-from depthflow.config import Options, check_choice, check_int
-from depthflow.distributed import (DistInfo, broadcast_object, check_step, gather_to_main,
-                                   global_spans, my_spans, num_steps, reduce_sums, setup,
-                                   teardown)
+from depthflow.core._memory import pin_mmap_threshold
+from depthflow.data.collections import load_batches
+from depthflow.core.config import Options, check_choice, check_int
+from depthflow.core.distributed import (DistInfo, broadcast_object, check_step, gather_to_main,
+                                        global_spans, my_spans, num_steps, reduce_sums, setup,
+                                        teardown)
 from depthflow.errors import ConfigError, InputError
-from depthflow.images import ImageSource
+from depthflow.data.images import ImageSource
 from depthflow.io.files import check_output_path
 from depthflow.io.netcdf import StreamingWriter
 from depthflow.io.provenance import provenance
-from depthflow.limits import check_analyze_resources
+from depthflow.core.limits import check_analyze_resources
 from depthflow.models.checkpoints import LoadedModel
 from depthflow.models.preprocessing import Preprocessing, model_preprocessing
-from depthflow.trajectory import (DTYPES, TrajectoryBatch, forward_batch, resolve_device,
-                                  resolve_dtype)
+from depthflow.data.trajectory import (DTYPES, TrajectoryBatch, forward_batch, resolve_device,
+                                       resolve_dtype)
 
 __all__ = ["AnalyzeConfig", "analyze", "stream_analyses", "auto_batch_size", "STATES"]
 
@@ -132,7 +132,7 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
     the end. The file appears only when complete; ``source`` is not changed.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the same
-    arguments: the images are sharded in global batches (:mod:`depthflow.distributed`),
+    arguments: the images are sharded in global batches (:mod:`depthflow.core.distributed`),
     rank 0 writes the file and returns its path, the other ranks return ``None``. The
     file does not depend on the number of processes. ``resume`` continues an interrupted
     run from its last checkpoint (:mod:`depthflow.analysis.checkpoint`). ``before_rename``
@@ -154,8 +154,8 @@ def analyze(loaded: LoadedModel, source: ImageSource, output: str | os.PathLike[
 
 def _threads(loaded: LoadedModel, config: AnalyzeConfig) -> int | None:
     """``config.threads``; unset, on the CPU, one thread for small models (a batch of states
-    at one depth under :data:`depthflow.threads.PER_THREAD` numbers per thread, e.g. the
-    digits ViT), else the process's count (:mod:`depthflow.threads`)."""
+    at one depth under :data:`depthflow.core.threads.PER_THREAD` numbers per thread, e.g. the
+    digits ViT), else the process's count (:mod:`depthflow.core.threads`)."""
     if config.threads is not None:
         return config.threads
     if resolve_device(config.device).type != "cpu":

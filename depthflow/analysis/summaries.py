@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from depthflow import tokens
-from depthflow import vocabulary as D
-from depthflow.vocabulary import attrs
+from depthflow.data import tokens
+from depthflow.core import vocabulary as D
+from depthflow.core.vocabulary import attrs
 
 if TYPE_CHECKING:
     from depthflow.analysis.context import TokenLayout
     from depthflow.io.netcdf import StreamingWriter
-    from depthflow.trajectory import TrajectoryBatch
+    from depthflow.data.trajectory import TrajectoryBatch
 
 __all__ = ["TrajectorySummaries", "SAMPLE_COORDS"]
 

@@ -15,10 +15,10 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.compare.cka import CrossCKA
 from depthflow.errors import ConfigError, InputError
-from depthflow.vocabulary import attrs
+from depthflow.core.vocabulary import attrs
 
 __all__ = ["VIEWS", "DEPTH_A", "DEPTH_B", "observations", "compare_states", "compare_models",
            "compare_files", "random_copy"]
@@ -173,7 +173,7 @@ def random_copy(loaded, *, seed: int = 0, layerscale: float = 1.0):
 def _model_pairs(a, b, source, *, batch_size: int, device: str, dtype: str,
                  progress: bool) -> Iterator[tuple[Tensor, Tensor]]:
     from depthflow.models.preprocessing import model_preprocessing
-    from depthflow.trajectory import iter_trajectories
+    from depthflow.data.trajectory import iter_trajectories
 
     it_a = iter_trajectories(a.model, source, preprocessing=model_preprocessing(a),
                              batch_size=batch_size, device=device, dtype=dtype,

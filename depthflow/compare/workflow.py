@@ -8,15 +8,15 @@ from pathlib import Path
 
 import xarray as xr
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.compare.run import compare_files, compare_models, random_copy
 from depthflow.errors import ConfigError
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.io.files import check_output_path
 from depthflow.io.netcdf import write_tree
 from depthflow.io.provenance import provenance
 from depthflow.io.results import open_result
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.plots import check_figure_dir, write_figures
 
 __all__ = ["RANDOM", "compare_checkpoints"]

@@ -36,13 +36,13 @@ from pathlib import Path
 import torch
 import xarray as xr
 
-from depthflow import maps
-from depthflow.config import Options, check_choice, check_int, check_number
+from depthflow.dynamics import maps
+from depthflow.core.config import Options, check_choice, check_int, check_number
 from depthflow.dynamics import measures
 from depthflow.dynamics.recovery import DIRECTIONS
 from depthflow.errors import ConfigError
-from depthflow.profiling import stage
-from depthflow.threads import intra_op_threads, threads_for
+from depthflow.core.profiling import stage
+from depthflow.core.threads import intra_op_threads, threads_for
 
 __all__ = ["DynamicsConfig", "DynamicsAnalysis", "ANALYSES"]
 
@@ -210,7 +210,7 @@ class DynamicsAnalysis:
         clock = _Clock(ctx.progress, len(cfg.analyses))
         children: dict[str, xr.DataTree] = {}
         # small models: one thread (each of the many small JVP operations would otherwise
-        # synchronise two threads, which collapses on a busy machine; depthflow.threads)
+        # synchronise two threads, which collapses on a busy machine; depthflow.core.threads)
         threads = threads_for(run.traj[:, 0].numel()) if device.type == "cpu" else None
         with intra_op_threads(threads):
             self._compute(run, cfg, clock, children)

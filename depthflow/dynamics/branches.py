@@ -12,7 +12,7 @@ floating-point operations as the block). Per layer this module measures
 * the norm of each branch's update per token kind (mean over the kind's tokens), raw and
   relative to the input token norm;
 * the top singular values ``sigma`` of each half-step's directional tangent map (norms
-  held, as :func:`depthflow.dynamics.stretching.layer_stretching`) and of the whole layer;
+  held, as :func:`depthflow.dynamics.tangent.stretching.layer_stretching`) and of the whole layer;
 * the departure from normality of the state tangent map ``J`` of each half-step and of
   the layer, ``||J^T J - J J^T||_F / ||J||_F^2``, and of its update part, the same
   numerator over ``||J - I||_F^2``, by random projections (``docs/methods.md``).
@@ -31,9 +31,9 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import ArchitectureError, ConfigError
-from depthflow.maps import DepthMap, FunctionMap, from_model
-from depthflow.dynamics.stretching import layer_stretching
-from depthflow.tokens import token_groups
+from depthflow.dynamics.maps import DepthMap, FunctionMap, from_model
+from depthflow.dynamics.tangent.stretching import layer_stretching
+from depthflow.data.tokens import token_groups
 
 __all__ = ["BRANCHES", "half_step_maps", "branch_updates", "non_normality", "BranchSplit",
            "branch_split"]
@@ -97,7 +97,7 @@ def non_normality(f: DepthMap, t: int | None, x: Tensor, *, probes: int = 8,
     Returns two (N,) float64 tensors (0 for a normal map)."""
     if probes < 1:
         raise ConfigError(f"probes must be >= 1, got {probes}")
-    from depthflow.dynamics._propagator import start_seed
+    from depthflow.dynamics.tangent._propagator import start_seed
 
     x = x.detach()
     ids = range(x.shape[0]) if sample_ids is None else [int(i) for i in sample_ids]

@@ -18,19 +18,19 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from depthflow import maps
-from depthflow import vocabulary as D
-from depthflow.dynamics._class_stats import median_interval
-from depthflow.dynamics.basin_robustness import attractor_classes, basin_robustness
-from depthflow.dynamics.class_basins import class_basins
-from depthflow.dynamics.finite_depth import finite_depth_spectrum
-from depthflow.dynamics.fixed_points import find_fixed_points, starts_from
-from depthflow.dynamics.lyapunov import lyapunov_spectrum
-from depthflow.dynamics.norm_sensitivity import scan_reference_norms
+from depthflow.dynamics import maps
+from depthflow.core import vocabulary as D
+from depthflow.dynamics.attractors._class_stats import median_interval
+from depthflow.dynamics.attractors.basin_robustness import attractor_classes, basin_robustness
+from depthflow.dynamics.attractors.class_basins import class_basins
+from depthflow.dynamics.tangent.finite_depth import finite_depth_spectrum
+from depthflow.dynamics.fixedpoints.fixed_points import find_fixed_points, starts_from
+from depthflow.dynamics.tangent.lyapunov import lyapunov_spectrum
+from depthflow.dynamics.fixedpoints.norm_sensitivity import scan_reference_norms
 from depthflow.dynamics.recovery import perturbation_recovery
-from depthflow.dynamics.stretching import layer_stretching, segment_spectra
+from depthflow.dynamics.tangent.stretching import layer_stretching, segment_spectra
 from depthflow.errors import ConfigError
-from depthflow.vocabulary import attrs
+from depthflow.core.vocabulary import attrs
 
 __all__ = ["Kept", "Run", "default_depths", "lyapunov", "frozen_lyapunov", "stretching",
            "branches", "basins", "fixed_points", "recovery", "median_interval"]
@@ -310,8 +310,8 @@ def lyapunov(run: Run) -> xr.DataTree:
 
 
 def _status_attrs() -> dict[str, Any]:
-    from depthflow.dynamics.finite_depth import FiniteDepthStatus
-    from depthflow.vocabulary import flag_attrs
+    from depthflow.dynamics.tangent.finite_depth import FiniteDepthStatus
+    from depthflow.core.vocabulary import flag_attrs
 
     return flag_attrs(FiniteDepthStatus, "Lanczos solver status")
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import ConfigError
-from depthflow.maps import DepthMap, from_function, sphere
+from depthflow.dynamics.maps import DepthMap, from_function, sphere
 
 __all__ = ["Oracle", "linear", "rotation", "non_normal", "power", "two_attractors",
            "linear_family", "random_orthogonal", "symmetric_matrix"]

@@ -51,15 +51,15 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.errors import ConfigError, InputError
-from depthflow.maps import DepthMap, check_states, tangent_project
-from depthflow.tokens import angle
-from depthflow.dynamics._propagator import (DirectionalPropagator, start_seed,
-                                            top_singular_direction)
-from depthflow.vocabulary import attrs
-from depthflow.vocabulary import flag_attrs
-from depthflow.dynamics._class_stats import median_interval
+from depthflow.dynamics.maps import DepthMap, check_states, tangent_project
+from depthflow.data.tokens import angle
+from depthflow.dynamics.tangent._propagator import (DirectionalPropagator, start_seed,
+                                                    top_singular_direction)
+from depthflow.core.vocabulary import attrs
+from depthflow.core.vocabulary import flag_attrs
+from depthflow.dynamics.attractors._class_stats import median_interval
 
 __all__ = ["RecoveryResult", "AdversarialStatus", "perturbation_recovery",
            "top_singular_direction", "DirectionalPropagator", "DIRECTIONS"]

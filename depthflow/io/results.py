@@ -10,7 +10,7 @@ from typing import Any
 
 from depthflow.errors import InputError
 from depthflow.io.files import sha256_file
-from depthflow.vocabulary import FORMAT_VERSION
+from depthflow.core.vocabulary import FORMAT_VERSION
 
 __all__ = ["open_result", "check_result", "FIGURE_RECORD", "figure_record", "figures_match"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from depthflow.config import parse_assignments, parse_value
+from depthflow.core.config import parse_assignments, parse_value
 from depthflow.errors import ArchitectureError, ConfigError
 from depthflow.models.vit import ViTConfig, swiglu_hidden_dim
 

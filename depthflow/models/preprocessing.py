@@ -1,7 +1,7 @@
 """Image preprocessing recorded with every model and every result.
 
 Inputs are first brought to floats in [0, 1] (PIL images divide by 255, the bundled digits
-by 16, arrays as described in :mod:`depthflow.images`), then resized (shorter side), centre
+by 16, arrays as described in :mod:`depthflow.data.images`), then resized (shorter side), centre
 cropped, and normalised per channel: ``(x - mean) / std``.
 """
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.config import Options, check_choice, check_int
+from depthflow.core.config import Options, check_choice, check_int
 
 MODES = ("RGB", "L")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -116,7 +116,7 @@ def check_resized(h: int, w: int, size: tuple[int, int]) -> None:
     """Refuse a resize whose result would exceed the image pixel limit (an image very long
     in one dimension: 1 x 60,000,000 pixels resized to a shorter side of 256 would be
     256 x 15,360,000,000), before anything is allocated."""
-    from depthflow.images import MAX_PIXELS_ENV, max_image_pixels
+    from depthflow.data.images import MAX_PIXELS_ENV, max_image_pixels
 
     limit = max_image_pixels()
     if size[0] * size[1] > limit:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.config import Options, check_choice, check_int
+from depthflow.core.config import Options, check_choice, check_int
 from depthflow.models.layers import (ACTIVATIONS, ATTENTION_IMPLS, Attention, GeluMlp,
                                      LayerScale, RopeEmbedding, SwiGLUMlp, activation_fn,
                                      check_attention, drop_path, rotate_half, sincos_table,
@@ -47,8 +47,8 @@ MAX_WIDTH = 1 << 20
 def check_model_size(cfg: "ViTConfig") -> None:
     """Refuse, before anything is allocated, a shape no machine can hold (depth beyond
     :data:`MAX_DEPTH`, width beyond :data:`MAX_WIDTH`) or whose float32 parameters exceed
-    the memory budget (:func:`depthflow.limits.memory_budget`)."""
-    from depthflow.limits import format_bytes, memory_budget
+    the memory budget (:func:`depthflow.core.limits.memory_budget`)."""
+    from depthflow.core.limits import format_bytes, memory_budget
 
     if cfg.depth > MAX_DEPTH or cfg.embed_dim > MAX_WIDTH or cfg.mlp_hidden_dim > 8 * MAX_WIDTH:
         raise ConfigError(f"ViTConfig depth={cfg.depth}, embed_dim={cfg.embed_dim}, "

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.analysis.context import AnalysisContext, TokenLayout
-from depthflow.config import check_int
-from depthflow.images import ImageSource
+from depthflow.core.config import check_int
+from depthflow.data.images import ImageSource
 from depthflow.io.provenance import provenance
 from depthflow.models.checkpoints import LoadedModel
 from depthflow.models.preprocessing import model_preprocessing
-from depthflow.trajectory import TrajectoryBatch, iter_trajectories
-from depthflow.vocabulary import attrs
+from depthflow.data.trajectory import TrajectoryBatch, iter_trajectories
+from depthflow.core.vocabulary import attrs
 from depthflow.phases import segmentation as seg
 from depthflow.errors import ConfigError, InputError
 from depthflow.phases.config import DEFAULT_K_MAX, SEGMENT_METRICS, PhaseConfig
@@ -68,7 +68,7 @@ class PhaseAnalysis:
         self.num_samples = 0
 
     def update(self, tb: TrajectoryBatch, ctx: AnalysisContext) -> None:
-        """Add one :class:`~depthflow.trajectory.TrajectoryBatch` (states on any device)."""
+        """Add one :class:`~depthflow.data.trajectory.TrajectoryBatch` (states on any device)."""
         self.update_states(tb.states, ctx.layout.token_kinds)
 
     def update_states(self, states: torch.Tensor, token_kinds: Sequence[str]) -> None:
@@ -105,7 +105,7 @@ class PhaseAnalysis:
 
     def sums(self) -> dict[str, object]:
         """The accumulators, all sums (reducible over processes; see
-        :mod:`depthflow.distributed`)."""
+        :mod:`depthflow.core.distributed`)."""
         out: dict[str, object] = {"num_samples": self.num_samples}
         if self._sim is None:
             return out

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from depthflow.config import Options
+from depthflow.core.config import Options
 from depthflow.errors import ConfigError
 from depthflow.phases import segmentation as seg
 from depthflow.phases.similarity import VIEWS, check_views

@@ -3,7 +3,7 @@ short text table of ``depthflow phases``.
 
 Variables have plain names (they are written to the ``phases`` and ``phases/swap`` groups),
 carry ``long_name`` and ``units``, and use the dimension names of
-:mod:`depthflow.vocabulary`; everything is NetCDF-plain (integers for flags, JSON strings
+:mod:`depthflow.core.vocabulary`; everything is NetCDF-plain (integers for flags, JSON strings
 for thresholds).
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.phases import segmentation as seg
 from depthflow.phases import swap
 from depthflow.errors import ConfigError
 from depthflow.phases.config import DEFAULT_K_MAX, PhaseConfig
-from depthflow.vocabulary import attrs
+from depthflow.core.vocabulary import attrs
 
 SELECTION_RULE = ("k* = the smallest k whose modularity Q_k = (cut_k - mean_W * "
                   "pairs_between_k) / total_W is within select_tolerance of the best Q over "

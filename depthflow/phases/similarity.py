@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.tokens import cls_position, token_groups
-from depthflow.vocabulary import NO_CLS
+from depthflow.data.tokens import cls_position, token_groups
+from depthflow.core.vocabulary import NO_CLS
 
 VIEWS = ("paper", "cls", "distillation", "register", "patch", "all")
 METRICS = ("cosine", "mse", "cka")
@@ -58,7 +58,7 @@ def view_tokens(token_kinds: Sequence[str]) -> dict[str, Tensor]:
     ``[cls?, distillation?, registers..., patches...]``.
 
     ``paper`` maps to the patch indices (its other summary, the cls token, is found by
-    :func:`depthflow.tokens.cls_position`; a model without a cls token has none).
+    :func:`depthflow.data.tokens.cls_position`; a model without a cls token has none).
     Views whose tokens are absent are left out.
     """
     kinds = list(token_kinds)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import ConfigError
-from depthflow.trajectory import compute_context, resolve_device, resolve_dtype
+from depthflow.data.trajectory import compute_context, resolve_device, resolve_dtype
 
 FAMILIES = ("same", "different")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -140,7 +140,7 @@ def _probe_scores(ref: np.ndarray, swapped: list[np.ndarray], labels: np.ndarray
 def run_swaps(model, batches, trials: Sequence[SwapTrial], *, device: str = "cpu",
               dtype: str = "float32", probe: bool = True, progress: bool = False,
               total: int | None = None) -> dict[str, np.ndarray | float | int]:
-    """Run every trial on every batch (iterable of :class:`~depthflow.images.Batch`).
+    """Run every trial on every batch (iterable of :class:`~depthflow.data.images.Batch`).
 
     Returns per-trial arrays ``cosine``, ``r2``, ``accuracy`` and ``agreement`` (NaN where
     undefined) plus ``baseline_accuracy``, ``samples``, ``labelled``, ``scorer``

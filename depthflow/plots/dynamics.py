@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.plots import KIND_COLORS, pyplot, save_figure
 
 RESTRICTION_COLORS = {"all->all": "tab:blue", "cls->cls": "tab:red", "all->cls": "tab:purple"}

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.plots import pyplot, save_figure
 
 FAMILY_COLORS = {"same": "tab:green", "different": "tab:red"}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.plots import KIND_COLORS, pyplot, save_figure, write_figures
 
 

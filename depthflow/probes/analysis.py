@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from depthflow import vocabulary as D
-from depthflow.config import Options, check_int, check_number
+from depthflow.core import vocabulary as D
+from depthflow.core.config import Options, check_int, check_number
 from depthflow.errors import ConfigError, InputError
 from depthflow.probes.features import (READOUTS, FeatureBuffer, available_readouts,
                                        readout_features)
 from depthflow.probes.fit import probe_depths
-from depthflow.vocabulary import attrs
+from depthflow.core.vocabulary import attrs
 
 __all__ = ["ProbeConfig", "ProbeAnalysis", "READOUT", "FOLD", "probe_dataset"]
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from depthflow.dynamics._class_stats import wilson
+from depthflow.dynamics.attractors._class_stats import wilson
 from depthflow.errors import ConfigError, InputError
 
 __all__ = ["ProbeScores", "fit_probe", "outer_folds", "probe_scores", "probe_depths"]

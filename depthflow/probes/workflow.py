@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from depthflow.analysis.run import AnalyzeConfig
 from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig
 from depthflow.probes.analysis import ProbeAnalysis, ProbeConfig
-from depthflow.workflows import AnalysisOutputs, analyze_checkpoint
+from depthflow.api.workflows import AnalysisOutputs, analyze_checkpoint
 
 __all__ = ["probe_checkpoint"]
 

@@ -1,11 +1,11 @@
 """Raptor: block-recurrent surrogates of ViTs (docs/methods.md).
 
 ``k`` recurrent blocks trained to reproduce EVERY teacher layer. Build and fit with
-:func:`fit_raptor` (``depthflow fit`` calls :func:`depthflow.workflows.fit_checkpoint`),
+:func:`fit_raptor` (``depthflow fit`` calls :func:`depthflow.api.workflows.fit_checkpoint`),
 load with :func:`load_raptor` (or :func:`depthflow.load_model`), measure with
 :func:`evaluate_fidelity`. A :class:`Raptor` is a depth model like the ViT:
 ``step(layer, state)`` applies block :meth:`Raptor.block_for` ``(layer)`` at depth ``t =
-layer``, so ``depthflow.maps.from_model(raptor)`` is the non-autonomous map and one block at
+layer``, so ``depthflow.dynamics.maps.from_model(raptor)`` is the non-autonomous map and one block at
 frozen ``t`` an autonomous one.
 """
 

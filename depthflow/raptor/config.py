@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from depthflow.errors import ConfigError
-from depthflow.config import Options, check_choice, check_int, check_number
-from depthflow.trajectory import resolve_device
+from depthflow.core.config import Options, check_choice, check_int, check_number
+from depthflow.data.trajectory import resolve_device
 from depthflow.raptor.model import RaptorConfig
 from depthflow.raptor.schedules import TF_MODES
 
@@ -224,7 +224,7 @@ class FitConfig(Options):
         check_int(self.feature_probe_epochs, "feature_probe_epochs", minimum=0)
         check_int(self.bootstrap, "bootstrap", minimum=0)
         check_int(self.baseline_images, "baseline_images")
-        from depthflow.raptor.surrogates import INIT_LAYERS
+        from depthflow.raptor.model import INIT_LAYERS
         from depthflow.raptor.teacher import CACHE_DTYPES
         check_choice(self.init_layer, "init_layer", INIT_LAYERS)
         check_choice(self.cache_dtype, "cache_dtype", CACHE_DTYPES)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from depthflow.images import ImageSource, _prepare
+from depthflow.data.images import ImageSource, _prepare
 from depthflow.errors import ConfigError, InputError
 from depthflow.models.preprocessing import Preprocessing
 

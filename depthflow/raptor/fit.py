@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from depthflow.models.checkpoints import LoadedModel
-from depthflow.images import ImageSource
+from depthflow.data.images import ImageSource
 from depthflow.errors import ConfigError, InputError
 from depthflow.io.provenance import provenance, resumed_provenance
 from depthflow.raptor.digests import check_resume_digests, fit_digests, recipe_digest

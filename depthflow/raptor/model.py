@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from depthflow.errors import ConfigError
-from depthflow.config import Options, check_choice, check_int, check_number
+from depthflow.core.config import Options, check_choice, check_int, check_number
 from depthflow.models.vit import MLP_KINDS, Block, ViT, ViTConfig
 from depthflow.phases.segmentation import check_thresholds, counts_from_thresholds
 
@@ -400,12 +400,47 @@ def build_raptor(teacher: ViT, raptor_cfg: RaptorConfig, *, seed: int = 0,
     return raptor.to(next(teacher.parameters()).dtype)
 
 
+INIT_LAYERS = ("middle", "first", "last", "mean", "best")
+
+
+def phase_layers(assignment: Sequence[int]) -> list[list[int]]:
+    """The 1-based teacher layers of every block."""
+    k = max(assignment) + 1
+    return [[layer for layer, b in enumerate(assignment, 1) if b == j] for j in range(k)]
+
+
+def middle_layers(assignment: Sequence[int]) -> list[int]:
+    """The middle teacher layer of every block (the upper one of an even count)."""
+    return [layers[len(layers) // 2] for layers in phase_layers(assignment)]
+
+
+@torch.no_grad()
+def best_loop_layers(teacher, assignment: Sequence[int], states: Tensor) -> list[int]:
+    """Per block, the teacher layer whose repetition over the block's layers (rolled out
+    from the teacher's state before each run) has the smallest squared error on ``states``
+    (teacher states of training images): the ``best`` teacher initialisation."""
+    chosen = []
+    runs = runs_of(assignment)
+    for j, layers in enumerate(phase_layers(assignment)):
+        errors = []
+        for candidate in layers:
+            err = 0.0
+            for block, start, stop in runs:
+                if block != j:
+                    continue
+                x = states[:, start]
+                for layer in range(start + 1, stop + 1):
+                    x = teacher.step(candidate, x)
+                    err += float((x - states[:, layer]).double().square().mean())
+            errors.append(err if math.isfinite(err) else math.inf)
+        chosen.append(layers[int(np.argmin(errors))])
+    return chosen
+
+
 def teacher_init_layers(teacher: ViT, assignment: Sequence[int], mode: str = "middle",
                         states: Tensor | None = None) -> list:
     """The teacher layer (1-based) initialising every block, or a list of layers whose
     weights are averaged (``"mean"``)."""
-    from depthflow.raptor.surrogates import INIT_LAYERS, best_loop_layers, phase_layers
-
     check_choice(mode, "init_layer", INIT_LAYERS)
     phases = phase_layers(assignment)
     if mode == "best":

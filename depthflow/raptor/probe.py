@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from depthflow.config import Options, check_int, check_number
+from depthflow.core.config import Options, check_int, check_number
 from depthflow.errors import ConfigError, InputError
 
 

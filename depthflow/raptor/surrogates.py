@@ -35,16 +35,88 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from depthflow import vocabulary as D
-from depthflow.tokens import token_groups
+from depthflow.core import vocabulary as D
+from depthflow.data.tokens import token_groups
+from depthflow.raptor.model import (INIT_LAYERS, best_loop_layers, middle_layers,  # noqa: F401
+                                    phase_layers, runs_of)
 
 BASELINES = ("identity", "mean_trajectory", "linear", "init", "loop")
-INIT_LAYERS = ("middle", "first", "last", "mean", "best")
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]     # () -> (states, labels) batches
 VALID_RTOL = 1e-12
 
 
 # --------------------------------------------------------------------------- surrogates
+PAPER_EPS = 1e-6
+GROUPS = ("all", *D.TOKEN_KINDS)
+
+
+class FidelityAccumulator:
+    """Streaming sums for R^2 (both forms), MSE and cosine per depth and token group."""
+
+    def __init__(self, depth: int, kinds: list[str]) -> None:
+        self.groups = [g for g in GROUPS if g == "all" or g in kinds]
+        groups = token_groups(kinds)
+        self.index = {g: torch.arange(len(kinds)) if g == "all" else groups[g]
+                      for g in self.groups}
+        shape = (depth + 1, len(self.groups))
+        self.sums = {name: torch.zeros(shape, dtype=torch.float64)
+                     for name in ("n", "x", "x2", "p", "p2", "sse", "cos", "tokens")}
+        self.batch_paper = 0.0          # sum over batches of batch size x paper R^2
+        self.batch_samples = 0
+        self.batch_sizes: list[int] = []
+
+    @torch.no_grad()
+    def update(self, teacher: Tensor, pred: Tensor) -> None:
+        """``teacher``, ``pred``: ``(B, L+1, T, D)``."""
+        x, p = teacher.double().cpu(), pred.double().cpu()
+        # The paper's notebook: one R^2 per batch over every entry of every depth 0..L,
+        # variance from the prediction, averaged over batches weighted by batch size.
+        err = (p - x).square().mean()
+        self.batch_paper += len(x) * float(1.0 - err / (p.var(unbiased=False) + PAPER_EPS))
+        self.batch_samples += len(x)
+        self.batch_sizes.append(len(x))
+        cos = torch.nn.functional.cosine_similarity(x, p, dim=-1, eps=1e-8)   # (B, L+1, T)
+        for g, group in enumerate(self.groups):
+            xi, pi = x[:, :, self.index[group]], p[:, :, self.index[group]]
+            s = self.sums
+            s["n"][:, g] += xi[:, 0].numel()
+            s["x"][:, g] += xi.sum(dim=(0, 2, 3))
+            s["x2"][:, g] += xi.square().sum(dim=(0, 2, 3))
+            s["p"][:, g] += pi.sum(dim=(0, 2, 3))
+            s["p2"][:, g] += pi.square().sum(dim=(0, 2, 3))
+            s["sse"][:, g] += (xi - pi).square().sum(dim=(0, 2, 3))
+            s["cos"][:, g] += cos[:, :, self.index[group]].sum(dim=(0, 2))
+            s["tokens"][:, g] += cos[:, 0, self.index[group]].numel()
+
+    def result(self) -> dict[str, np.ndarray]:
+        s = {k: v.numpy() for k, v in self.sums.items()}
+        n = np.maximum(s["n"], 1)
+        mse = s["sse"] / n
+        var_x = s["x2"] / n - (s["x"] / n) ** 2
+        var_p = s["p2"] / n - (s["p"] / n) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.where(var_x > 0, 1.0 - mse / var_x, np.nan)
+        return {"mse": mse, "r2": r2, "r2_paper": 1.0 - mse / (var_p + PAPER_EPS),
+                "cosine": s["cos"] / np.maximum(s["tokens"], 1)}
+
+    def pooled(self) -> dict[str, float]:
+        """R^2 pooled over all depths 0..L and all tokens: the standard form over the whole
+        data set (variance of the teacher around its grand mean), the same in the paper's
+        form (variance of the prediction + 1e-6), and the paper notebook's batch-by-batch
+        paper form (depends slightly on the batch size, recorded)."""
+        s = {k: v[:, 0].numpy() for k, v in self.sums.items()}     # group "all"
+        n = s["n"].sum()
+        if n == 0:
+            return {"r2_pooled": float("nan"), "r2_paper_pooled": float("nan"),
+                    "r2_paper_pooled_batches": float("nan")}
+        mse = s["sse"].sum() / n
+        var_x = s["x2"].sum() / n - (s["x"].sum() / n) ** 2
+        var_p = s["p2"].sum() / n - (s["p"].sum() / n) ** 2
+        return {"r2_pooled": float(1.0 - mse / var_x) if var_x > 0 else float("nan"),
+                "r2_paper_pooled": float(1.0 - mse / (var_p + PAPER_EPS)),
+                "r2_paper_pooled_batches": self.batch_paper / max(self.batch_samples, 1)}
+
+
 class Surrogate:
     """``surrogate(states) -> predicted states`` (same shape, float32, no grad)."""
 
@@ -130,45 +202,6 @@ class LoopSurrogate(Surrogate):
             x = self.teacher.step(self.layers[block], x)
             out.append(x)
         return torch.stack(out, dim=1)
-
-
-def phase_layers(assignment: Sequence[int]) -> list[list[int]]:
-    """The 1-based teacher layers of every block."""
-    k = max(assignment) + 1
-    return [[layer for layer, b in enumerate(assignment, 1) if b == j] for j in range(k)]
-
-
-def middle_layers(assignment: Sequence[int]) -> list[int]:
-    """The middle teacher layer of every block (the upper one of an even count)."""
-    return [layers[len(layers) // 2] for layers in phase_layers(assignment)]
-
-
-@torch.no_grad()
-def best_loop_layers(teacher, assignment: Sequence[int], states: Tensor) -> list[int]:
-    """Per block, the teacher layer whose repetition over the block's layers (rolled out
-    from the teacher's state before each run) has the smallest squared error on ``states``
-    (teacher states of training images): the ``best`` teacher initialisation."""
-    chosen = []
-    runs = _runs(assignment)
-    for j, layers in enumerate(phase_layers(assignment)):
-        errors = []
-        for candidate in layers:
-            err = 0.0
-            for block, start, stop in runs:
-                if block != j:
-                    continue
-                x = states[:, start]
-                for layer in range(start + 1, stop + 1):
-                    x = teacher.step(candidate, x)
-                    err += float((x - states[:, layer]).double().square().mean())
-            errors.append(err if math.isfinite(err) else math.inf)
-        chosen.append(layers[int(np.argmin(errors))])
-    return chosen
-
-
-def _runs(assignment: Sequence[int]) -> list[tuple[int, int, int]]:
-    from depthflow.raptor.model import runs_of
-    return runs_of(assignment)
 
 
 # --------------------------------------------------------------------------- fitted baselines
@@ -526,7 +559,6 @@ def evaluate_surrogates(surrogates: Sequence[Surrogate], eval_batches: Batches, 
 
     Returns ``({name: SurrogateResult}, groups, num_images)``.
     """
-    from depthflow.raptor.evaluate import FidelityAccumulator
 
     moments = TeacherMoments()
     for states, _ in eval_batches():

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from depthflow._crash import crash_point
-from depthflow._signals import deferred_signals
+from depthflow.core._crash import crash_point
+from depthflow.core._signals import deferred_signals
 from depthflow.errors import DepthflowError
 from depthflow.raptor.data import IndexedImages, batch_indices, step_noise
 from depthflow.raptor.distributed import DistInfo, all_mean, barrier

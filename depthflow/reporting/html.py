@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.io.files import atomic_path, check_output_path
 from depthflow.io.results import open_result
 from depthflow.reporting.figures import draw_all, section_of
@@ -64,7 +64,7 @@ def _png(path: Path) -> str:
 
 
 def _provenance(tree, path: Path) -> str:
-    from depthflow.report import _architecture
+    from depthflow.reporting.info import _architecture
 
     a = tree.attrs
     rows = [("file", path.name)]
@@ -120,7 +120,7 @@ def _texts(tree) -> dict[str, list[str]]:
     from depthflow.compare.text import describe_compare
     from depthflow.phases.datasets import describe_phases
     from depthflow.probes.text import describe_probes
-    from depthflow.report import _curves, _dynamics
+    from depthflow.reporting.info import _curves, _dynamics
 
     out: dict[str, list[str]] = {s: [] for s, _, _ in SECTIONS}
     children = tree.children
@@ -166,7 +166,7 @@ def _texts(tree) -> dict[str, list[str]]:
                         view=v).values) for v in ds["view"].values)))
     info = tree.attrs.get("model_info")
     if info and "raptor" in str(info):
-        from depthflow.report import _architecture
+        from depthflow.reporting.info import _architecture
 
         out["raptor"].append(_pre("\n".join(_architecture(tree.attrs))))
     known = {"phases", "probes", "dynamics", "compare"}

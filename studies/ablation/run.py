@@ -76,7 +76,7 @@ def teacher_path(config: dict, work: Path, tiny: bool):
 def thresholds_for(config: dict, teacher) -> list[int]:
     if config["thresholds"]:
         return list(config["thresholds"])
-    from depthflow.loader import load_model
+    from depthflow.api.loader import load_model
     model = load_model(teacher).model.eval()
     st = lib.structure(lib.layer_distance(model), config["k"])
     if st["thresholds"] is None:

@@ -43,11 +43,11 @@ sys.path.insert(0, str(HERE.parent.parent))
 from report import emit  # noqa: E402
 
 from depthflow.analysis.run import AnalyzeConfig, analyze  # noqa: E402
-from depthflow.images import open_images  # noqa: E402
+from depthflow.data.images import open_images  # noqa: E402
 from depthflow.models.checkpoints import LoadedModel  # noqa: E402
 from depthflow.models.preprocessing import Preprocessing  # noqa: E402
 from depthflow.models.vit import ViT, ViTConfig, flops_per_image  # noqa: E402
-from depthflow.trajectory import compute_context  # noqa: E402
+from depthflow.data.trajectory import compute_context  # noqa: E402
 
 MODELS = {   # name: (embed_dim, heads)
     "ViT-S/14": (384, 6),

@@ -37,7 +37,7 @@ from config import get_config  # noqa: E402
 
 import depthflow  # noqa: E402
 from depthflow.models.checkpoints import load_depthflow, save_checkpoint  # noqa: E402
-from depthflow.images import load_digits_arrays  # noqa: E402
+from depthflow.data.images import load_digits_arrays  # noqa: E402
 from depthflow.io.files import atomic_path  # noqa: E402
 from depthflow.models.preprocessing import Preprocessing  # noqa: E402
 from depthflow.models.vit import ViT, ViTConfig, count_parameters  # noqa: E402

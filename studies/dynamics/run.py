@@ -32,7 +32,7 @@ from depthflow.io.files import atomic_path
 from depthflow.io.results import open_result
 from depthflow.plots import check_figure_dir, write_figures
 from depthflow.plots.trajectories import draw_token_dynamics
-from depthflow.report import describe
+from depthflow.reporting.info import describe
 
 HERE = Path(__file__).resolve().parent
 

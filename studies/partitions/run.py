@@ -78,7 +78,7 @@ def random_noncontiguous(labels: list[int], rng) -> list[int]:
 
 def run_model(name: str, spec: dict, config: dict, work: Path, tiny: bool,
               report: bool = False) -> list[dict]:
-    from depthflow.loader import load_model
+    from depthflow.api.loader import load_model
     from depthflow.phases.segmentation import phase_metrics
 
     path = spec["path"]

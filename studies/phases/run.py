@@ -22,8 +22,8 @@ import torch
 from config import get_config
 
 from depthflow.models import zoo
-from depthflow.loader import load_model
-from depthflow.images import open_images
+from depthflow.api.loader import load_model
+from depthflow.data.images import open_images
 from depthflow.errors import DepthflowError
 from depthflow.io.files import atomic_path
 from depthflow.io.netcdf import write_tree

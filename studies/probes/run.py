@@ -43,7 +43,7 @@ from depthflow.io.provenance import provenance
 from depthflow.io.results import open_result
 from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig
 from depthflow.probes import ProbeAnalysis, ProbeConfig
-from depthflow.vocabulary import FORMAT_VERSION
+from depthflow.core.vocabulary import FORMAT_VERSION
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("probes", "compare", "branches")

@@ -21,8 +21,8 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from config import get_config  # noqa: E402
 
-from depthflow.loader import load_model  # noqa: E402
-from depthflow.images import open_images  # noqa: E402
+from depthflow.api.loader import load_model  # noqa: E402
+from depthflow.data.images import open_images  # noqa: E402
 from depthflow.io.provenance import versions  # noqa: E402
 from depthflow.raptor import FitConfig, fit_raptor  # noqa: E402
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import depthflow
-from depthflow import maps
-from depthflow.dynamics import fixed_points as fp
+from depthflow.dynamics import maps
+from depthflow.dynamics.fixedpoints import fixed_points as fp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

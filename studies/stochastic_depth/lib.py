@@ -40,7 +40,7 @@ from train import (digits_preprocessing, lr_at, param_groups,  # noqa: E402
                    random_translate)
 
 import depthflow  # noqa: E402
-from depthflow.images import load_digits_arrays, open_images  # noqa: E402
+from depthflow.data.images import load_digits_arrays, open_images  # noqa: E402
 from depthflow.models.checkpoints import save_checkpoint  # noqa: E402
 from depthflow.models.vit import ViT, ViTConfig  # noqa: E402
 from depthflow.phases.segmentation import (phase_metrics, segment_into,  # noqa: E402
@@ -186,7 +186,7 @@ def fit(teacher_path, *, workdir: Path, k: int, steps: tuple[int, int], seed: in
         thresholds=None, assignment=None, overrides: dict[str, Any] | None = None,
         batch_size: int = 32, lr: float = 1e-3) -> dict[str, Any]:
     """Fit one Raptor (``--recipe paper``) and return its held-out fidelity numbers."""
-    from depthflow.loader import load_model
+    from depthflow.api.loader import load_model
     from depthflow.raptor import FitConfig, fit_raptor
 
     options = dict(k=k, stage1_steps=steps[0], stage2_steps=steps[1], seed=seed,

@@ -1,7 +1,7 @@
 """Jacobian spectra of depth maps: per-token blocks, top-k eigenvalues and singular values.
 
 For a Euclidean map the operator is the full state Jacobian ``J = dF_t/dx`` of size
-``(T*D) x (T*D)``. For a :class:`~depthflow.maps.SphereMap` it is the *tangent* Jacobian:
+``(T*D) x (T*D)``. For a :class:`~depthflow.dynamics.maps.SphereMap` it is the *tangent* Jacobian:
 the input is restricted to the tangent spaces at ``u`` and the output projected on the
 tangent spaces at ``y = F_hat(u)``; both are expressed in orthonormal tangent coordinates
 (Householder bases, ``T*(D-1)`` of them), so the spurious radial directions of a normalised
@@ -33,10 +33,10 @@ import xarray as xr
 from torch import Tensor
 from torch.func import jacfwd, jacrev, linearize, vmap
 
-from depthflow import vocabulary as dims
+from depthflow.core import vocabulary as dims
 from depthflow.errors import ConfigError, InputError
-from depthflow.maps import DepthMap, check_states, tangent_project
-from depthflow.dynamics import _linalg
+from depthflow.dynamics.maps import DepthMap, check_states, tangent_project
+from depthflow.dynamics.tangent import _linalg
 
 __all__ = ["SpectrumResult", "token_jacobians", "eigvals", "singular_values",
            "TangentOperator", "METHODS"]
@@ -174,9 +174,9 @@ class TangentOperator:
     def __init__(self, f: DepthMap, t: int | None, x: Tensor, *, square: bool,
                  linearize: bool | None = None) -> None:
         if not isinstance(f, DepthMap):
-            raise ConfigError(f"spectra need a depthflow.maps.DepthMap, got "
+            raise ConfigError(f"spectra need a depthflow.dynamics.maps.DepthMap, got "
                               f"{type(f).__name__}; wrap functions with "
-                              "depthflow.maps.from_function")
+                              "depthflow.dynamics.maps.from_function")
         check_states(x, name="x", unit=f.on_sphere)
         if x.ndim != 2:
             raise InputError(f"x must be one state of shape (T, D), got {tuple(x.shape)}; "
@@ -303,7 +303,7 @@ def token_jacobians(f: DepthMap, t: int | None, x: Tensor, *,
     -------
     Tensor (..., T, D, D)
         Block ``i`` is the Jacobian of token ``i``'s output with respect to token ``i``'s
-        input, the other tokens frozen. For a :class:`~depthflow.maps.SphereMap`, the
+        input, the other tokens frozen. For a :class:`~depthflow.dynamics.maps.SphereMap`, the
         tangent block ``P_y J_ii P_u`` (ambient coordinates, rank ``D - 1``).
     """
     check_states(x, name="x", unit=f.on_sphere)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from depthflow.config import check_int
+from depthflow.core.config import check_int
 from depthflow.errors import ConfigError, InputError
 
 DIGITS_TEST_SIZE = 0.25
@@ -597,7 +597,7 @@ def _skimage_data(spec: str):
     return skimage.data
 
 
-_COLLECTION_OPENERS: list = []     # spec -> ImageSource | None; see depthflow.collections
+_COLLECTION_OPENERS: list = []     # spec -> ImageSource | None; see depthflow.data.collections
 
 
 def register_collection(opener) -> None:
@@ -620,7 +620,7 @@ def open_images(spec: str | os.PathLike[str] | None, *, limit: int | None = None
     ``"digits"`` / ``"digits:test"`` / ``"digits:train"`` / ``"digits:all"``, ``"lfw"``
     (scikit-image faces / non-faces), ``"skimage"`` (scikit-image photos), a folder, a
     ``.npy``/``.npz`` file, or a large collection (a file list, tar shards, a Hugging Face
-    dataset: :mod:`depthflow.collections`). ``None`` means the held-out digits.
+    dataset: :mod:`depthflow.data.collections`). ``None`` means the held-out digits.
     """
     spec = "digits" if spec is None else str(spec)
     if spec == "digits" or spec.startswith("digits:"):
@@ -629,7 +629,7 @@ def open_images(spec: str | os.PathLike[str] | None, *, limit: int | None = None
         source = LfwSource()
     elif spec == "skimage":
         source = SkimagePhotoSource()
-    elif (found := _open_collection(spec)) is not None:      # depthflow.collections
+    elif (found := _open_collection(spec)) is not None:      # depthflow.data.collections
         source = found
     else:
         path = Path(spec)

@@ -1,5 +1,5 @@
 """Batched Newton-Krylov for fixed points on the sphere (private; see
-:mod:`depthflow.dynamics.fixed_points`).
+:mod:`depthflow.dynamics.fixedpoints.fixed_points`).
 
 Per start: inexact Newton steps (GMRES on JVPs, forcing term ``min(0.1, ||r||)``) with a
 backtracking line search on ``||F(u) - u||``; where a step fails or gains less than half,
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from depthflow.maps import DepthMap, tangent_project
+from depthflow.dynamics.maps import DepthMap, tangent_project
 
 CONVERGED, CONVERGED_FALLBACK, MAX_ITER, BUDGET_EXHAUSTED, NONFINITE = range(5)
 

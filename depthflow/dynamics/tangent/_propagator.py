@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import ConfigError
-from depthflow.maps import DepthMap, tangent_project
-from depthflow.dynamics import _linalg
+from depthflow.dynamics.maps import DepthMap, tangent_project
+from depthflow.dynamics.tangent import _linalg
 
 __all__ = ["DirectionalPropagator", "top_singular_direction", "start_seed"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.errors import InputError
 from depthflow.io.results import figures_match, open_result
 from depthflow.phases.datasets import describe_phases

@@ -3,7 +3,7 @@
 Everything large (Krylov bases, blocks of tangent vectors) stays on the tensors' device; only
 the small projected matrices (Hessenberg / Rayleigh quotient, a few dozen rows) visit the CPU
 for a Schur or eigen decomposition. Private: the public entry points are in
-:mod:`depthflow.dynamics.spectra`.
+:mod:`depthflow.dynamics.tangent.spectra`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Large image collections and batch loading for long (and distributed) runs.
 
 Collections, read in place (nothing is unpacked), each an
-:class:`~depthflow.images.ImageSource` that reads only the images of the batches asked for
+:class:`~depthflow.data.images.ImageSource` that reads only the images of the batches asked for
 (so that a rank of a distributed run reads only its own images):
 
 * a file list: a ``.txt``, ``.csv`` or ``.lst`` file with one ``path[,label]`` per line (a
@@ -18,11 +18,11 @@ Collections, read in place (nothing is unpacked), each an
   -> :class:`HFDatasetSource`. Needs the optional ``datasets`` package
   (``pip install depthflow[collections]``).
 
-:func:`open_collection` recognises these specs; :func:`depthflow.images.open_images` asks it
+:func:`open_collection` recognises these specs; :func:`depthflow.data.images.open_images` asks it
 first.
 
 Loading: :func:`read_batch` reads one span ``[start, stop)`` of any
-:class:`~depthflow.images.ImageSource` as a model-ready :class:`~depthflow.images.Batch`;
+:class:`~depthflow.data.images.ImageSource` as a model-ready :class:`~depthflow.data.images.Batch`;
 :func:`load_batches` yields the spans of one rank in order, in this process
 (``workers=0``) or decoded ahead by ``workers`` worker processes (a
 ``torch.utils.data.DataLoader`` over spans), so that decoding overlaps the forward pass.
@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.images import (IMAGE_SUFFIXES, Batch, FolderSource, ImageSource, _prepare,
-                              check_regular_file, read_image, register_collection)
+from depthflow.data.images import (IMAGE_SUFFIXES, Batch, FolderSource, ImageSource, _prepare,
+                                   check_regular_file, read_image, register_collection)
 
 __all__ = ["read_batch", "load_batches", "open_collection", "FileListSource",
            "TarShardSource", "HFDatasetSource", "expand_braces"]
@@ -173,7 +173,7 @@ def _class_index(labels: Sequence[str]) -> tuple[list[int], list[str]]:
 
 
 def _decode_bytes(data: bytes, name: str) -> torch.Tensor:
-    """The bytes of an image file, decoded by :func:`depthflow.images.read_image` (the one
+    """The bytes of an image file, decoded by :func:`depthflow.data.images.read_image` (the one
     decoder: pixel limit, bit depth, mode, orientation and errors as for a folder)."""
     return read_image(data, name)
 

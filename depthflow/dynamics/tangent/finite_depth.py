@@ -46,9 +46,9 @@ from torch.func import linearize as _linearize
 from torch.func import vjp as _vjp
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.maps import DepthMap, tangent_project
-from depthflow.dynamics import _bidiag
-from depthflow.vocabulary import attrs, flag_attrs
+from depthflow.dynamics.maps import DepthMap, tangent_project
+from depthflow.dynamics.tangent import _bidiag
+from depthflow.core.vocabulary import attrs, flag_attrs
 
 __all__ = ["KINDS", "JVP_MODES", "FiniteDepthStatus", "Propagator", "FiniteDepthResult",
            "finite_depth_spectrum"]
@@ -102,7 +102,7 @@ def _token_list(tokens: Sequence[int] | None, name: str, T: int) -> tuple[int, .
 
 def _layers(f: DepthMap, start: int, stop: int | None) -> tuple[list[int | None], int]:
     if not isinstance(f, DepthMap):
-        raise ConfigError(f"finite-depth spectra need a depthflow.maps.DepthMap, got "
+        raise ConfigError(f"finite-depth spectra need a depthflow.dynamics.maps.DepthMap, got "
                           f"{type(f).__name__}; wrap functions with maps.from_function")
     if f.autonomous:
         if stop is None:

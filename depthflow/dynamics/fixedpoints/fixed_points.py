@@ -5,11 +5,11 @@ once: at each iterate ``u`` (unit per token) it solves ``(P_u J_hat P_u - I) d =
 (F_hat(u) - u)`` on the tangent space by GMRES on JVPs, retracts ``u <- normalize(u + d)``
 with a backtracking line search on ``||F_hat(u) - u||``, and falls back to one damped
 fixed-point step ``u <- normalize(u + damping (F_hat(u) - u))`` where Newton fails. A
-Euclidean map (not a :class:`~depthflow.maps.SphereMap`) is solved for ``F(x) = x`` the same
+Euclidean map (not a :class:`~depthflow.dynamics.maps.SphereMap`) is solved for ``F(x) = x`` the same
 way without projections. Converged points are deduplicated by angle (each distinct point
 reports ``n_starts_found``, the number of starts that reached it) and classified from their
 CONVERGED tangent spectrum (:class:`Stability`; the definitions are in
-:mod:`depthflow.dynamics._stability`): the top eigenvalues always, the smallest moduli
+:mod:`depthflow.dynamics.fixedpoints._stability`): the top eigenvalues always, the smallest moduli
 (``which="SM"``) only when the top lies above the unit circle.
 
 At a fixed point the input and output tangent spaces coincide, so these eigenvalues need no
@@ -38,16 +38,18 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from depthflow import vocabulary as dims
+from depthflow.core import vocabulary as dims
 from depthflow.errors import ConfigError, InputError
-from depthflow.maps import ComposedMap, DepthMap, FrozenMap, FunctionMap, SphereMap, check_states
-from depthflow.maps import require_autonomous, tangent_project
-from depthflow.dynamics import _newton
-from depthflow.dynamics._newton import Problem, solve
-from depthflow.dynamics._stability import NON_HYPERBOLIC, Stability, classify, needs_bottom
-from depthflow.dynamics._stability import non_hyperbolic as _non_hyperbolic
-from depthflow.dynamics.spectra import eigvals
-from depthflow.vocabulary import flags
+from depthflow.dynamics.maps import (ComposedMap, DepthMap, FrozenMap, FunctionMap, SphereMap,
+                                     check_states)
+from depthflow.dynamics.maps import require_autonomous, tangent_project
+from depthflow.dynamics.fixedpoints import _newton
+from depthflow.dynamics.fixedpoints._newton import Problem, solve
+from depthflow.dynamics.fixedpoints._stability import (NON_HYPERBOLIC, Stability, classify,
+                                                       needs_bottom)
+from depthflow.dynamics.fixedpoints._stability import non_hyperbolic as _non_hyperbolic
+from depthflow.dynamics.tangent.spectra import eigvals
+from depthflow.core.vocabulary import flags
 
 __all__ = ["FixedPointStatus", "FixedPointResult", "Stability", "EigStatus",
            "find_fixed_points", "starts_from", "restrict_token", "frozen_depth_index",
@@ -179,7 +181,7 @@ class FixedPointResult:
         From converged spectra only (otherwise ``unknown`` / ``unstable``).
     non_hyperbolic : bool Tensor (K,)
         Some computed, converged multiplier lies within ``marginal_tol`` of 1 (always for
-        ``marginal``; see :mod:`depthflow.dynamics._stability`).
+        ``marginal``; see :mod:`depthflow.dynamics.fixedpoints._stability`).
     scope, token, tol, dedup_tol, marginal_tol, map_json, config, depth_attrs
     """
 
@@ -347,7 +349,7 @@ def starts_from(states: Tensor, *, perturb: int = 0, angle: float = 0.1, random:
 def restrict_token(f: DepthMap, context: Tensor, token: int) -> DepthMap:
     """``f`` acting on token ``token`` alone, the others frozen at ``context`` (..., T, D)
     (directions for a sphere map). The result maps (..., 1, D) to (..., 1, D) and is a
-    :class:`~depthflow.maps.SphereMap` when ``f`` is one."""
+    :class:`~depthflow.dynamics.maps.SphereMap` when ``f`` is one."""
     T = context.shape[-2]
     if not 0 <= token < T:
         raise ConfigError(f"token must be in 0..{T - 1}, got {token}")
@@ -401,7 +403,7 @@ def find_fixed_points(f: DepthMap, starts: Tensor, *, scope: str = "state", toke
     ----------
     f : DepthMap
         Autonomous (``frozen(F, t)``, ``compose(F, s, e)``, an oracle); normally a
-        :class:`~depthflow.maps.SphereMap`, whose fixed points are directions
+        :class:`~depthflow.dynamics.maps.SphereMap`, whose fixed points are directions
         (``F(r u*) = c u*``, ``c > 0``). Other maps are solved for ``F(x) = x``.
     starts : Tensor (N, T, D)
         Initial points (normalised per token for sphere maps); see :func:`starts_from`.
@@ -443,7 +445,7 @@ def find_fixed_points(f: DepthMap, starts: Tensor, *, scope: str = "state", toke
         Half-width of the band around ``|eig| = 1`` that counts as marginal (see
         :class:`Stability`).
     eig_method, eig_tol, eig_ncv, eig_max_restarts
-        Eigensolver route and budget (:func:`depthflow.dynamics.spectra.eigvals`; ``auto``
+        Eigensolver route and budget (:func:`depthflow.dynamics.tangent.spectra.eigvals`; ``auto``
         is dense up to 1024 tangent dimensions). Unconverged spectra give ``unknown``.
     batch_size : int, optional
         Starts solved together (default all).

@@ -22,7 +22,7 @@ Named points (see the calls of :func:`crash_point`):
     after a training step of ``depthflow fit`` (``:n``: after the n-th step of this process).
 
 ``DEPTHFLOW_CRASH_SIGNAL=TERM`` (or ``INT``) sends that signal instead of ``SIGKILL``: the
-process then runs its clean-up as for an error (:mod:`depthflow._signals`), which
+process then runs its clean-up as for an error (:mod:`depthflow.core._signals`), which
 ``tests/test_reliability.py`` checks at the same points.
 
 The tests in ``tests/test_crash.py`` use it so that kills land at deterministic places on

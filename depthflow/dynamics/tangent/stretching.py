@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.maps import DepthMap
-from depthflow.vocabulary import attrs
-from depthflow.dynamics.finite_depth import (LAYER, MODE, SAMPLE, SEGMENT, FiniteDepthResult,
-                                             FiniteDepthStatus, _status_attrs,
-                                             finite_depth_spectrum)
+from depthflow.dynamics.maps import DepthMap
+from depthflow.core.vocabulary import attrs
+from depthflow.dynamics.tangent.finite_depth import (LAYER, MODE, SAMPLE, SEGMENT,
+                                                     FiniteDepthResult, FiniteDepthStatus,
+                                                     _status_attrs, finite_depth_spectrum)
 
 __all__ = ["SegmentSpectra", "segment_spectra", "layer_stretching"]
 

@@ -6,7 +6,7 @@ of iterated autonomous maps (definitions in ``docs/methods.md`` (class basins)).
   kept, run the real layers l+1..L and count the images whose final cls stays nearest its
   own depth-L class mean (and, with a ``head``, whose prediction is unchanged).
 * :func:`attractor_classes`: iterate an autonomous map beyond depth L from the images'
-  states, cluster the cls end points (:func:`depthflow.dynamics.basins.basins_fractions`)
+  states, cluster the cls end points (:func:`depthflow.dynamics.attractors.basins.basins_fractions`)
   and test the attractor label against the class (AMI with a permutation null).
 
 n is the number of images everywhere; random directions are keyed by (seed, sample id,
@@ -27,11 +27,11 @@ import xarray as xr
 from torch import Tensor
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.maps import DepthMap, tangent_project
-from depthflow.dynamics import _class_stats as S
-from depthflow.dynamics.basins import basins_fractions
-from depthflow.dynamics.class_basins import as_numpy, check_labelled, check_level
-from depthflow.vocabulary import attrs
+from depthflow.dynamics.maps import DepthMap, tangent_project
+from depthflow.dynamics.attractors import _class_stats as S
+from depthflow.dynamics.attractors.basins import basins_fractions
+from depthflow.dynamics.attractors.class_basins import as_numpy, check_labelled, check_level
+from depthflow.core.vocabulary import attrs
 
 __all__ = ["RobustnessResult", "basin_robustness", "AttractorClassResult",
            "attractor_classes", "SCOPES"]
@@ -332,7 +332,7 @@ def attractor_classes(f: DepthMap, starts: Any, labels: Any, *, steps: int,
     ``f`` is autonomous (e.g. ``maps.sphere(maps.frozen(F, L), norms)`` or a Raptor block
     frozen at L); ``starts`` are the images' states ``(n_images, T, D)`` at depth L (or cls
     directions ``(n_images, D)``). The cls end points after ``steps`` iterations are
-    clustered by :func:`depthflow.dynamics.basins.basins_fractions` (label -1 = not
+    clustered by :func:`depthflow.dynamics.attractors.basins.basins_fractions` (label -1 = not
     converged or no attractor within ``tol_angle``). Reports the AMI of attractor label
     (-1 counted as one group) vs class, its permutation null and p-value, and a centred
     half-sampling interval over images (attractor labels held fixed).

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from depthflow._memory import pin_mmap_threshold
-from depthflow.images import Batch, ImageSource
+from depthflow.core._memory import pin_mmap_threshold
+from depthflow.data.images import Batch, ImageSource
 from depthflow.errors import ConfigError
 from depthflow.models.preprocessing import Preprocessing
 from depthflow.models.vit import ViT

@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.errors import ConfigError, InputError
-from depthflow.maps import DepthMap, check_states, require_autonomous
-from depthflow.tokens import angle
-from depthflow.vocabulary import attrs
-from depthflow.vocabulary import Status, flags
-from depthflow.tokens import token_groups
+from depthflow.dynamics.maps import DepthMap, check_states, require_autonomous
+from depthflow.data.tokens import angle
+from depthflow.core.vocabulary import attrs
+from depthflow.core.vocabulary import Status, flags
+from depthflow.data.tokens import token_groups
 
 __all__ = ["BasinResult", "basins_fractions", "random_directions", "BASIN_STATUS"]
 

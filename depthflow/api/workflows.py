@@ -15,18 +15,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from depthflow._crash import crash_point
-from depthflow._signals import deferred_signals
-from depthflow.profiling import stage
+from depthflow.core._crash import crash_point
+from depthflow.core._signals import deferred_signals
+from depthflow.core.profiling import stage
 from depthflow.analysis.context import Analysis
 from depthflow.analysis.run import AnalyzeConfig, analyze
 from depthflow.errors import ArchitectureError, ConfigError
-from depthflow.images import open_images
+from depthflow.data.images import open_images
 from depthflow.io.files import check_output_path
 from depthflow.io.guard import check_disjoint, output_lock
 from depthflow.io.netcdf import write_tree
 from depthflow.io.results import figure_record, open_result
-from depthflow.loader import load_model
+from depthflow.api.loader import load_model
 from depthflow.phases.analysis import PhaseAnalysis, PhaseConfig, phase_tree, phase_tree_from_file
 from depthflow.plots import check_figure_dir, write_figures
 from depthflow.plots.trajectories import draw_token_dynamics

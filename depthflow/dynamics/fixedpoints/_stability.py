@@ -1,5 +1,5 @@
 """Linear stability of a fixed point from its converged tangent spectrum (private; see
-:mod:`depthflow.dynamics.fixed_points`).
+:mod:`depthflow.dynamics.fixedpoints.fixed_points`).
 
 With ``rho = max |eig|`` (top, always computed), ``m = min |eig|`` (bottom, computed only
 when the top lies above the band) and the band ``[1 - tol, 1 + tol]`` around the unit

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from depthflow.errors import InputError
-from depthflow.vocabulary import TOKEN_KINDS
+from depthflow.core.vocabulary import TOKEN_KINDS
 
 EPS = 1e-12
 

@@ -24,8 +24,8 @@ import numpy as np
 import xarray as xr
 
 from depthflow.errors import ConfigError, InputError
-from depthflow.dynamics import _class_stats as S
-from depthflow.vocabulary import attrs
+from depthflow.dynamics.attractors import _class_stats as S
+from depthflow.core.vocabulary import attrs
 
 __all__ = ["ClassBasinResult", "class_basins", "check_labelled", "check_level", "as_numpy"]
 

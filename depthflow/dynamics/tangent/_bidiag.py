@@ -1,6 +1,6 @@
 """Batched Golub-Kahan-Lanczos bidiagonalisation with full reorthogonalisation (private).
 
-Used by :mod:`depthflow.dynamics.finite_depth`. The operator ``A`` is given by two callables
+Used by :mod:`depthflow.dynamics.tangent.finite_depth`. The operator ``A`` is given by two callables
 on flat batches, ``matvec: (N, n_in) -> (N, n_out)`` and ``rmatvec: (N, n_out) -> (N, n_in)``,
 acting independently on each of the ``N`` samples (block-diagonal over samples), so that all
 samples run in lockstep through one batched product per step.

@@ -13,13 +13,13 @@ This is the standard ASYMPTOTIC method and only that: over a finite number of st
 random frame it does not give the singular values of the propagator (it gives roughly the
 RMS stretch of a random direction, unsorted and seed-dependent). Depth-indexed maps (the
 real model over its layers) are refused: use the finite-depth spectra
-(:mod:`depthflow.dynamics.finite_depth`).
+(:mod:`depthflow.dynamics.tangent.finite_depth`).
 
 Convergence (reported, never assumed): the running estimate after every averaged step is
 kept; ``change`` is the largest change of any exponent over the last ``window`` steps and a
 sample is ``converged`` when ``change <= tol``. Only converged spectra are sorted (largest
 first); the others stay in QR column order and are flagged (``sorted = 0``). On sphere maps
-(:func:`depthflow.maps.sphere`, or ``tangent=True``) the tangents live in the tangent space
+(:func:`depthflow.dynamics.maps.sphere`, or ``tangent=True``) the tangents live in the tangent space
 (projected with ``(I - u u^T)`` per token), so no spurious radial exponent appears.
 Non-finite maps or tangents are flagged per sample (status), never raised.
 """
@@ -36,11 +36,11 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from depthflow import vocabulary as D
+from depthflow.core import vocabulary as D
 from depthflow.errors import ConfigError
-from depthflow.maps import DepthMap, check_states, tangent_project
-from depthflow.vocabulary import attrs
-from depthflow.vocabulary import flags
+from depthflow.dynamics.maps import DepthMap, check_states, tangent_project
+from depthflow.core.vocabulary import attrs
+from depthflow.core.vocabulary import flags
 
 __all__ = ["LyapunovResult", "LyapunovStatus", "lyapunov_spectrum", "LYAP_STATUS"]
 
@@ -76,7 +76,7 @@ _MESSAGES = {
 LYAP_STATUS = {int(s): s.name.lower() for s in LyapunovStatus}
 """``{value: name}`` of :class:`LyapunovStatus` (kept for older callers)."""
 
-FINITE_DEPTH_HINT = ("finite-depth spectra (depthflow.dynamics.finite_depth): "
+FINITE_DEPTH_HINT = ("finite-depth spectra (depthflow.dynamics.tangent.finite_depth): "
                      "lyapunov_spectrum_finite gives log(s_i(Phi)) / (e - s) of the "
                      "propagator of a depth-indexed map")
 
@@ -174,7 +174,7 @@ class LyapunovResult:
 
 def _check_map(f: DepthMap, steps: int, transient: int) -> None:
     if not isinstance(f, DepthMap):
-        raise ConfigError(f"lyapunov_spectrum needs a depthflow.maps.DepthMap, got "
+        raise ConfigError(f"lyapunov_spectrum needs a depthflow.dynamics.maps.DepthMap, got "
                           f"{type(f).__name__}; wrap functions with maps.from_function")
     if not f.autonomous:
         raise ConfigError(

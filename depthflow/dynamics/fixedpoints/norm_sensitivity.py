@@ -1,6 +1,6 @@
 """How fixed points and basins of an iterated sphere map depend on its reference norms.
 
-A sphere map ``F_hat(u) = F(r u) / ||F(r u)||`` (:func:`depthflow.maps.sphere`) depends on the
+A sphere map ``F_hat(u) = F(r u) / ||F(r u)||`` (:func:`depthflow.dynamics.maps.sphere`) depends on the
 reference token norms ``r``, a free choice (docs/methods.md): a residual block is not
 homogeneous, so its directional dynamics at ``r / 2`` and ``2 r`` differ.
 :func:`scan_reference_norms` reruns the fixed-point search (and, when starts are given, the basin iteration) with ``r``
@@ -22,13 +22,14 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from depthflow import vocabulary as dims
+from depthflow.core import vocabulary as dims
 from depthflow.errors import ConfigError
-from depthflow.maps import SphereMap, require_autonomous, sphere
-from depthflow.dynamics._stability import Stability
-from depthflow.dynamics.basins import basins_fractions
-from depthflow.dynamics.fixed_points import FixedPointResult, depth_index_attrs, find_fixed_points
-from depthflow.vocabulary import flags
+from depthflow.dynamics.maps import SphereMap, require_autonomous, sphere
+from depthflow.dynamics.fixedpoints._stability import Stability
+from depthflow.dynamics.attractors.basins import basins_fractions
+from depthflow.dynamics.fixedpoints.fixed_points import (FixedPointResult, depth_index_attrs,
+                                                         find_fixed_points)
+from depthflow.core.vocabulary import flags
 
 __all__ = ["NormScanResult", "scan_reference_norms"]
 
@@ -37,7 +38,7 @@ NORM_SCALE = "norm_scale"      # factor applied to the reference norms r
 
 @dataclasses.dataclass
 class NormScanResult:
-    """Per scale: a :class:`~depthflow.dynamics.fixed_points.FixedPointResult` and, when
+    """Per scale: a :class:`~depthflow.dynamics.fixedpoints.fixed_points.FixedPointResult` and, when
     basin starts were given, the basin fractions (``(M + 1,)`` over labels ``-1..M-1``)."""
 
     scales: list[float]
@@ -130,9 +131,9 @@ def scan_reference_norms(f: SphereMap, starts: Tensor, *,
     scales : factors applied to ``r`` (positive; 1 reproduces ``f``).
     basin_starts : Tensor (M, T, D), optional
         Directions iterated ``basin_steps`` times per scale (state scope); their end points
-        are clustered at ``basin_tol`` rad (:func:`~depthflow.dynamics.basins.basins_fractions`).
+        are clustered at ``basin_tol`` rad (:func:`~depthflow.dynamics.attractors.basins.basins_fractions`).
     **options
-        Passed to :func:`~depthflow.dynamics.fixed_points.find_fixed_points`.
+        Passed to :func:`~depthflow.dynamics.fixedpoints.fixed_points.find_fixed_points`.
     """
     if not isinstance(f, SphereMap):
         raise ConfigError(f"scan_reference_norms needs a sphere map (maps.sphere(F, r)), got "

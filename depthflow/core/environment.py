@@ -12,7 +12,7 @@ value:
 * ``DEPTHFLOW_DIST_TIMEOUT``: a positive number of seconds;
 * ``DEPTHFLOW_CACHE``: not an existing non-directory;
 * ``DEPTHFLOW_CRASH_AT`` / ``DEPTHFLOW_CRASH_SIGNAL`` (the test hook of
-  :mod:`depthflow._crash`): known point names and signal names;
+  :mod:`depthflow.core._crash`): known point names and signal names;
 * any other ``DEPTHFLOW_*`` name gets a one-line warning (a misspelt variable would
   otherwise be ignored silently).
 """
@@ -77,7 +77,7 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
         raise ConfigError(f"environment variable DEPTHFLOW_CACHE={cache!r} is not a directory")
     crash = env.get("DEPTHFLOW_CRASH_AT", "").strip()
     if crash:
-        from depthflow._crash import POINTS
+        from depthflow.core._crash import POINTS
         for item in crash.split(","):
             point = item.strip().partition("@")[0].partition(":")[0]
             if point and point not in POINTS:

@@ -310,12 +310,12 @@ def norms_from_states(states: Tensor) -> Tensor:
 def require_autonomous(f: DepthMap, routine: str) -> DepthMap:
     """Raise a clear error when ``routine`` needs an autonomous map and got a family."""
     if not isinstance(f, DepthMap):
-        raise ConfigError(f"{routine} needs a depthflow.maps.DepthMap, got {type(f).__name__}; "
-                          "wrap functions with depthflow.maps.from_function")
+        raise ConfigError(f"{routine} needs a depthflow.dynamics.maps.DepthMap, got {type(f).__name__}; "
+                          "wrap functions with depthflow.dynamics.maps.from_function")
     if not f.autonomous:
         raise ConfigError(f"{routine} needs an autonomous map, got {f.name} with depth indices "
-                          f"{_span(f.depths)}; use depthflow.maps.frozen(F, t) for one layer "
-                          "or depthflow.maps.compose(F, start, stop) for a phase")
+                          f"{_span(f.depths)}; use depthflow.dynamics.maps.frozen(F, t) for one layer "
+                          "or depthflow.dynamics.maps.compose(F, start, stop) for a phase")
     return f
 
 
