@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from click.testing import CliRunner
 
-from depthflow.cli.main import main
 
+from _cli import run, snapshot
 from _models import tiny_checkpoint, tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,25 +42,6 @@ def result_file(tmp_path_factory, ckpt):
     out = tmp_path_factory.mktemp("res") / "run.nc"
     r = run("analyze", ckpt, "-o", out, *CHEAP)
     assert r.exit_code == 0, r.output
-    return out
-
-
-def run(*args, env=None):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
-
-
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    out: dict[str, bytes | str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = "-> " + os.readlink(p)
-            elif p.is_file():
-                out[rel] = p.read_bytes()
-            else:
-                out[rel] = "dir"
     return out
 
 

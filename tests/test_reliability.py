@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from depthflow.cli.main import main
 from depthflow.errors import DepthflowError, InputError
 
+from _cli import run, snapshot
 from _models import tiny_checkpoint, tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -48,27 +49,6 @@ O = "o.nc"
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny.safetensors")
-
-
-def run(*args, env=None):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, env=env)
-
-
-def snapshot(root: Path) -> dict[str, bytes | str]:
-    out: dict[str, bytes | str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            rel = str(p.relative_to(root))
-            if p.is_symlink():
-                out[rel] = "-> " + os.readlink(p)
-            elif p.is_fifo():
-                out[rel] = "fifo"
-            elif p.is_file():
-                out[rel] = p.read_bytes()
-            else:
-                out[rel] = "dir"
-    return out
 
 
 # ------------------------------------------------------------------ builders
