@@ -24,7 +24,7 @@ import torch
 import xarray as xr
 
 
-from _cli import run, snapshot
+from _cli import assert_one_line_error, run
 from _models import tiny_checkpoint, tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -376,21 +376,7 @@ def test_bad_input(tmp_path, ckpt, result_file, name, code, match, build):
     d = tmp_path / "work"
     d.mkdir()
     argv = build(d, ckpt, result_file)
-    env = argv.pop() if isinstance(argv[-1], dict) else None
-    before = snapshot(d)
-    cwd = os.getcwd()
-    os.chdir(d)                                 # a default output would land here
-    try:
-        result = run(*argv, env=env)
-    finally:
-        os.chdir(cwd)
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    assert match.lower() in lines[0].lower(), lines[0]
-    assert snapshot(d) == before, "files were created, changed or left behind"
+    assert_one_line_error(d, argv, code=code, match=match)
     assert not (d / "pwned").exists()
 
 

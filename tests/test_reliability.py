@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from depthflow.cli.main import main
 from depthflow.errors import DepthflowError, InputError
 
-from _cli import run, snapshot
+from _cli import assert_one_line_error, run, snapshot
 from _models import tiny_checkpoint, tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -309,21 +309,7 @@ def test_bad_input(tmp_path, ckpt, name, code, match, build):
     d = tmp_path / "work"
     d.mkdir()
     argv = build(d, ckpt)
-    env = argv.pop() if isinstance(argv[-1], dict) else None
-    before = snapshot(d)
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        result = run(*argv, env=env)
-    finally:
-        os.chdir(cwd)
-    assert result.exit_code == code, (result.exit_code, result.output)
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    assert match.lower() in lines[0].lower(), lines[0]
-    assert snapshot(d) == before, "files were created, changed or left behind"
+    assert_one_line_error(d, argv, code=code, match=match)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
