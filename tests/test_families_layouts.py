@@ -428,3 +428,33 @@ def test_dinov3_hub_live_module():
     with torch.no_grad():
         states, _ = ref(x)
         assert rel_err(model.trajectory(x)[:, -1], states[-1]) < 1e-6   # float32 copy
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"model_cfg": [1, 2]}, "model_cfg"),
+    ({"model_cfg": {"quick_gelu": "yes"}}, "quick_gelu"),
+    ({"model_cfg": {"quick_gelu": True, "vision_cfg": "big"}}, "vision_cfg"),
+    ({"model_cfg": {"quick_gelu": True, "vision_cfg": {"head_width": "8"}}}, "head_width"),
+    ({"model_cfg": {"quick_gelu": True, "vision_cfg": {"head_width": 0}}}, "head_width"),
+    ({"model_cfg": {"quick_gelu": True, "vision_cfg": {"layers": 2.5}}}, "layers"),
+    ({"model_cfg": {"quick_gelu": True, "vision_cfg": {"image_size": -16}}}, "image_size"),
+    ({"model_cfg": {"quick_gelu": True, "vision_cfg": {"width": 64, "head_width": 8}}},
+     "width = 64"),
+    ({"model_cfg": {"quick_gelu": True, "vision_cfg": {"layers": 5, "head_width": 8}}},
+     "layers = 5"),
+    ({"model_cfg": {"quick_gelu": True, "vision_cfg": {"patch_size": 8, "head_width": 8}}},
+     "patch_size = 8"),
+])
+def test_open_clip_config_fields_are_checked_before_use(tmp_path, change, field):
+    """Wrong types and ranges, and fields that disagree with the weights (width 32,
+    3 layers, patch 4 here), are one ConfigError naming the field (and both values)."""
+    import json
+
+    from depthflow.errors import ConfigError
+
+    save_file({k: v.float().contiguous() for k, v in openclip_state(openclip(quick=True)).items()},
+              str(tmp_path / "open_clip_model.safetensors"))
+    (tmp_path / "open_clip_config.json").write_text(json.dumps(change))
+    with pytest.raises(ConfigError, match=field) as info:
+        load_model(tmp_path)
+    assert "\n" not in str(info.value)

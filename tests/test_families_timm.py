@@ -192,3 +192,15 @@ def test_timm_hub_directory(tmp_path):
 ])
 def test_timm_hints(name, expected):
     assert timm_hints(name) == expected
+
+
+@pytest.mark.parametrize("architecture", [5, "", None, ["vit_base_patch16_224"]])
+def test_timm_architecture_field_of_the_wrong_type_is_one_error(tmp_path, architecture):
+    from depthflow.errors import ConfigError
+
+    model = hf("clip")
+    tensors = {k: v.float().contiguous() for k, v in clip_like_to_timm(model, clip=True).items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": architecture}))
+    with pytest.raises(ConfigError, match="architecture"):
+        load_model(tmp_path, arch="num_heads=4")

@@ -38,7 +38,7 @@ from depthflow.cli.main import main
 from depthflow.errors import DepthflowError, InputError
 
 from _cli import assert_one_line_error, run, snapshot
-from _models import tiny_checkpoint, tiny_vit
+from _models import tiny_checkpoint, tiny_config, tiny_vit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -569,6 +569,78 @@ def test_info_gives_one_line_for_damaged_files(tmp_path, ckpt):
         assert "Traceback" not in r.output
         lines = [line for line in r.output.splitlines() if line.strip()]
         assert r.exit_code == 0 or (r.exit_code == 1 and len(lines) == 1), r.output
+
+
+def test_open_result_refuses_a_file_missing_a_variable_it_lists(tmp_path, ckpt):
+    import shutil
+
+    import netCDF4
+
+    from depthflow import open_result
+    from depthflow.errors import InputError
+
+    good = tmp_path / "r.nc"
+    assert run("analyze", ckpt, "-o", good, "--dynamics", "none", "--limit", "8",
+               "--quiet", "--no-figures").exit_code == 0
+    tree = open_result(good)                                  # untouched: opens
+    listed = json.loads(tree.attrs["depthflow_variables"])
+    tree.close()
+    assert "norm" in listed["/"] and "/phases" in listed
+    cases = {"variable.nc": lambda d: d.renameVariable("norm", "norm_renamed"),
+             "group-variable.nc": lambda d: d["phases"].renameVariable("cka", "other"),
+             "record.nc": lambda d: d.setncattr("depthflow_variables", "[1, 2"),
+             "record-type.nc": lambda d: d.setncattr("depthflow_variables", "[1, 2]")}
+    for name, damage in cases.items():
+        shutil.copy(good, tmp_path / name)
+        with netCDF4.Dataset(tmp_path / name, "a") as d:
+            damage(d)
+        with pytest.raises(InputError, match="damaged"):
+            open_result(tmp_path / name)
+        r = run("info", tmp_path / name)
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert r.exit_code == 1 and len(lines) == 1 and "damaged" in lines[0], r.output
+
+
+def test_mixed_dtype_weights_are_converted_and_the_conversion_is_recorded(tmp_path, ckpt):
+    import torch
+    import xarray as xr
+    from safetensors.torch import save_file
+
+    from depthflow.models.checkpoints import read_safetensors
+
+    tensors, metadata = read_safetensors(ckpt)
+    names = sorted(tensors)
+    mixed = {k: (v.half() if i % 2 else v) for i, (k, v) in
+             enumerate((k, tensors[k]) for k in names)}
+    assert {v.dtype for v in mixed.values()} == {torch.float16, torch.float32}
+    save_file(mixed, str(tmp_path / "mixed.safetensors"), metadata=metadata)
+    r = run("analyze", tmp_path / "mixed.safetensors", "-o", tmp_path / "r.nc", *CHEAP)
+    assert r.exit_code == 0, r.output
+    with xr.open_dataset(tmp_path / "r.nc") as ds:
+        assert ds.attrs["checkpoint_weight_conversion"] == "float16, float32 -> float32"
+    r = run("analyze", ckpt, "-o", tmp_path / "plain.nc", *CHEAP)     # not mixed: no record
+    with xr.open_dataset(tmp_path / "plain.nc") as ds:
+        assert "checkpoint_weight_conversion" not in ds.attrs
+
+
+@pytest.mark.parametrize("extra", [-1, 1, 4, 5])
+def test_a_position_table_of_the_wrong_size_is_named_as_such(extra):
+    """A table with ``extra`` rows too many (registers present) is blamed on its own size,
+    never on the registers; the pos_embed_cls hint only where dropping the slot fits."""
+    import torch
+
+    from depthflow.errors import ArchitectureError
+    from depthflow.models.formats import convert_state_dict
+    from depthflow.models.vit import ViT
+
+    sd = dict(ViT(tiny_config(num_register_tokens=4)).state_dict())
+    rows = sd["pos_embed"].shape[1] + extra
+    sd["pos_embed"] = torch.zeros(1, rows, sd["pos_embed"].shape[2])
+    with pytest.raises(ArchitectureError) as info:
+        convert_state_dict(sd)
+    message = str(info.value)
+    assert f"pos_embed has {rows} rows" in message and "register" not in message
+    assert ("pos_embed_cls" in message) == (extra == -1)       # no class slot stored
 
 
 # ------------------------------------------------------------------ property-based

@@ -30,6 +30,7 @@ from depthflow.io.files import atomic_path
 
 ENGINE = "netcdf4"
 CHUNK_BYTES = 1 << 20
+VARIABLES_ATTR = "depthflow_variables"    # {group path: [variable names]} (JSON)
 
 
 def safe_attr(value: Any) -> Any:
@@ -146,9 +147,22 @@ class StreamingWriter:
 
     def commit(self) -> Path:
         with self._writing():
+            self._nc.setncattr(VARIABLES_ATTR, json.dumps(self.manifest(), sort_keys=True))
             self._nc.close()
         self._committed = True
         return self.path
+
+    def manifest(self) -> dict[str, list[str]]:
+        """Every group of the file (``/`` = root) with the variables it holds: written as
+        the ``depthflow_variables`` attribute, so that a reader can tell a damaged file."""
+        found: dict[str, list[str]] = {}
+        todo = [("/", self._nc)]
+        while todo:
+            path, node = todo.pop()
+            found[path] = sorted(node.variables)
+            todo += [(f"{path.rstrip('/')}/{name}", child) for name, child in
+                     node.groups.items()]
+        return found
 
     @contextlib.contextmanager
     def _writing(self):

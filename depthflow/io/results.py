@@ -12,7 +12,8 @@ from depthflow.errors import InputError
 from depthflow.io.files import sha256_file
 from depthflow.core.vocabulary import FORMAT_VERSION
 
-__all__ = ["open_result", "check_result", "FIGURE_RECORD", "figure_record", "figures_match"]
+__all__ = ["open_result", "check_result", "check_complete", "FIGURE_RECORD", "figure_record",
+           "figures_match"]
 
 FIGURE_RECORD = "depthflow-figures.json"      # inside a figure folder: the file it shows
 
@@ -60,6 +61,41 @@ def check_result(tree: Any, name: str = "result") -> None:
         raise InputError(f"{name!r} was written in depthflow's result layout {version} "
                          f"(this depthflow reads layout {FORMAT_VERSION}: one group per "
                          "analysis); re-run depthflow analyze to get a readable file")
+    check_complete(tree, name)
+
+
+def check_complete(tree: Any, name: str = "result") -> None:
+    """Raise :class:`InputError` when a group or variable that the file lists in its
+    ``depthflow_variables`` attribute (written when the file was committed) is missing, or
+    when that record is malformed: the file was changed after depthflow wrote it. Files
+    written before the record existed are not checked."""
+    from depthflow.io.netcdf import VARIABLES_ATTR
+
+    raw = tree.attrs.get(VARIABLES_ATTR)
+    if raw is None:
+        return
+    try:
+        listed = json.loads(str(raw))
+        if not isinstance(listed, dict) or not all(
+                isinstance(g, str) and isinstance(v, list) for g, v in listed.items()):
+            raise ValueError("not a mapping of groups to variable lists")
+    except ValueError as exc:
+        raise InputError(f"{name!r} is damaged: its {VARIABLES_ATTR} attribute is not the "
+                         f"record depthflow writes ({exc}); re-run depthflow analyze") from None
+    for group, variables in sorted(listed.items()):
+        path = group.strip("/")
+        try:
+            node = tree[path] if path else tree
+        except KeyError:
+            raise InputError(f"{name!r} is damaged: group {group!r} is missing (the file "
+                             "lists it); re-run depthflow analyze") from None
+        have = set(node.dataset.variables)
+        missing = [v for v in variables if v not in have]
+        if missing:
+            raise InputError(f"{name!r} is damaged: variable {missing[0]!r} of group "
+                             f"{group!r} is missing"
+                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                             + "; re-run depthflow analyze")
 
 
 def figure_record(result: str | os.PathLike[str], name: str | os.PathLike[str]

@@ -218,12 +218,20 @@ def _depth(sd: Mapping[str, Tensor]) -> int:
 def _grid(pos: Tensor, slots: int) -> int:
     if pos.ndim != 3 or pos.shape[0] != 1:
         raise ArchitectureError(f"pos_embed must have shape (1, P, D), got {tuple(pos.shape)}")
-    n = pos.shape[1] - slots
+    rows = int(pos.shape[1])
+    n = rows - slots
     if not is_square(n):
+        root = math.isqrt(max(n, 0))
+        hint = ("; if the checkpoint stores no class slot in the table, pass --arch "
+                "pos_embed_cls=false" if slots and is_square(rows) else
+                "; if it stores one, pass --arch pos_embed_cls=true" if not slots and
+                is_square(rows - 1) else "")
         raise ArchitectureError(
-            f"pos_embed has {n} patch positions"
-            f"{f' after {slots} prefix slot(s)' if slots else ''}"
-            ", not a square grid; set pos_embed_cls to match the checkpoint")
+            f"pos_embed has {rows} rows"
+            f"{f', {n} patch positions after {slots} class/distillation slot(s)' if slots else ''}"
+            f": not a square grid of patch positions (nearest {root}^2 = {root * root}, "
+            f"{root + 1}^2 = {(root + 1) ** 2}); the position table does not fit this model"
+            f"{hint}")
     return math.isqrt(n)
 
 

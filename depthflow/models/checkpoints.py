@@ -58,12 +58,16 @@ class LoadedModel:
         return self.model.cfg
 
     def provenance(self) -> dict[str, Any]:
-        return {
+        record = {
             "checkpoint": self.source,
             "checkpoint_format": self.format,
             "checkpoint_sha256": self.sha256 or "",
             "architecture": self.model.cfg.to_json(),
         }
+        converted = getattr(self.model, "weight_conversion", None)
+        if converted:                     # mixed float dtypes read as float32: say so
+            record["checkpoint_weight_conversion"] = converted
+        return record
 
 
 def save_checkpoint(model: ViT, path: str | os.PathLike[str], *,
@@ -148,16 +152,19 @@ def build_from_state_dict(cfg: ViTConfig, state_dict: Mapping[str, Tensor],
             f"weights in {source!r} have shapes that do not match the architecture "
             f"(got vs expected): {_preview(wrong)}")
     check_finite(state_dict, source)
-    check_dtypes(state_dict, expected, source)
+    kinds = check_dtypes(state_dict, expected, source)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()})
+    if len(kinds) > 1:
+        model.weight_conversion = f"{', '.join(kinds)} -> float32"
     return model.eval()
 
 
 def check_dtypes(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor],
-                 source: str) -> None:
+                 source: str) -> list[str]:
     """Integer (quantised) or boolean weights where the model has floats are refused;
     weights mixing float dtypes are converted to the model's float32, with a one-line
-    warning naming the dtypes found."""
+    warning naming the dtypes found, and recorded (``checkpoint_weight_conversion`` in the
+    provenance of every result). Returns the float dtypes found."""
     wrong = [f"{k} ({v.dtype})".replace("torch.", "") for k, v in state_dict.items()
              if torch.is_floating_point(expected[k]) and not torch.is_floating_point(v)]
     if wrong:
@@ -171,6 +178,7 @@ def check_dtypes(state_dict: Mapping[str, Tensor], expected: Mapping[str, Tensor
         logging.getLogger("depthflow").warning(
             "depthflow: checkpoint %s mixes %s weights; all converted to float32", source,
             ", ".join(kinds))
+    return kinds
 
 
 def load_depthflow(path: str | os.PathLike[str]) -> LoadedModel:
@@ -301,10 +309,13 @@ def _load_openclip_directory(p: Path, overrides: dict[str, Any]) -> LoadedModel:
                               f"{', '.join(OPENCLIP_FILES)}")
     tensors = (read_safetensors(weights)[0] if weights.suffix == ".safetensors"
                else read_torch_file(weights))
-    model_cfg = meta.get("model_cfg") if isinstance(meta.get("model_cfg"), dict) else {}
+    model_cfg = check_openclip_config(meta, p / "open_clip_config.json")
     notes: list[str] = []
     style, cfg, converted = _convert(tensors, str(p), style="openclip", model_cfg=model_cfg,
                                      overrides=overrides, notes=notes)
+    _check_agrees(model_cfg.get("vision_cfg") or {}, cfg, p / "open_clip_config.json",
+                  {"width": "embed_dim", "layers": "depth", "patch_size": "patch_size",
+                   "image_size": "img_size"}, overrides)
     model = build_from_state_dict(cfg, converted, str(p))
     pre_cfg = meta.get("preprocess_cfg")
     if isinstance(pre_cfg, dict):
@@ -321,6 +332,10 @@ def _load_timm_directory(p: Path, config: Mapping[str, Any],
     """A timm hub directory: ``config.json`` with ``architecture`` and ``pretrained_cfg``,
     plus ``model.safetensors`` / ``pytorch_model.bin`` in timm's names."""
     notes: list[str] = []
+    if not isinstance(config["architecture"], str) or not config["architecture"].strip():
+        raise ConfigError(f"{str(p / 'config.json')!r}: field 'architecture' must be a "
+                          f"non-empty string (a timm model name), got "
+                          f"{config['architecture']!r}")
     hints = timm_hints(str(config["architecture"]))
     style, cfg, converted = _convert(read_hf_weights(p), str(p), style="timm", hints=hints,
                                      overrides=overrides, notes=notes)
@@ -540,6 +555,52 @@ def unwrap_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
     raise CheckpointError(
         f"{source!r} holds {found}, not a state dict of tensors; expected name -> tensor, "
         f"possibly inside one of {', '.join(CONTAINER_KEYS)}")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_openclip_config(meta: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The ``model_cfg`` of an ``open_clip_config.json``, its fields checked for type and
+    range (one ConfigError naming the field and the value); {} when there is none."""
+    model_cfg = meta.get("model_cfg", {})
+    where = f"{str(path)!r}"
+    if not isinstance(model_cfg, dict):
+        raise ConfigError(f"{where}: field 'model_cfg' must be a JSON object, got "
+                          f"{type(model_cfg).__name__}")
+    if "quick_gelu" in model_cfg and not isinstance(model_cfg["quick_gelu"], bool):
+        raise ConfigError(f"{where}: field 'model_cfg.quick_gelu' must be true or false, "
+                          f"got {model_cfg['quick_gelu']!r}")
+    vision = model_cfg.get("vision_cfg", {})
+    if not isinstance(vision, dict):
+        raise ConfigError(f"{where}: field 'model_cfg.vision_cfg' must be a JSON object, got "
+                          f"{type(vision).__name__}")
+    for key in ("width", "layers", "head_width", "patch_size"):
+        if key in vision and not _positive_int(vision[key]):
+            raise ConfigError(f"{where}: field 'model_cfg.vision_cfg.{key}' must be a "
+                              f"positive integer, got {vision[key]!r}")
+    size = vision.get("image_size")
+    if size is not None and not (_positive_int(size) or (
+            isinstance(size, list) and len(size) == 2 and all(map(_positive_int, size))
+            and size[0] == size[1])):
+        raise ConfigError(f"{where}: field 'model_cfg.vision_cfg.image_size' must be a "
+                          f"positive integer (or a square [h, w]), got {size!r}")
+    return model_cfg
+
+
+def _check_agrees(fields: Mapping[str, Any], cfg: ViTConfig, path: Path,
+                  names: Mapping[str, str], overrides: Mapping[str, Any] | None) -> None:
+    """A config file field that disagrees with the architecture read from the weights is
+    an error naming both values (fields that ``--arch`` overrides are not compared)."""
+    for key, attr in names.items():
+        if key not in fields or attr in (overrides or {}):
+            continue
+        value = fields[key][0] if isinstance(fields[key], list) else fields[key]
+        have = getattr(cfg, attr)
+        if value != have:
+            raise ConfigError(f"{str(path)!r} says {key} = {value} but the weights have "
+                              f"{attr} = {have}; the config and the weights disagree")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -193,7 +193,11 @@ def _looks_timm(sd: Mapping[str, Tensor]) -> bool:
     if fc1 is not None and fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]:
         return True
     pos = sd.get("pos_embed")
-    return pos is not None and pos.ndim == 3 and is_square(pos.shape[1])
+    # a table without a cls slot is timm's, unless the hub's own register name is there
+    # (timm writes reg_token): then it is a hub table of the wrong size, and the hub
+    # reader says so instead of blaming register_tokens
+    return (pos is not None and pos.ndim == 3 and is_square(pos.shape[1])
+            and "register_tokens" not in keys)
 
 
 # --------------------------------------------------------------------------- converters

