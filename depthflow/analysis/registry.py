@@ -55,7 +55,7 @@ def _check_read(assignments: Sequence[str], chosen: Sequence[str]) -> None:
 
 def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all",
                    options: Sequence[str] = (), seed: int = 0,
-                   probes: bool | None = None) -> list[Analysis]:
+                   probes: bool | None = None, quiet: Sequence[str] = ()) -> list[Analysis]:
     """The plug-ins of ``depthflow analyze``.
 
     ``dynamics``: ``"all"``, ``"none"`` or a comma list of
@@ -64,7 +64,10 @@ def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all"
     :class:`~depthflow.dynamics.analysis.DynamicsConfig` /
     :class:`~depthflow.probes.analysis.ProbeConfig` fields. Seeds default to ``seed``.
     ``probes``: run the per-depth probes (``None``: when a ``probes.*`` option is given).
+    ``quiet``: options among ``options`` that are defaults of the caller (the demo's
+    budgets), not the user's: no warning when the analysis that reads them is not run.
     """
+    quiet = {q.split(".", 1)[1].replace(" ", "") for q in quiet if "." in q}
     per = split_options(options)
     out: list[Analysis] = []
     if probes is None:
@@ -90,7 +93,7 @@ def build_analyses(*, phases: bool = True, dynamics: str | Sequence[str] = "all"
     if unknown:
         raise ConfigError(f"--dynamics: unknown analyses {unknown}; give 'all', 'none' or a "
                           f"comma list of {', '.join(ANALYSES)}")
-    _check_read(per["dynamics"], chosen)
+    _check_read([a for a in per["dynamics"] if a not in quiet], chosen)
     cfg = DynamicsConfig(analyses=tuple(chosen), seed=seed).with_overrides(per["dynamics"])
     out.append(DynamicsAnalysis(cfg))
     return out + extra

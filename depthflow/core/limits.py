@@ -13,6 +13,11 @@ request that cannot fit *before* the model runs, naming the estimate:
   ``n_rob x depths x T x D x 4`` for the robustness subset;
 * the trajectories of one batch: ``B x (L + 1) x T x D x 4`` bytes (8 for float64), with
   ``B`` the batch size (at most the number of images);
+* inside one block of that batch (plain-math attention, which analysis runs):
+  ``B x (2 x H x T^2 + T x M + 4 x T x D) x 4`` bytes (the attention scores and their
+  softmax over ``H`` heads, the MLP's hidden layer of width ``M``, the block's residual
+  copies), plus the model's parameters ``P x 4``: the batch is refused when trajectories,
+  block activations and parameters together exceed the budget;
 * the result file: ``n x (L + 1) x T x D x 4`` bytes of raw states with ``--states all``
   (``x 1`` token with ``cls``), compared with the free space of the output's file system:
   a warning (one line on stderr, through the ``depthflow`` logger) above
@@ -75,12 +80,18 @@ def memory_budget() -> int | None:
 
 def analyze_estimates(*, n: int, depth: int, tokens: int, dim: int, classes: int,
                       states: str, dynamics: Any = None, batch_size: int = 0,
-                      itemsize: int = 4) -> dict[str, int]:
+                      itemsize: int = 4, heads: int = 0, mlp_hidden: int = 0,
+                      parameters: int = 0) -> dict[str, int]:
     """Bytes per item (see the module docstring) for ``n`` images through a model of
-    ``depth`` blocks, ``tokens`` tokens of width ``dim``; ``dynamics`` is a
+    ``depth`` blocks, ``tokens`` tokens of width ``dim`` (``heads`` attention heads, MLP
+    width ``mlp_hidden``, ``parameters`` weights); ``dynamics`` is a
     :class:`~depthflow.dynamics.analysis.DynamicsConfig` or None."""
     out = {"class accumulators": (depth + 1) * classes * dim * 8,
            "batch trajectories": batch_size * (depth + 1) * tokens * dim * itemsize,
+           "block activations": batch_size * (2 * heads * tokens * tokens
+                                              + tokens * mlp_hidden
+                                              + 4 * tokens * dim) * itemsize,
+           "model parameters": parameters * itemsize,
            "result file": n * (depth + 1) * dim * 4 * (tokens if states == "all" else
                                                        1 if states == "cls" else 0)}
     if dynamics is not None:
@@ -108,15 +119,21 @@ def check_analyze_resources(loaded: Any, source: Any, preprocessing: Any, config
     est = analyze_estimates(n=len(source), depth=cfg.depth, tokens=tokens, dim=cfg.embed_dim,
                             classes=len(source.class_names), states=config.states,
                             dynamics=dynamics, batch_size=min(batch, len(source)),
-                            itemsize=itemsize)
+                            itemsize=itemsize, heads=cfg.num_heads,
+                            mlp_hidden=cfg.mlp_hidden_dim * (2 if cfg.mlp == "swiglu" else 1),
+                            parameters=sum(p.numel() for p in loaded.model.parameters()))
     budget = memory_budget()
     if budget is not None:
-        if est["batch trajectories"] > budget:
+        peak = (est["batch trajectories"] + est["block activations"]
+                + est["model parameters"])
+        if peak > budget:
             raise ConfigError(
-                f"--batch-size {batch} would hold about "
-                f"{format_bytes(est['batch trajectories'])} of trajectories per batch "
-                f"({cfg.depth + 1} depths x {tokens} tokens x {cfg.embed_dim} wide; memory "
-                f"available: {format_bytes(budget)}); lower --batch-size")
+                f"--batch-size {batch} would hold about {format_bytes(peak)} in memory "
+                f"(trajectories {format_bytes(est['batch trajectories'])}: "
+                f"{cfg.depth + 1} depths x {tokens} tokens x {cfg.embed_dim} wide; one "
+                f"block's activations {format_bytes(est['block activations'])}; parameters "
+                f"{format_bytes(est['model parameters'])}; memory available: "
+                f"{format_bytes(budget)}); lower --batch-size")
         if est["class accumulators"] > budget:
             raise InputError(
                 f"{len(source.class_names):,} classes would need about "

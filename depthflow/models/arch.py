@@ -10,6 +10,8 @@ overrides.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import re
@@ -41,7 +43,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     f"dinov2_vit{size}14{suffix}": _preset(size, bool(suffix))
     for size in _SIZES for suffix in ("", "_reg", "_reg4")
 }
-_DEFAULTS = ViTConfig().to_dict()
+# the field defaults, read without building a config (which checks its size against the
+# memory budget: a small DEPTHFLOW_MEMORY_BUDGET must not break the import)
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ViTConfig)}
 
 
 def parse_arch(arch: str | Mapping[str, Any] | None) -> dict[str, Any]:
