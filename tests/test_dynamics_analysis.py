@@ -171,3 +171,54 @@ def test_config_is_recorded(result):
     cfg = json.loads(tree["dynamics"].attrs["config"])
     assert cfg["samples"] == 6 and cfg["k"] == 3
     assert isinstance(xr.open_dataset, object)
+
+
+def _run_threads(path, threads, options=BUDGET):
+    analyses = df.build_analyses(options=["phases.swap_trials=0", *options])
+    return df.analyze(tiny_loaded(0, depth=3), df.open_images("digits"), path,
+                      config=df.AnalyzeConfig(limit=40, batch_size=8, threads=threads),
+                      analyses=analyses)
+
+
+def test_the_worker_process_gives_the_values_of_one_process(tmp_path, monkeypatch):
+    """Two cores and a one-thread (small) model: basins, fixed points and recovery run in
+    a forked worker; every value equals the one-process run's, bit for bit."""
+    import depthflow.dynamics.analysis as dyn
+
+    calls = []
+    real = dyn._compute_in_two
+    monkeypatch.setattr(dyn, "_compute_in_two", lambda *a, **k: calls.append(1) or real(*a, **k))
+    two = df.open_result(_run_threads(tmp_path / "two.nc", 2))
+    assert calls, "the two-process path was not taken"
+    one = df.open_result(_run_threads(tmp_path / "one.nc", 1))
+    assert len(calls) == 1
+    for node in one["dynamics"].subtree:
+        ours = two[node.path].to_dataset()
+        for name, var in node.to_dataset().data_vars.items():
+            np.testing.assert_array_equal(var.values, ours[name].values,
+                                          err_msg=f"{node.path}/{name}")
+    seconds = json.loads(two["dynamics"].attrs["seconds"])
+    assert set(seconds) == {"lyapunov", "stretching", "branches", "basins", "fixed_points",
+                            "recovery"} and all(v > 0 for v in seconds.values())
+
+
+def test_an_error_in_the_worker_is_the_run_s_error(tmp_path, monkeypatch):
+    import depthflow.dynamics.measures as measures
+    from depthflow.errors import DepthflowError
+
+    def boom(run):
+        raise ConfigError("planted failure in the worker")
+
+    monkeypatch.setattr(measures, "recovery", boom)          # inherited by the fork
+    with pytest.raises(ConfigError, match="planted failure"):
+        _run_threads(tmp_path / "e.nc", 2)
+    assert not (tmp_path / "e.nc").exists()
+
+    def dies(run):
+        import os
+        os._exit(3)
+
+    monkeypatch.setattr(measures, "recovery", dies)
+    with pytest.raises(DepthflowError, match="DEPTHFLOW_DYNAMICS_WORKERS=1"):
+        _run_threads(tmp_path / "d.nc", 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -209,6 +209,8 @@ CASES = [
      lambda d, c: ["analyze", c, "-o", d / O, *CHEAP, {"LOCAL_RANK": "-1"}]),
     ("env-max-pixels-text", 2, "DEPTHFLOW_MAX_IMAGE_PIXELS",
      lambda d, c: ["analyze", c, "-o", d / O, *CHEAP, {"DEPTHFLOW_MAX_IMAGE_PIXELS": "lots"}]),
+    ("env-dynamics-workers-three", 2, "DEPTHFLOW_DYNAMICS_WORKERS",
+     lambda d, c: ["analyze", c, "-o", d / O, *CHEAP, {"DEPTHFLOW_DYNAMICS_WORKERS": "3"}]),
     ("env-memory-budget-nan", 2, "DEPTHFLOW_MEMORY_BUDGET",
      lambda d, c: ["analyze", c, "-o", d / O, *CHEAP, {"DEPTHFLOW_MEMORY_BUDGET": "nan"}]),
     ("env-dist-timeout-negative", 2, "DEPTHFLOW_DIST_TIMEOUT",

@@ -11,6 +11,8 @@ value:
   the budget; ``1e9`` and ``1_000_000`` are accepted);
 * ``DEPTHFLOW_DIST_TIMEOUT``: a positive number of seconds;
 * ``DEPTHFLOW_CACHE``: not an existing non-directory;
+* ``DEPTHFLOW_DYNAMICS_WORKERS``: 1 (every dynamics analysis in one process) or 2 (the
+  default: a second process where a core would idle);
 * ``DEPTHFLOW_CRASH_AT`` / ``DEPTHFLOW_CRASH_SIGNAL`` (the test hook of
   :mod:`depthflow.core._crash`): known point names and signal names;
 * any other ``DEPTHFLOW_*`` name gets a one-line warning (a misspelt variable would
@@ -28,7 +30,8 @@ from depthflow.errors import ConfigError
 __all__ = ["KNOWN", "check_environment"]
 
 KNOWN = ("DEPTHFLOW_MAX_IMAGE_PIXELS", "DEPTHFLOW_MEMORY_BUDGET", "DEPTHFLOW_DIST_TIMEOUT",
-         "DEPTHFLOW_CACHE", "DEPTHFLOW_CRASH_AT", "DEPTHFLOW_CRASH_SIGNAL")
+         "DEPTHFLOW_CACHE", "DEPTHFLOW_CRASH_AT", "DEPTHFLOW_CRASH_SIGNAL",
+         "DEPTHFLOW_DYNAMICS_WORKERS")
 
 
 def _int(env: Mapping[str, str], name: str, *, low: int) -> int | None:
@@ -75,6 +78,10 @@ def check_environment(env: Mapping[str, str] | None = None) -> None:
     if cache and os.path.exists(os.path.expanduser(cache)) and \
             not os.path.isdir(os.path.expanduser(cache)):
         raise ConfigError(f"environment variable DEPTHFLOW_CACHE={cache!r} is not a directory")
+    workers = env.get("DEPTHFLOW_DYNAMICS_WORKERS", "").strip()
+    if workers and workers not in ("1", "2"):
+        raise ConfigError(f"environment variable DEPTHFLOW_DYNAMICS_WORKERS={workers!r} must "
+                          "be 1 or 2")
     crash = env.get("DEPTHFLOW_CRASH_AT", "").strip()
     if crash:
         from depthflow.core._crash import POINTS

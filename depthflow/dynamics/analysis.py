@@ -26,6 +26,7 @@ labelled), class statistics on up to ``class_samples`` labelled images, robustne
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -212,8 +213,11 @@ class DynamicsAnalysis:
         # small models: one thread (each of the many small JVP operations would otherwise
         # synchronise two threads, which collapses on a busy machine; depthflow.core.threads)
         threads = threads_for(run.traj[:, 0].numel()) if device.type == "cpu" else None
+        # one idle core beside a single-threaded dynamics run takes the second half of the
+        # analyses (not when the user limited the run to one thread)
+        spare = threads == 1 and _cores(getattr(ctx.config, "threads", None)) >= 2
         with intra_op_threads(threads):
-            self._compute(run, cfg, clock, children)
+            self._compute(run, cfg, clock, children, spare=spare)
         clock.close()
         root = xr.Dataset(attrs={
             "config": cfg.to_json(), "analyses": ",".join(cfg.analyses),
@@ -224,15 +228,15 @@ class DynamicsAnalysis:
         return xr.DataTree(root, children=children)
 
     @staticmethod
-    def _compute(run, cfg, clock, children) -> None:
-        for name in ANALYSES:
-            if name in cfg.analyses:
-                with stage(f"dynamics.{name}"):
-                    children[name] = getattr(measures, name)(run)
-                if name == "lyapunov" and cfg.frozen_layers:
-                    with stage("dynamics.frozen_lyapunov"):
-                        children["frozen_lyapunov"] = measures.frozen_lyapunov(run)
-                clock.step(name)
+    def _compute(run, cfg, clock, children, *, spare: bool = False) -> None:
+        names = [name for name in ANALYSES if name in cfg.analyses]
+        groups = [[n for n in group if n in names] for group in WORKER_GROUPS]
+        if spare and all(groups) and _can_fork():
+            _compute_in_two(run, cfg, clock, children, groups)
+            return
+        for name in names:
+            children.update(_one(run, cfg, name))
+            clock.step(name)
 
     # ------------------------------------------------------------------ figures
     def plot(self, tree: xr.DataTree, out_dir: Path) -> list[Path]:
@@ -245,6 +249,126 @@ class DynamicsAnalysis:
         return drawn
 
 
+# The analyses in two groups of similar cost that share nothing (branches reuses the
+# stretching spectra: same group) -- run side by side when a core would otherwise idle.
+WORKER_GROUPS = (("lyapunov", "stretching", "branches"), ("basins", "fixed_points", "recovery"))
+WORKERS_ENV = "DEPTHFLOW_DYNAMICS_WORKERS"
+
+
+def _one(run, cfg, name: str) -> dict[str, xr.DataTree]:
+    out = {}
+    with stage(f"dynamics.{name}"):
+        out[name] = getattr(measures, name)(run)
+    if name == "lyapunov" and cfg.frozen_layers:
+        with stage("dynamics.frozen_lyapunov"):
+            out["frozen_lyapunov"] = measures.frozen_lyapunov(run)
+    return out
+
+
+def _cores(threads: int | None) -> int:
+    """CPU cores this run may use: ``--threads`` when given, else ``OMP_NUM_THREADS`` when
+    set, else the cores the process may run on."""
+    import os
+
+    if threads is not None:
+        return int(threads)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit():
+        return int(omp)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
+def _can_fork() -> bool:
+    """A forked worker is possible and not switched off (``DEPTHFLOW_DYNAMICS_WORKERS=1``)."""
+    import multiprocessing
+    import os
+
+    text = os.environ.get(WORKERS_ENV, "").strip()
+    if text and text not in ("1", "2"):
+        from depthflow.errors import ConfigError
+        raise ConfigError(f"{WORKERS_ENV} must be 1 (one process) or 2, got {text!r}")
+    return text != "1" and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _child(conn, run, cfg, names) -> None:
+    """The forked worker: its analyses and their seconds, or the error, through ``conn``."""
+    import os
+    import pickle
+
+    from depthflow.core import profiling
+
+    code = 0
+    try:
+        torch.set_num_threads(1)
+        out, seconds = {}, {}
+        for name in names:
+            tic = time.perf_counter()
+            out.update(_one(run, cfg, name))
+            seconds[name] = time.perf_counter() - tic
+        prof = profiling.active()              # the parent's, copied at the fork: the
+        stages = {} if prof is None else {     # stages of these analyses are this worker's
+            f"dynamics.{n}": prof.seconds[f"dynamics.{n}"] for n in names
+            if f"dynamics.{n}" in prof.seconds}
+        conn.send_bytes(pickle.dumps(("ok", out, (seconds, stages))))
+    except BaseException as exc:                     # noqa: BLE001 - reported to the parent
+        try:
+            payload = pickle.dumps(("error", exc, None))
+        except Exception:                            # an unpicklable exception: its text
+            payload = pickle.dumps(("error", RuntimeError(f"{type(exc).__name__}: {exc}"),
+                                    None))
+        conn.send_bytes(payload)
+        code = 1
+    finally:
+        conn.close()
+        os._exit(code)
+
+
+def _compute_in_two(run, cfg, clock, children, groups) -> None:
+    """The first group here, the second in a forked worker (one thread each); results,
+    seconds and errors come back through a pipe. The values are those of a sequential
+    run: every random draw is keyed by the seed and the sample, not by the order."""
+    import multiprocessing
+    import pickle
+
+    from depthflow.core import profiling
+    from depthflow.errors import DepthflowError
+
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe(duplex=False)
+    worker = ctx.Process(target=_child, args=(there, run, cfg, groups[1]), daemon=True)
+    worker.start()
+    there.close()
+    try:
+        for name in groups[0]:
+            children.update(_one(run, cfg, name))
+            clock.step(name)
+        try:
+            status, out, seconds = pickle.loads(here.recv_bytes())
+        except EOFError:
+            worker.join(5)
+            raise DepthflowError(
+                f"the dynamics worker process ({', '.join(groups[1])}) ended without a "
+                f"result (exit code {worker.exitcode}); rerun with "
+                "DEPTHFLOW_DYNAMICS_WORKERS=1 to run every analysis in one process") from None
+        if status == "error":
+            raise out
+        children.update(out)
+        seconds, stages = seconds
+        prof = profiling.active()
+        if prof is not None:                          # --profile: the worker's stages too
+            for key, value in stages.items():
+                prof.seconds[key] = prof.seconds.get(key, 0.0) + value
+                prof.calls[key] = prof.calls.get(key, 0) + 1
+        for name in groups[1]:
+            clock.step(name, seconds=seconds[name])
+    finally:
+        here.close()
+        if worker.is_alive():
+            worker.terminate()
+        worker.join(5)
+
+
 class _Clock:
     """Seconds per analysis (recorded) and a progress bar (when asked)."""
 
@@ -255,10 +379,13 @@ class _Clock:
 
             self.bar = tqdm(total=total, desc="dynamics", leave=False)
 
-    def step(self, what: str) -> None:
+    def step(self, what: str, seconds: float | None = None) -> None:
+        """``what`` is done: its seconds since the last step (or ``seconds``: measured in
+        a worker process)."""
         now = time.perf_counter()
-        self.seconds[what] = round(now - self.last, 3)
-        self.last = now
+        self.seconds[what] = round(now - self.last if seconds is None else seconds, 3)
+        if seconds is None:
+            self.last = now
         if self.bar is not None:
             self.bar.set_postfix_str(what)
             self.bar.update(1)

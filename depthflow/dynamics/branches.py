@@ -142,10 +142,14 @@ class BranchSplit:
 def branch_split(model, trajectory: Tensor, token_kinds: Sequence[str], *,
                  layers: Sequence[int] | None = None, k: int = 4, tol: float = 1e-6,
                  probes: int = 8, seed: int = 0,
-                 sample_ids: Sequence[int] | None = None) -> BranchSplit:
+                 sample_ids: Sequence[int] | None = None,
+                 layer_spectra=None) -> BranchSplit:
     """The attention / MLP split (module docstring) along trajectories ``(N, L+1, T, D)``
     (``trajectory[:, d]`` = states at depth ``d``) of ``model`` for ``layers`` (default
-    all); ``sample_ids`` (global image indices) key the random projections."""
+    all); ``sample_ids`` (global image indices) key the random projections.
+    ``layer_spectra``: the whole layers' :func:`layer_stretching` of the same trajectories
+    with the same ``layers``, ``k``, ``tol`` and ``seed`` when already computed (the
+    stretching analysis): reused instead of computed again."""
     traj = trajectory.detach()
     L = traj.shape[1] - 1
     layers = list(range(1, L + 1)) if layers is None else [int(t) for t in layers]
@@ -177,7 +181,9 @@ def branch_split(model, trajectory: Tensor, token_kinds: Sequence[str], *,
                                   sample_ids=sample_ids)
             nn[:, i, b], nnu[:, i, b] = r.numpy(), ru.numpy()
     spectra = [layer_stretching(f, states, layers=layers, k=k, tol=tol, seed=seed)
-               for f, states in ((A, traj), (M, mids), (F, traj))]
+               for f, states in ((A, traj), (M, mids))]
+    spectra.append(layer_spectra if layer_spectra is not None else
+                   layer_stretching(F, traj, layers=layers, k=k, tol=tol, seed=seed))
     kk = min(s.sigma.shape[-1] for s in spectra)
     sigma = np.stack([s.sigma[..., :kk].numpy() for s in spectra], axis=2)   # (N, l, B, k)
     status = np.stack([s.status.numpy() for s in spectra], axis=2)

@@ -341,6 +341,7 @@ def stretching(run: Run) -> xr.DataTree:
     cfg = run.cfg
     r = layer_stretching(run.F, run.traj, k=min(cfg.stretching_k, cfg.k), tol=cfg.tol,
                          seed=cfg.seed)
+    run.kept["layer_stretching"] = r             # the branch split's whole-layer spectra
     ds = r.to_dataset()
     log1 = np.log(r.sigma[:, :, 0].numpy())                               # (N, L)
     v = run.summarise(log1, (D.LAYER,), "log_sigma1", "log of the largest stretch sigma_1 "
@@ -362,10 +363,12 @@ def branches(run: Run) -> xr.DataTree:
     cfg = run.cfg
     model = getattr(run.F, "model", None)
     try:
+        same = isinstance(run.F, maps.ModelMap) and run.F.attention == "math"
         r = branch_split(model, run.traj, run.ctx.layout.token_kinds,
                          k=min(cfg.stretching_k, cfg.k), tol=cfg.tol,
                          probes=cfg.branch_probes, seed=cfg.seed,
-                         sample_ids=run.kept["index"])
+                         sample_ids=run.kept["index"],
+                         layer_spectra=run.kept.get("layer_stretching") if same else None)
     except ArchitectureError as err:
         return xr.DataTree(xr.Dataset(attrs={"skipped": f"not defined: {err}"}))
     B, K = "branch", D.KIND

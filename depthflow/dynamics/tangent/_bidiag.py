@@ -36,8 +36,9 @@ def _reorth(w: Tensor, Q: Tensor) -> Tensor:
     classical Gram-Schmidt twice (numerically as good as modified Gram-Schmidt here)."""
     if Q.shape[1] == 0:
         return w
-    for _ in range(2):
-        w = w - torch.einsum("njd,nj->nd", Q, torch.einsum("njd,nd->nj", Q, w))
+    for _ in range(2):                      # batched products on the strided view: no copy
+        c = torch.bmm(Q, w.unsqueeze(-1))                           # (N, j, 1)
+        w = w - torch.bmm(c.transpose(1, 2), Q).squeeze(1)
     return w
 
 
@@ -101,8 +102,9 @@ def bidiagonalize(matvec: Callable[[Tensor], Tensor], rmatvec: Callable[[Tensor]
         a = p.norm(dim=-1).double().cpu()
         scale = torch.maximum(scale, a)
         short = a <= BREAKDOWN * scale.clamp_min(1e-300)
-        p = torch.where(short.to(dev)[:, None], _fresh(gen, p, U[:, :j], project_out),
-                        p / a.clamp_min(1e-300).to(p)[:, None])
+        p = p / a.clamp_min(1e-300).to(p)[:, None]
+        if bool(short.any()):             # a breakdown: restart those samples at random
+            p = torch.where(short.to(dev)[:, None], _fresh(gen, p, U[:, :j], project_out), p)
         alpha[:, j] = torch.where(short, 0.0, a)
         U[:, j] = p
         w = rmatvec(U[:, j]) - alpha[:, j, None].to(p) * V[:, j]  # (N, n_in)
@@ -112,8 +114,10 @@ def bidiagonalize(matvec: Callable[[Tensor], Tensor], rmatvec: Callable[[Tensor]
         beta[:, j] = b
         short = b <= BREAKDOWN * scale.clamp_min(1e-300)
         if m < max_iter:
-            w = torch.where(short.to(dev)[:, None], _fresh(gen, w, V[:, :m], project_in),
-                            w / b.clamp_min(1e-300).to(w)[:, None])
+            w = w / b.clamp_min(1e-300).to(w)[:, None]
+            if bool(short.any()):
+                w = torch.where(short.to(dev)[:, None], _fresh(gen, w, V[:, :m], project_in),
+                                w)
             beta[:, j] = torch.where(short, 0.0, b)   # restart: the coupling is dropped
             V[:, m] = w
         nonfinite = ~(torch.isfinite(alpha[:, j]) & torch.isfinite(b))
