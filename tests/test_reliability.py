@@ -461,6 +461,30 @@ def test_signals_run_the_error_clean_up(tmp_path, ckpt, point, sig, code):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_during_analyze_resume_keeps_its_checkpoint_and_resumes_to_the_same_file(
+        tmp_path, ckpt):
+    import xarray as xr
+
+    args = [*SIG_CHEAP, "--resume", "--checkpoint-every", "1"]
+    whole = run("analyze", ckpt, "-o", tmp_path / "whole.nc", *SIG_CHEAP)
+    assert whole.exit_code == 0, whole.output
+    cut = cli("analyze", ckpt, "-o", tmp_path / "r.nc", *args, crash="analyze.batch:1",
+              sig="TERM")
+    assert cut.returncode == 143, cut.stderr
+    lines = [line for line in cut.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "SIGTERM" in lines[0], lines
+    assert not (tmp_path / "r.nc").exists()
+    kept = hidden(tmp_path)
+    assert kept and not any("lock" in k for k in kept)        # the checkpoint, no lock
+    done = cli("analyze", ckpt, "-o", tmp_path / "r.nc", *args)
+    assert done.returncode == 0, done.stderr
+    assert hidden(tmp_path) == []                             # checkpoint removed when done
+    with xr.open_dataset(tmp_path / "r.nc") as a, xr.open_dataset(tmp_path / "whole.nc") as b:
+        for name in ("norm", "gamma", "cls_state"):
+            np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigterm_during_fit_keeps_a_resumable_checkpoint_and_overwrite_never_mixes(
         tmp_path, ckpt):
     fit = ["--limit", 32, "--k", 2, "--thresholds", 1, "--stage1-steps", 4, "--stage2-steps",
@@ -507,6 +531,28 @@ def test_a_second_run_on_a_locked_output_changes_nothing(tmp_path, ckpt):
         assert snapshot(tmp_path) == before
     assert hidden(tmp_path) == []                            # the lock file goes with it
     assert run("analyze", ckpt, "-o", tmp_path / "r.nc", *CHEAP).exit_code == 0
+
+
+def test_a_lock_left_by_a_killed_run_does_not_block_the_next(tmp_path, ckpt):
+    """kill -9 leaves the lock file behind but not the lock (flock dies with the process):
+    the next run takes it over, and removes it when done."""
+    code = ("import sys, time; from depthflow.io.guard import output_lock\n"
+            f"with output_lock([{str(tmp_path / 'r.nc')!r}]):\n"
+            "    print('held', flush=True); time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = run("analyze", ckpt, "-o", tmp_path / "r.nc", *CHEAP)
+        assert r.exit_code == 1 and "another depthflow run" in r.output    # alive: refused
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert hidden(tmp_path) != []                         # the dead run's lock file stays
+    assert run("analyze", ckpt, "-o", tmp_path / "r.nc", *CHEAP).exit_code == 0
+    assert hidden(tmp_path) == [] and (tmp_path / "r.nc").is_file()
 
 
 def test_overwrite_of_figures_removes_only_what_depthflow_wrote(tmp_path, ckpt):
