@@ -443,16 +443,17 @@ SIG_CHEAP = ["--no-phases", "--dynamics", "stretching", "--set", "dynamics.sampl
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("point,sig,code", [("analyze.batch:1", "TERM", 143),
-                                            ("analyze.analyses", "INT", 130)])
-def test_signals_run_the_error_clean_up(tmp_path, ckpt, point, sig, code):
+@pytest.mark.parametrize("point,sig,code,extra", [
+    ("analyze.batch:1", "TERM", 143, []), ("analyze.analyses", "INT", 130, []),
+    ("analyze.batch:1", "TERM", 143, ["--workers", "2"])])   # with DataLoader workers
+def test_signals_run_the_error_clean_up(tmp_path, ckpt, point, sig, code, extra):
     d = tmp_path / "out"
     d.mkdir()
     first = run("analyze", ckpt, "-o", d / "run.nc", *SIG_CHEAP)
     assert first.exit_code == 0, first.output
     before = snapshot(d)
-    cut = cli("analyze", ckpt, "-o", d / "run.nc", "--overwrite", *SIG_CHEAP, crash=point,
-              sig=sig)
+    cut = cli("analyze", ckpt, "-o", d / "run.nc", "--overwrite", *SIG_CHEAP, *extra,
+              crash=point, sig=sig, timeout=120)           # no hang on worker processes
     assert cut.returncode == code, (cut.returncode, cut.stderr)
     lines = [line for line in cut.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: interrupted by SIG" + sig), lines
