@@ -49,7 +49,15 @@ def test_records_say_not_reached_and_the_plan_runs_small_budgets_first():
     assert rows[0]["agrees"] == "not comparable" and "1,600" in rows[0]["note"]
     done = C.records([point(400, 0.85, 0.95, beaten=12)])
     assert done[0]["agrees"] == "yes"
-    plan = C.schedule(C.get_config())
-    assert plan[0] == (2, "mean", 400) and len(set(plan)) == len(plan)
+    cfg = C.get_config()
+    plan = C.schedule(cfg)
+    assert plan[0] == (2, "mean", 800) and len(set(plan)) == len(plan)
     assert {init for _, init, _ in plan} == {"mean", "random"} and max(
         b for _, _, b in plan) >= 30 * C.OLD_BUDGET
+    for k, init, budget in plan:                     # every stop within its run and schedule
+        assert budget <= cfg["runs"][f"{k}-{init}"] <= cfg["total"]
+    # in turns: every configuration reaches the first turn's limit before any goes beyond
+    first = cfg["plan_turns"][0]
+    beyond = next(i for i, (_, _, b) in enumerate(plan) if b > first)
+    assert {(k, i) for k, i, b in plan[:beyond] if b == first} == \
+        {tuple((int(key.split("-")[0]), key.split("-")[1])) for key in cfg["runs"]}

@@ -733,7 +733,23 @@ def export(out: Path, points, target: Path) -> Path | None:
         _canonicalize_header(tmp)
     for name in ("config.json", "fit_config.json"):
         (target / name).write_text(rel((src / name).read_text()))
-    evaluation = json.loads((src / "evaluation.json").read_text())
+    row = rows[-1]
+    step = json.loads(meta.get("info", "{}")).get("step") if isinstance(meta.get("info"),
+                                                                         str) else None
+    if step is not None and int(step) != int(row["steps"]):
+        raise DepthflowError(
+            f"the checkpoint in {str(src)!r} is at step {step}, not at the last evaluated "
+            f"point (step {row['steps']}); run the study to its next point first")
+    if (src / "evaluation.json").is_file() and row["steps"] == row.get("total_steps"):
+        evaluation = json.loads((src / "evaluation.json").read_text())
+    else:                      # an interrupted fit: the evaluation of its last point
+        evaluation = {"complete": False, "presentations": row["budget"],
+                      "steps": row["steps"], "total_steps": row.get("total_steps"),
+                      "note": "the fit was stopped at this point of its schedule (an anytime "
+                              "learning curve); numbers from the study's evaluation of this "
+                              "checkpoint on the held-out images",
+                      **{k: row[k] for k in ("r2_image_by_depth", "r2_image_vw_by_depth",
+                                             "r2_by_depth", "r2_paper_last", "probes")}}
     base = load_baselines(out).get("2-mean", {})
     evaluation["baselines"] = {k: v for k, v in base.items() if isinstance(v, dict)}
     evaluation["comparison"] = rows[-1]["comparison"]
