@@ -67,7 +67,7 @@ def get_config(tiny: bool = False) -> dict[str, Any]:
         # the plan runs the configurations in turns, each up to its next stop, so that an
         # interrupted study still has every configuration at the small budgets
         "total": 102400, "stops": [800, 1600, 3200, 6400, 12800, 25600, 51200, 102400],
-        "runs": {"2-mean": 102400, "2-random": 12800, "3-mean": 6400, "3-random": 3200},
+        "runs": {"2-mean": 102400, "2-random": 6400, "3-mean": 6400, "3-random": 3200},
         "plan_turns": [3200, 12800, 102400],
         "fit": {"recipe": "paper", "mlp": "gelu", "batch_size": 32, "lr": 3e-4,
                 "dtype": "bfloat16", "log_every": 25, "eval_every": 1000000,
