@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -271,6 +272,11 @@ class Study:
                                 command=["python", "studies/raptor_dinov2s/curves.py", *argv])
             result_fid = result.fidelity
         fit_seconds = time.perf_counter() - start
+        snap = self.out / f"{folder.name}-snap-{budget}"         # this point's weights, for
+        snap.mkdir(exist_ok=True)                                 # an export or diagnosis
+        for name in ("model.safetensors", "config.json", "fit_config.json"):   # after the
+            if (folder / name).is_file():                                      # fit moved on
+                shutil.copyfile(folder / name, snap / name)
         if result_fid is None:
             result_fid = self.reevaluate(folder, config)
         base = self.baseline_results(k, init)
@@ -296,6 +302,27 @@ class Study:
     def reevaluate(self, folder: Path, config):
         from depthflow.raptor.io import load_raptor
         return self._evaluate(load_raptor(folder).model.float().eval(), [], config)
+
+
+def _step_of(folder: Path) -> int | None:
+    from depthflow.models.checkpoints import read_safetensors
+
+    try:
+        meta = read_safetensors(folder / "model.safetensors")[1]
+        return int(json.loads(meta.get("info") or "{}").get("step"))
+    except Exception:                                      # noqa: BLE001 - no usable model
+        return None
+
+
+def model_dir(out: Path, row: dict[str, Any]) -> Path | None:
+    """The folder holding the model of ``row``'s point: the fit's own folder while its
+    checkpoint is still at that step, else the snapshot taken when the point was evaluated
+    (``snap-<presentations>``); None when neither is."""
+    for folder in (out / row["fit_dir"], out / f"snap-{row['budget']}",
+                   out / f"{row['fit_dir']}-snap-{row['budget']}"):
+        if folder.is_dir() and _step_of(folder) == int(row["steps"]):
+            return folder
+    return None
 
 
 def read_points(out: Path) -> list[dict[str, Any]]:
@@ -571,7 +598,10 @@ def diagnose(out: Path, points, cfg) -> list[str]:
     loaded = study5.teacher(cfg)
     teacher = loaded.model.float().eval()
     pre = model_preprocessing(loaded)
-    raptor = load_raptor(out / r["fit_dir"]).model.float().eval()
+    where = model_dir(out, r)
+    if where is None:
+        return [f"(no model of the {r['budget']:,}-presentation point is kept: no diagnosis)"]
+    raptor = load_raptor(where).model.float().eval()
 
     def feats(spec, limit):
         src = depthflow.open_images(str(out / "data" / spec))
@@ -717,7 +747,10 @@ def export(out: Path, points, target: Path) -> Path | None:
     from safetensors.torch import load_file, save_file
     from depthflow.models.checkpoints import _canonicalize_header, read_safetensors
 
-    src = out / rows[-1]["fit_dir"]
+    src = model_dir(out, rows[-1])
+    if src is None:
+        raise DepthflowError(f"no model of the last k = 2 point ({rows[-1]['budget']:,} "
+                             "presentations) is kept; run the study to its next point first")
     root = str(HERE.parents[1]) + "/"
 
     def rel(text: str) -> str:                   # repository-relative paths only
