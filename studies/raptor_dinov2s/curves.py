@@ -753,8 +753,8 @@ def export(out: Path, points, target: Path) -> Path | None:
                              "presentations) is kept; run the study to its next point first")
     root = str(HERE.parents[1]) + "/"
 
-    def rel(text: str) -> str:                   # repository-relative paths only
-        return text.replace(root, "")
+    def rel(text: str) -> str:         # repository-relative paths, ~ for the home folder
+        return text.replace(root, "").replace(str(Path.home()) + "/", "~/")
 
     target.mkdir(parents=True, exist_ok=True)
     tensors, meta = read_safetensors(src / "model.safetensors")
