@@ -152,8 +152,10 @@ def test_summarize_batch_equals_the_single_measures(seed, wide):
     traj = torch.randn(3, 4, tokens_, dim, generator=gen, dtype=torch.float64)
     groups = [torch.tensor([0]), torch.arange(1, tokens_)]
     patch = slice(1, tokens_)
-    out, updates = tokens.summarize_batch(traj, groups, patch)
-    torch.testing.assert_close(updates, traj[:, 1:] - traj[:, :-1])
+    out, blocks = tokens.summarize_batch(traj, groups, patch)
+    updates = traj[:, 1:] - traj[:, :-1]
+    for idx, block in zip(groups, blocks):
+        torch.testing.assert_close(block, updates[:, :, idx].transpose(0, 1).flatten(1, 2))
     torch.testing.assert_close(out["norm"], tokens.kind_mean(tokens.token_norms(traj), groups))
     torch.testing.assert_close(out["gamma"], tokens.kind_mean(tokens.gamma(traj), groups))
     torch.testing.assert_close(out["angular_speed"],
@@ -163,3 +165,72 @@ def test_summarize_batch_equals_the_single_measures(seed, wide):
         torch.testing.assert_close(out[f"update_{name}"], value)
         svd = tokens.rank_measures(torch.linalg.svdvals(traj[:, 1:] - traj[:, :-1]) ** 2)
         torch.testing.assert_close(value, svd[name])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([torch.float32, torch.float64]))
+def test_summarize_batch_with_scattered_groups_and_small_steps(seed, dtype):
+    # a group whose positions are not one run (index_select path), tiny angular steps,
+    # norms growing 30x with depth, and a workspace reused across batch shapes
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(2, 1, 7, 16, generator=gen, dtype=torch.float64)
+    steps = 1e-3 * torch.randn(2, 4, 7, 16, generator=gen, dtype=torch.float64)
+    traj = torch.cat([base, base + steps.cumsum(1)], dim=1)
+    traj = traj * torch.linspace(1.0, 30.0, 5, dtype=torch.float64).view(1, 5, 1, 1)
+    groups = [torch.tensor([0]), torch.tensor([1, 4]), torch.tensor([2, 3, 5, 6])]
+    patch = slice(2, 7)
+    work = tokens.Workspace()
+    tokens.summarize_batch(traj[:1].to(dtype), groups, patch, workspace=work)
+    out, blocks = tokens.summarize_batch(traj.to(dtype), groups, patch, workspace=work)
+    updates = traj[:, 1:] - traj[:, :-1]
+    for idx, block in zip(groups, blocks):
+        torch.testing.assert_close(block.double(),
+                                   updates[:, :, idx].transpose(0, 1).flatten(1, 2),
+                                   rtol=1e-5, atol=1e-5 * 30)
+    exact_speed = tokens.kind_mean(tokens.angular_speed(traj), groups)
+    # float32: the contract of docs/methods.md (relative 1e-5 of the value's scale) is met
+    # by the states' own rounding (eps * |x| / step = 6e-8 / 1e-3 here) with room to spare
+    rtol = 1e-12 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(out["angular_speed"].double(), exact_speed, rtol=rtol, atol=0)
+    torch.testing.assert_close(out["gamma"].double(),
+                               tokens.kind_mean(tokens.gamma(traj), groups),
+                               rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
+    torch.testing.assert_close(out["patch_coherence"].double(),
+                               tokens.patch_coherence(traj, patch),
+                               rtol=0, atol=1e-12 if dtype == torch.float64 else 1e-6)
+    torch.testing.assert_close(out["norm"].double(),
+                               tokens.kind_mean(tokens.token_norms(traj), groups),
+                               rtol=1e-12 if dtype == torch.float64 else 1e-6, atol=0)
+
+
+def test_summarize_batch_zero_vectors_follow_the_single_measures():
+    traj = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    traj[0, 1, 2] = 0.0                      # a zero state mid-trajectory
+    traj[1, 2, 3] = 0.0                      # a zero final state
+    groups = [torch.tensor([0]), torch.arange(1, 4)]
+    out, _ = tokens.summarize_batch(traj, groups, slice(1, 4))
+    torch.testing.assert_close(out["gamma"], tokens.kind_mean(tokens.gamma(traj), groups))
+    torch.testing.assert_close(out["angular_speed"],
+                               tokens.kind_mean(tokens.angular_speed(traj), groups))
+    torch.testing.assert_close(out["patch_coherence"], tokens.patch_coherence(traj, slice(1, 4)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 40), st.integers(1, 6), st.integers(0, 99))
+def test_gram_panels_give_the_whole_product(rows, dim, panels, seed):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randn(2, rows, dim, generator=gen, dtype=torch.float64)
+    lower = torch.zeros(2, dim, dim, dtype=torch.float64)
+    for lo, hi, panel in tokens.gram_panels(u, panels=min(panels, dim)):
+        lower[:, lo:, lo:hi] = panel
+    torch.testing.assert_close(tokens.symmetric_from_lower(lower), u.transpose(1, 2) @ u)
+
+
+def test_gram_accumulator_uses_panels_at_width_256():
+    gen = torch.Generator().manual_seed(0)
+    traj = torch.randn(3, 2, 4, 260, generator=gen, dtype=torch.float64)
+    groups = [torch.tensor([0]), torch.arange(1, 4)]
+    acc = tokens.GramAccumulator(1, 2, 260)
+    acc.update(traj, groups)
+    u = (traj[:, 1] - traj[:, 0])[:, 1:].reshape(-1, 260)
+    torch.testing.assert_close(tokens.symmetric_from_lower(acc.gram[0, 1]), u.T @ u)

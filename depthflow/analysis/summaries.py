@@ -76,6 +76,7 @@ class TrajectorySummaries:
                                                             self.dim, device=device)
                            if self.classes and self.cls is not None else None)
         self.correct = self.total = 0
+        self.workspace = tokens.Workspace()     # scratch reused batch after batch
 
     # ------------------------------------------------------------------ schema
     def define(self, w: StreamingWriter) -> None:
@@ -159,7 +160,8 @@ class TrajectorySummaries:
         # within the reproducibility contract (docs/methods.md), bit-identical for the same
         # batch size, world size and device
         measures, updates = tokens.summarize_batch(traj, self.groups, self.layout.patch_slice,
-                                                   image_ranks=self.image_ranks)
+                                                   image_ranks=self.image_ranks,
+                                                   workspace=self.workspace)
         labels = tb.batch.labels.numpy().astype(np.int32)
         values: dict[str, Any] = {
             D.SAMPLE: np.arange(start, start + len(tb.batch.names), dtype=np.int32),
@@ -178,7 +180,7 @@ class TrajectorySummaries:
             values["state"] = traj
         out = {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v
                for k, v in values.items()}
-        self.grams.add_updates(updates, self.groups)
+        self.grams.add_kind_updates(updates)       # before the workspace is reused
         if self.class_dirs is not None:
             self.class_dirs.update(traj[:, :, self.cls], tb.batch.labels)
         if self.has_head:
