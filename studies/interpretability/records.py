@@ -130,7 +130,8 @@ class Headlines:
         s = ds.sel(direction=direction, inject_depth=d, perturb_angle=theta, depth=L,
                    kind="cls")
         n = int(ds["n_images"].sel(direction=direction, inject_depth=d, kind="cls"))
-        return (f"cls angle_L / theta {_f(float(s['median']), 2)} (from depth {d})",
+        return (f"cls angle_L / theta_K {_f(float(s['median']), 2)} (from depth {d}, "
+                f"theta = {theta:g} rad)",
                 _iv(float(s["median_low"]), float(s["median_high"]), 2), n)
 
     def recovery_random(self, tree):

@@ -226,10 +226,10 @@ CLAIMS = {
          "identity: every direction a neutral fixed point, no attraction"),
     "self-correction (random perturbations)":
         ("a mid-depth perturbation shrinks over later layers", "recovery",
-         "ratio angle_L / theta = 1 exactly (identity)"),
+         "ratio angle_L / theta_K = 1 exactly (identity)"),
     "self-correction (adversarial perturbations)":
         ("a mid-depth perturbation shrinks over later layers", "recovery",
-         "ratio angle_L / theta = 1 exactly (identity)"),
+         "ratio angle_L / theta_K = 1 exactly (identity)"),
     "angular basins as attractors (frozen layer)":
         ("the late layer attracts nearby directions", "fixed_points",
          "exponent 0 (identity)"),
