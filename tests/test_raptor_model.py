@@ -133,3 +133,31 @@ def test_teacher_parts_are_frozen_and_shared():
         torch.testing.assert_close(raptor.readout(state), teacher.readout(state))
     assert raptor.token_kinds(8, 8) == teacher.token_kinds(8, 8)
     assert raptor.depth == 3 and raptor.cfg == teacher.cfg
+
+
+def test_training_curve_fidelity_is_r2_image_first():
+    """quick_fidelity: 1 for an exact surrogate; sklearn's r2_score for any other."""
+    import numpy as np
+    from depthflow.raptor.evaluate import _rollout, quick_fidelity
+    from depthflow.raptor.surrogates import r2_image_reference
+
+    teacher = tiny_vit(0, dtype=torch.float64, depth=3, num_register_tokens=1)
+    images = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64)
+    with torch.no_grad():
+        states = teacher.trajectory(images)
+        exact = quick_fidelity(untied_copy(teacher).eval(), states, cls_index=0)
+        assert list(exact)[:2] == ["r2_image_last", "r2_image_cls_last"]
+        for key in ("r2_image_last", "r2_image_cls_last", "r2_last"):
+            assert exact[key] == pytest.approx(1.0, abs=1e-12)
+        other = build_raptor(teacher, RaptorConfig(thresholds=(2,), mlp=teacher.cfg.mlp,
+                                                   mlp_hidden_dim=teacher.cfg.mlp_hidden_dim),
+                             seed=3).double().eval()
+        got = quick_fidelity(other, states, cls_index=0)
+        pred = _rollout(other, states)
+    y, p = states[:, -1].numpy(), pred[:, -1].numpy()
+    assert got["r2_image_last"] == pytest.approx(r2_image_reference(y, p)[0], rel=1e-9)
+    assert got["r2_image_cls_last"] == pytest.approx(
+        r2_image_reference(y[:, :1], p[:, :1])[0], rel=1e-9)
+    assert np.isfinite(got["r2_last"]) and "r2_image_cls_last" not in quick_fidelity(
+        other, states, cls_index=None)

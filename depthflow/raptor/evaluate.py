@@ -270,14 +270,49 @@ def _fit_probe(teacher: ViT, source: ImageSource, *, preprocessing, batch_size: 
 
 
 @torch.no_grad()
+@torch.no_grad()
 def quick_r2(raptor: Raptor, states: Tensor) -> Tensor:
     """Standard R^2 per depth ``(L+1,)`` on one batch of teacher states (on device)."""
+    pred = _rollout(raptor, states)
+    mse = (pred - states).square().mean(dim=(0, 2, 3))
+    var = states.var(dim=(0, 2, 3), unbiased=False)
+    return 1.0 - mse / var.clamp_min(1e-12)
+
+
+def _rollout(raptor: Raptor, states: Tensor) -> Tensor:
     x = states[:, 0]
     preds = [x]
     for layer in range(1, raptor.depth + 1):
         x = raptor.step(layer, x)
         preds.append(x)
-    pred = torch.stack(preds, dim=1)
+    return torch.stack(preds, dim=1)
+
+
+@torch.no_grad()
+def quick_fidelity(raptor: Raptor, states: Tensor, *, cls_index: int | None) -> dict[str, float]:
+    """The training curve's held-out numbers on one batch of teacher states: ``r2_image``
+    of the last depth (all tokens, and the cls token when there is one; docs/methods.md
+    section 16, entries constant over the batch left out), then the standard R^2 of the
+    last depth and its mean over depths 1..L. ``r2_image`` over one batch is noisier than
+    the final evaluation's (fewer images), but it is the number that separates a surrogate
+    from the mean trajectory, which the standard R^2 does not."""
+    from depthflow.raptor.surrogates import VALID_RTOL
+
+    pred = _rollout(raptor, states)
     mse = (pred - states).square().mean(dim=(0, 2, 3))
-    var = states.var(dim=(0, 2, 3), unbiased=False)
-    return 1.0 - mse / var.clamp_min(1e-12)
+    r2 = 1.0 - mse / states.var(dim=(0, 2, 3), unbiased=False).clamp_min(1e-12)
+    y, p = states[:, -1].double(), pred[:, -1].double()                 # (N, T, D)
+    sst = (y - y.mean(dim=0)).square().sum(dim=0)
+    sse = (p - y).square().sum(dim=0)
+    valid = sst > VALID_RTOL * sst.max()
+
+    def image(rows) -> float:
+        v = valid[rows]
+        return float((1.0 - sse[rows][v] / sst[rows][v]).mean()) if bool(v.any()) \
+            else float("nan")
+
+    out = {"r2_image_last": image(slice(None))}
+    if cls_index is not None:
+        out["r2_image_cls_last"] = image(slice(cls_index, cls_index + 1))
+    out.update(r2_last=float(r2[-1]), r2_mean=float(r2[1:].mean()))
+    return out

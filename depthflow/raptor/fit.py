@@ -29,6 +29,7 @@ import torch
 
 from depthflow.models.checkpoints import LoadedModel
 from depthflow.data.images import ImageSource
+from depthflow.data.tokens import cls_position
 from depthflow.errors import ConfigError, InputError
 from depthflow.io.provenance import provenance, resumed_provenance
 from depthflow.raptor.digests import check_resume_digests, fit_digests, recipe_digest
@@ -217,7 +218,8 @@ def _fit(loaded, source, output, *, config, eval_source, overwrite, resume, prog
 
     trainer = Trainer(raptor, teacher, images, config, directory=directory, dist=dist,
                       device=device, save_info=save_info, preprocessing=preprocessing,
-                      probe_states=probe, progress=progress, cache=cache)
+                      probe_states=probe, progress=progress, cache=cache,
+                      probe_cls=cls_position(teacher.token_kinds(*images.shape[-2:])))
     if dist.main:
         prov = provenance(config=config.to_dict(), command=command)
         if resume:     # the original command line stays, next to the resume history

@@ -68,8 +68,8 @@ def write_log_csv(directory: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     fields = sorted({k for row in rows for k in row},
-                    key=["step", "stage", "lr", "tf_ratio", "loss", "r2_last", "r2_mean",
-                         "time_s"].index)
+                    key=["step", "stage", "lr", "tf_ratio", "loss", "r2_image_last",
+                         "r2_image_cls_last", "r2_last", "r2_mean", "time_s"].index)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
@@ -79,7 +79,8 @@ def write_log_csv(directory: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(directory: Path, rows: list[dict[str, Any]], config) -> None:
-    """``curves.png``: training loss (log) and held-out R^2 of the last layer vs step."""
+    """``curves.png``: training loss (log) and the held-out fidelity of the last depth vs
+    step: ``r2_image`` first (all tokens, cls), then the standard R^2 (dashed)."""
     from depthflow.plots import pyplot
 
     if not rows:
@@ -92,16 +93,24 @@ def plot_curves(directory: Path, rows: list[dict[str, Any]], config) -> None:
     ax1.set_xlabel("step")
     ax1.set_ylabel("training loss")
     ax1.set_title("loss")
-    r2 = [(r["step"], r["r2_last"], r["r2_mean"]) for r in rows if "r2_last" in r]
-    if r2:
-        ax2.plot([s for s, _, _ in r2], [v for _, v, _ in r2], marker="o", ms=3,
-                 label="last layer")
-        ax2.plot([s for s, _, _ in r2], [v for _, _, v in r2], marker="o", ms=3,
-                 label="mean over layers")
-        ax2.legend(fontsize=8)
+    evals = [r for r in rows if "r2_last" in r]
+    if evals:
+        at = [r["step"] for r in evals]
+        for key, label, style in (
+                ("r2_image_last", "r2_image, all tokens", "-"),
+                ("r2_image_cls_last", "r2_image, cls", "-"),
+                ("r2_last", "standard R^2 (pooled variance)", "--"),
+                ("r2_mean", "standard R^2, mean over depths", ":")):
+            if all(key in r for r in evals):
+                ax2.plot(at, [r[key] for r in evals], style, marker="o", ms=3, label=label)
+        ax2.axhline(0.0, color="grey", lw=0.8)
+        ax2.legend(fontsize=7)
+        low = min(min(r.get("r2_image_last", 0.0), r.get("r2_image_cls_last", 0.0))
+                  for r in evals)
+        ax2.set_ylim(max(low, -1.0) - 0.05, 1.02)
     ax2.set_xlabel("step")
-    ax2.set_ylabel("standard R^2 (held-out batch)")
-    ax2.set_title("fidelity")
+    ax2.set_ylabel("fidelity (held-out batch; last depth)")
+    ax2.set_title("fidelity: r2_image 0 = the image-independent mean")
     for ax in (ax1, ax2):
         if 0 < config.stage1_steps < steps[-1]:
             ax.axvline(config.stage1_steps, color="grey", ls=":", lw=1)

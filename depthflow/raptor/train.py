@@ -32,7 +32,7 @@ from depthflow.core._signals import deferred_signals
 from depthflow.errors import DepthflowError
 from depthflow.raptor.data import IndexedImages, batch_indices, step_noise
 from depthflow.raptor.distributed import DistInfo, all_mean, barrier
-from depthflow.raptor.evaluate import quick_r2
+from depthflow.raptor.evaluate import quick_fidelity
 from depthflow.raptor.io import save_raptor, save_state
 from depthflow.raptor.losses import RaptorObjective
 from depthflow.raptor.model import Raptor
@@ -82,11 +82,12 @@ class Trainer:
                  directory: Path, dist: DistInfo, device: torch.device,
                  save_info: Callable[[], dict[str, Any]], preprocessing,
                  probe_states: Tensor | None = None, progress: bool = False,
-                 cache: StateCache | None = None) -> None:
+                 cache: StateCache | None = None, probe_cls: int | None = None) -> None:
         self.raptor, self.teacher, self.images, self.cfg = raptor, teacher, images, config
         self.directory, self.dist, self.device = directory, dist, device
         self.save_info, self.preprocessing = save_info, preprocessing
         self.probe_states, self.progress = probe_states, progress
+        self.probe_cls = probe_cls              # cls position in the probe states (or None)
         self.total = config.stage1_steps + config.stage2_steps
         self.step = 0
         self.rows: list[dict[str, Any]] = []
@@ -274,16 +275,16 @@ class Trainer:
         if self.probe_states is not None and self.dist.main and (
                 self.step % self.cfg.eval_every < self.cfg.log_every or self.step == self.total):
             self.raptor.eval()
-            r2 = quick_r2(self.raptor, self.probe_states)
+            row.update(quick_fidelity(self.raptor, self.probe_states, cls_index=self.probe_cls))
             self.raptor.train()
-            row["r2_last"] = float(r2[-1])
-            row["r2_mean"] = float(r2[1:].mean())
         self.rows.append(row)
         if bar is not None:
             post = {"stage": self.stage, "loss": f"{loss:.4g}"}
             if "r2_last" in row:
+                post["r2_image"] = f"{row['r2_image_last']:.3f}"
                 post["R2"] = f"{row['r2_last']:.3f}"
             bar.set_postfix(post, refresh=False)
         log.info("step %d/%d stage %d lr %.3g loss %.5g%s", self.step, self.total, self.stage,
                  row["lr"], loss,
-                 f" R2(last) {row['r2_last']:.4f}" if "r2_last" in row else "")
+                 f" r2_image(last) {row['r2_image_last']:.4f} R2(last) {row['r2_last']:.4f}"
+                 if "r2_last" in row else "")
