@@ -88,8 +88,10 @@ def plot_curves(directory: Path, rows: list[dict[str, Any]], config) -> None:
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [r["step"] for r in rows]
-    ax1.plot(steps, [r["loss"] for r in rows], color="tab:blue")
-    ax1.set_yscale("log")
+    losses = [r["loss"] for r in rows]
+    ax1.plot(steps, losses, color="tab:blue")
+    if min(losses) > 0:                    # an exact surrogate's loss is 0: linear axis then
+        ax1.set_yscale("log")
     ax1.set_xlabel("step")
     ax1.set_ylabel("training loss")
     ax1.set_title("loss")

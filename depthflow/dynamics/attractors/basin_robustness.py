@@ -21,6 +21,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 import xarray as xr
@@ -83,7 +85,8 @@ def half_angle(thetas: np.ndarray, stays: np.ndarray) -> np.ndarray:
     """Angle at which the stay fraction (mean over the last axis of ``stays``, shape
     ``(..., theta, n)``) first falls below 1/2, linear between grid points (theta = 0 counts
     as 1); ``inf`` when it never does on the grid, NaN with no image."""
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # no image: "mean of empty slice"
         p = stays.mean(-1)                                           # (..., theta)
     p = np.concatenate([np.ones(p.shape[:-1] + (1,)), p], -1)
     th = np.concatenate([[0.0], thetas])
