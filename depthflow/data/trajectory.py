@@ -60,12 +60,18 @@ def forward_batch(model: ViT, batch: Batch, device: torch.device,
     ``device`` in the output dtype: float64 for float64, else float32)."""
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     images = batch.images.to(device=device, dtype=out_dtype)
+    traj = state = None
     with compute_context(device, dtype):
-        states = [s for _, s in model.iter_states(images)]
+        # each state is copied into the trajectory as it is made and then dropped: one batch
+        # of states alive instead of the list of states plus their stacked copy
+        for depth, state in model.iter_states(images):
+            if traj is None:
+                traj = torch.empty((state.shape[0], model.cfg.depth + 1, *state.shape[1:]),
+                                   dtype=out_dtype, device=state.device)
+            traj[:, depth] = state
         # the head on the whole batch (per-sample logits agree across batch sizes within
         # the reproducibility contract of docs/methods.md)
-        logits = model.readout(states[-1]) if model.head is not None else None
-    traj = torch.stack([s.to(out_dtype) for s in states], dim=1)
+        logits = model.readout(state) if model.head is not None else None
     return TrajectoryBatch(batch, traj, None if logits is None else logits.to(out_dtype))
 
 
