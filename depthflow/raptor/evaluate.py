@@ -269,17 +269,8 @@ def _fit_probe(teacher: ViT, source: ImageSource, *, preprocessing, batch_size: 
     return LogisticRegression(max_iter=2000).fit(x[keep], y[keep])
 
 
-@torch.no_grad()
-@torch.no_grad()
-def quick_r2(raptor: Raptor, states: Tensor) -> Tensor:
-    """Standard R^2 per depth ``(L+1,)`` on one batch of teacher states (on device)."""
-    pred = _rollout(raptor, states)
-    mse = (pred - states).square().mean(dim=(0, 2, 3))
-    var = states.var(dim=(0, 2, 3), unbiased=False)
-    return 1.0 - mse / var.clamp_min(1e-12)
-
-
 def _rollout(raptor: Raptor, states: Tensor) -> Tensor:
+    """The surrogate's trajectory ``(N, L+1, T, D)`` from the teacher's depth-0 states."""
     x = states[:, 0]
     preds = [x]
     for layer in range(1, raptor.depth + 1):
@@ -299,7 +290,7 @@ def quick_fidelity(raptor: Raptor, states: Tensor, *, cls_index: int | None) -> 
     from depthflow.raptor.surrogates import VALID_RTOL
 
     pred = _rollout(raptor, states)
-    mse = (pred - states).square().mean(dim=(0, 2, 3))
+    mse = (pred - states).square().mean(dim=(0, 2, 3))             # standard R^2 per depth
     r2 = 1.0 - mse / states.var(dim=(0, 2, 3), unbiased=False).clamp_min(1e-12)
     y, p = states[:, -1].double(), pred[:, -1].double()                 # (N, T, D)
     sst = (y - y.mean(dim=0)).square().sum(dim=0)
